@@ -1,0 +1,582 @@
+//! The canonical encoding: a serde `Serializer` that streams any `Serialize` value straight into
+//! SHA-256.
+//!
+//! The encoding is type-tagged and length-prefixed so that different values can never produce
+//! the same byte stream (`("ab", "")` and `("a", "b")` differ), and it is normalised where Rust
+//! types differ but values are the same, so that harmless refactors keep keys stable:
+//!
+//! * every integer type encodes the same value the same way (`5u8` = `5i64` = `5u128`);
+//! * `f32` widens to `f64`, `-0.0` encodes as `0.0`, every NaN as one NaN;
+//! * newtype structs are transparent (`OrderId(5)` = `5`);
+//! * struct and type names are not encoded, field and variant names are;
+//! * map entries are order-independent: each entry is hashed on its own and the entry digests
+//!   are summed (mod 2^256), so a `HashMap` and a `BTreeMap` with the same entries agree.
+//!
+//! Nothing here allocates on the success path; an error from a value's own `Serialize` impl is
+//! the only thing that does. The golden vectors in `tests/canonical.rs` pin the encoding: a
+//! change that alters them changes every stored key and needs a major release.
+
+use std::fmt::{self, Display, Write as _};
+
+use serde::ser::{self, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// A value's `Serialize` impl failed while it was being hashed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CanonicalError {
+    message: String,
+}
+
+impl ser::Error for CanonicalError {
+    fn custom<T: Display>(msg: T) -> Self {
+        CanonicalError {
+            message: msg.to_string(),
+        }
+    }
+}
+
+/// One-byte tags of the encoding. They never change meaning once released.
+mod tag {
+    pub(super) const UNIT: u8 = 0x00;
+    pub(super) const FALSE: u8 = 0x01;
+    pub(super) const TRUE: u8 = 0x02;
+    pub(super) const INT64: u8 = 0x03;
+    pub(super) const INT128: u8 = 0x04;
+    pub(super) const UINT128: u8 = 0x05;
+    pub(super) const FLOAT: u8 = 0x06;
+    pub(super) const CHAR: u8 = 0x07;
+    pub(super) const STR: u8 = 0x08;
+    pub(super) const BYTES: u8 = 0x09;
+    pub(super) const NONE: u8 = 0x0A;
+    pub(super) const SOME: u8 = 0x0B;
+    pub(super) const UNIT_VARIANT: u8 = 0x0C;
+    pub(super) const NEWTYPE_VARIANT: u8 = 0x0D;
+    pub(super) const SEQ: u8 = 0x0E;
+    pub(super) const END: u8 = 0x0F;
+    pub(super) const TUPLE_VARIANT: u8 = 0x10;
+    pub(super) const MAP: u8 = 0x11;
+    pub(super) const STRUCT: u8 = 0x12;
+    pub(super) const STRUCT_VARIANT: u8 = 0x13;
+}
+
+/// Where the encoding goes: SHA-256 directly (its own block buffer makes small writes cheap).
+pub(crate) type Sink = Sha256;
+
+/// Streams the canonical encoding of `value` into `sink`.
+pub(crate) fn hash_into<T: Serialize + ?Sized>(
+    sink: &mut Sink,
+    value: &T,
+) -> Result<(), CanonicalError> {
+    value.serialize(Canon { h: sink })
+}
+
+/// SHA-256 of the canonical encoding of `value`.
+pub(crate) fn digest<T: Serialize + ?Sized>(value: &T) -> Result<[u8; 32], CanonicalError> {
+    let mut sink = Sink::new();
+    hash_into(&mut sink, value)?;
+    Ok(sink.finalize().into())
+}
+
+/// Start of a tuple of values hashed one by one (the arguments of a call).
+pub(crate) fn begin_tuple(sink: &mut Sink) {
+    sink.update([tag::SEQ]);
+}
+
+/// End of a tuple started with [`begin_tuple`].
+pub(crate) fn end_tuple(sink: &mut Sink) {
+    sink.update([tag::END]);
+}
+
+struct Canon<'a> {
+    h: &'a mut Sink,
+}
+
+impl Canon<'_> {
+    fn int(self, v: i64) {
+        self.h.update([tag::INT64]);
+        self.h.update(v.to_le_bytes());
+    }
+
+    fn int128(self, v: i128) {
+        match i64::try_from(v) {
+            Ok(small) => self.int(small),
+            Err(_) => {
+                self.h.update([tag::INT128]);
+                self.h.update(v.to_le_bytes());
+            }
+        }
+    }
+
+    fn uint128(self, v: u128) {
+        match i128::try_from(v) {
+            Ok(signed) => self.int128(signed),
+            Err(_) => {
+                self.h.update([tag::UINT128]);
+                self.h.update(v.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn write_str(h: &mut Sink, s: &str) {
+    h.update([tag::STR]);
+    h.update((s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
+/// Counts the bytes a `Display` impl writes (first pass of `collect_str`).
+struct CountingWriter(usize);
+
+impl fmt::Write for CountingWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+/// Hashes the bytes a `Display` impl writes (second pass of `collect_str`).
+struct HashingWriter<'a>(&'a mut Sink);
+
+impl fmt::Write for HashingWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl<'a> ser::Serializer for Canon<'a> {
+    type Ok = ();
+    type Error = CanonicalError;
+    type SerializeSeq = Compound<'a>;
+    type SerializeTuple = Compound<'a>;
+    type SerializeTupleStruct = Compound<'a>;
+    type SerializeTupleVariant = Compound<'a>;
+    type SerializeMap = MapState<'a>;
+    type SerializeStruct = Compound<'a>;
+    type SerializeStructVariant = Compound<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
+        self.h.update([if v { tag::TRUE } else { tag::FALSE }]);
+        Ok(())
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
+        self.int(v);
+        Ok(())
+    }
+
+    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
+        self.int128(v);
+        Ok(())
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
+        self.int(i64::from(v));
+        Ok(())
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
+        self.uint128(u128::from(v));
+        Ok(())
+    }
+
+    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
+        self.uint128(v);
+        Ok(())
+    }
+
+    fn serialize_f32(self, v: f32) -> Result<(), CanonicalError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_f64(self, v: f64) -> Result<(), CanonicalError> {
+        let canonical = if v.is_nan() {
+            f64::NAN
+        } else if v == 0.0 {
+            0.0
+        } else {
+            v
+        };
+        self.h.update([tag::FLOAT]);
+        self.h.update(canonical.to_bits().to_le_bytes());
+        Ok(())
+    }
+
+    fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
+        self.h.update([tag::CHAR]);
+        self.h.update(u32::from(v).to_le_bytes());
+        Ok(())
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
+        write_str(self.h, v);
+        Ok(())
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
+        self.h.update([tag::BYTES]);
+        self.h.update((v.len() as u64).to_le_bytes());
+        self.h.update(v);
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), CanonicalError> {
+        self.h.update([tag::NONE]);
+        Ok(())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), CanonicalError> {
+        self.h.update([tag::SOME]);
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), CanonicalError> {
+        self.h.update([tag::UNIT]);
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), CanonicalError> {
+        self.serialize_unit()
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), CanonicalError> {
+        self.h.update([tag::UNIT_VARIANT]);
+        write_str(self.h, variant);
+        Ok(())
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        self.h.update([tag::NEWTYPE_VARIANT]);
+        write_str(self.h, variant);
+        value.serialize(self)
+    }
+
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, CanonicalError> {
+        self.h.update([tag::SEQ]);
+        Ok(Compound { h: self.h })
+    }
+
+    fn serialize_tuple(self, _len: usize) -> Result<Compound<'a>, CanonicalError> {
+        self.serialize_seq(None)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, CanonicalError> {
+        self.serialize_seq(None)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, CanonicalError> {
+        self.h.update([tag::TUPLE_VARIANT]);
+        write_str(self.h, variant);
+        Ok(Compound { h: self.h })
+    }
+
+    fn serialize_map(self, _len: Option<usize>) -> Result<MapState<'a>, CanonicalError> {
+        Ok(MapState {
+            parent: self.h,
+            entry: Sink::new(),
+            sum: [0; 4],
+            count: 0,
+        })
+    }
+
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, CanonicalError> {
+        self.h.update([tag::STRUCT]);
+        Ok(Compound { h: self.h })
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound<'a>, CanonicalError> {
+        self.h.update([tag::STRUCT_VARIANT]);
+        write_str(self.h, variant);
+        Ok(Compound { h: self.h })
+    }
+
+    // serde's default `collect_str` formats into a `String`; two passes over `Display` (count,
+    // then hash) give the same bytes as `serialize_str` without allocating.
+    fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result<(), CanonicalError> {
+        let mut counter = CountingWriter(0);
+        write!(counter, "{value}").map_err(ser::Error::custom)?;
+        self.h.update([tag::STR]);
+        self.h.update((counter.0 as u64).to_le_bytes());
+        write!(HashingWriter(self.h), "{value}").map_err(ser::Error::custom)?;
+        Ok(())
+    }
+}
+
+/// Sequences, tuples and structs: elements in order, then an end tag.
+struct Compound<'a> {
+    h: &'a mut Sink,
+}
+
+impl Compound<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CanonicalError> {
+        value.serialize(Canon { h: self.h })
+    }
+
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        write_str(self.h, name);
+        value.serialize(Canon { h: self.h })
+    }
+
+    fn finish(self) -> Result<(), CanonicalError> {
+        self.h.update([tag::END]);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        self.field(key, value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Self::Error> {
+        self.field(key, value)
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.finish()
+    }
+}
+
+/// Maps: every entry hashed on its own, the entry digests summed mod 2^256 (order-independent),
+/// then the map tag, the entry count and the sum go to the parent.
+struct MapState<'a> {
+    parent: &'a mut Sink,
+    entry: Sink,
+    sum: [u64; 4],
+    count: u64,
+}
+
+impl MapState<'_> {
+    fn add_entry(&mut self) {
+        let digest: [u8; 32] = self.entry.finalize_reset().into();
+        let mut carry = false;
+        for (limb, chunk) in self.sum.iter_mut().zip(digest.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            let (partial, overflow_a) = limb.overflowing_add(u64::from_le_bytes(bytes));
+            let (total, overflow_b) = partial.overflowing_add(u64::from(carry));
+            *limb = total;
+            carry = overflow_a || overflow_b;
+        }
+        self.count += 1;
+    }
+}
+
+impl ser::SerializeMap for MapState<'_> {
+    type Ok = ();
+    type Error = CanonicalError;
+
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
+        key.serialize(Canon { h: &mut self.entry })
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        value.serialize(Canon { h: &mut self.entry })?;
+        self.add_entry();
+        Ok(())
+    }
+
+    fn end(self) -> Result<(), CanonicalError> {
+        self.parent.update([tag::MAP]);
+        self.parent.update(self.count.to_le_bytes());
+        for limb in self.sum {
+            self.parent.update(limb.to_le_bytes());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::digest;
+
+    #[test]
+    fn integer_types_agree() {
+        let five = digest(&5u8).unwrap();
+        assert_eq!(five, digest(&5i64).unwrap());
+        assert_eq!(five, digest(&5u128).unwrap());
+        assert_ne!(five, digest(&5.0f64).unwrap());
+        assert_eq!(
+            digest(&u64::MAX).unwrap(),
+            digest(&u128::from(u64::MAX)).unwrap()
+        );
+        assert_ne!(digest(&u128::MAX).unwrap(), digest(&i128::MAX).unwrap());
+    }
+
+    #[test]
+    fn zeroes_and_nans_are_normalised() {
+        assert_eq!(digest(&0.0f64).unwrap(), digest(&-0.0f64).unwrap());
+        assert_eq!(digest(&f64::NAN).unwrap(), digest(&-f64::NAN).unwrap());
+        assert_eq!(digest(&1.5f32).unwrap(), digest(&1.5f64).unwrap());
+    }
+
+    #[test]
+    fn maps_are_order_independent() {
+        let hash: HashMap<String, u32> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+        let tree: BTreeMap<String, u32> = hash.clone().into_iter().collect();
+        assert_eq!(digest(&hash).unwrap(), digest(&tree).unwrap());
+    }
+
+    #[test]
+    fn string_boundaries_matter() {
+        assert_ne!(digest(&("ab", "")).unwrap(), digest(&("a", "b")).unwrap());
+        assert_ne!(
+            digest(&vec!["ab"]).unwrap(),
+            digest(&vec!["a", "b"]).unwrap()
+        );
+    }
+
+    #[test]
+    fn collect_str_equals_serialize_str() {
+        struct Shown;
+        impl serde::Serialize for Shown {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&format_args!("{}-{}", "order", 42))
+            }
+        }
+        assert_eq!(digest(&Shown).unwrap(), digest("order-42").unwrap());
+    }
+}

@@ -1,0 +1,714 @@
+//! The executor: claim, run once, store, replay.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::error::{CodecOp, Error, StoreError, StoreOp};
+use crate::inflight::{Flights, Landing};
+use crate::key::{Fingerprint, Key};
+use crate::record::{Claim, Token};
+use crate::store::Store;
+use crate::trace::event;
+
+/// What a caller does when it finds its key in progress in another call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum InProgressPolicy {
+    /// Wait (up to the executor's `wait_timeout`) for the owner's result and return it. Inside
+    /// one process the wait is a notification; across processes the store is polled with
+    /// capped backoff. If the owner releases the key or its lease passes, the waiter claims
+    /// it and runs the body itself.
+    #[default]
+    Wait,
+    /// Return [`Error::InProgress`] at once.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    ttl: Duration,
+    lease: Duration,
+    wait_timeout: Duration,
+    on_in_progress: InProgressPolicy,
+    fail_open: bool,
+    max_output_bytes: usize,
+}
+
+impl Settings {
+    fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.ttl.is_zero() {
+            Some(("ttl", "must be greater than zero"))
+        } else if self.lease.is_zero() {
+            Some(("lease", "must be greater than zero"))
+        } else {
+            None
+        }
+    }
+}
+
+const DEFAULT_SETTINGS: Settings = Settings {
+    ttl: Duration::from_secs(24 * 60 * 60),
+    lease: Duration::from_secs(30),
+    wait_timeout: Duration::from_secs(30),
+    on_in_progress: InProgressPolicy::Wait,
+    fail_open: false,
+    max_output_bytes: 1 << 20,
+};
+
+/// First and largest pause between two store polls while another process owns the key.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(250);
+/// Attempts at `complete` when the store errors transiently (the body already ran, so it is
+/// worth a retry; `complete` is idempotent for the same token).
+const COMPLETE_ATTEMPTS: u32 = 3;
+
+/// Makes calls idempotent over a [`Store`]: the macro-free API that `#[idempotent]` expands to.
+///
+/// Cheap to clone; clones share the store and the in-process coalescing of duplicates, so
+/// create one per store and share it.
+///
+/// ```
+/// use idempotent_core::{Error, Fingerprint, Idempotency, Key, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let idempotency = Idempotency::new(MemoryStore::new());
+/// let request = ("order-42", 1999u64);
+/// let key = Key::derive("shop::charge", 1, &request.0).unwrap();
+/// let fingerprint = Fingerprint::of(&request).unwrap();
+///
+/// let first: Result<String, Error> = idempotency
+///     .run(key.clone(), fingerprint, || async { Ok("receipt-1".to_string()) })
+///     .await;
+/// let retry: Result<String, Error> = idempotency
+///     .run(key, fingerprint, || async { Ok("receipt-2".to_string()) })
+///     .await;
+/// assert_eq!(first?, retry?); // the retry got the first call's result back
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Idempotency {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    flights: Flights,
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("store", &self.inner.store)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idempotency {
+    /// An executor over `store` with the defaults: `ttl` 24 h, `lease` 30 s, wait up to 30 s
+    /// for a duplicate in progress, fail closed, outputs up to 1 MiB.
+    pub fn new(store: impl Store) -> Idempotency {
+        Idempotency::builder(store).build()
+    }
+
+    /// An executor over a shared store.
+    pub fn from_shared(store: Arc<dyn Store>) -> Idempotency {
+        IdempotencyBuilder {
+            store,
+            settings: DEFAULT_SETTINGS,
+        }
+        .build()
+    }
+
+    /// Configure the defaults before building.
+    pub fn builder(store: impl Store) -> IdempotencyBuilder {
+        IdempotencyBuilder {
+            store: Arc::new(store),
+            settings: DEFAULT_SETTINGS,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Runs `body` at most once for `key` (with the executor's defaults) and returns its
+    /// output, or replays the output stored by an earlier call with the same key and
+    /// fingerprint. `Err` outputs are not stored: the claim is released so a retry runs again.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        key: Key,
+        fingerprint: Fingerprint,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call(key, fingerprint).run(body).await
+    }
+
+    /// A call whose options can be set one by one before [`Call::run`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_core::{Error, Fingerprint, Idempotency, InProgressPolicy, Key, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// let key = Key::derive("stock::reserve", 1, &"sku-1").unwrap();
+    /// let fingerprint = Fingerprint::of(&("sku-1", 3)).unwrap();
+    /// let out: Result<u32, Error> = idempotency
+    ///     .call(key, fingerprint)
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .lease(Duration::from_secs(5))
+    ///     .on_in_progress(InProgressPolicy::Reject)
+    ///     .run(|| async { Ok(3) })
+    ///     .await;
+    /// assert_eq!(out.unwrap(), 3);
+    /// # }
+    /// ```
+    pub fn call(&self, key: Key, fingerprint: Fingerprint) -> Call<'_> {
+        Call {
+            idempotency: self,
+            key,
+            fingerprint,
+            settings: self.inner.settings,
+            mode: PhantomData,
+        }
+    }
+}
+
+/// Configures an [`Idempotency`].
+#[derive(Debug)]
+pub struct IdempotencyBuilder {
+    store: Arc<dyn Store>,
+    settings: Settings,
+}
+
+impl IdempotencyBuilder {
+    /// How long a completed output is replayed (default 24 h).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = ttl;
+        self
+    }
+
+    /// How long a claim holds before another caller may take the key over (default 30 s).
+    /// Make it longer than the body ever runs: a body that outlives its lease can be run a
+    /// second time by a taker-over, and its own result is then refused with
+    /// [`Error::LeaseLost`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How long a duplicate waits for the owner under [`InProgressPolicy::Wait`] (default
+    /// 30 s).
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.settings.wait_timeout = wait;
+        self
+    }
+
+    /// Default policy for a duplicate that finds its key in progress.
+    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
+        self.settings.on_in_progress = policy;
+        self
+    }
+
+    /// Run the body anyway when the store cannot be reached to claim the key (default
+    /// `false`: fail closed with [`Error::Store`]). Opting in trades at-most-once for
+    /// availability during a store outage.
+    pub fn fail_open(mut self, fail_open: bool) -> Self {
+        self.settings.fail_open = fail_open;
+        self
+    }
+
+    /// Largest encoded output stored (default 1 MiB). A larger output fails the call with
+    /// [`Error::OutputTooLarge`] and releases its claim.
+    pub fn max_output_bytes(mut self, limit: usize) -> Self {
+        self.settings.max_output_bytes = limit;
+        self
+    }
+
+    /// The executor.
+    pub fn build(self) -> Idempotency {
+        Idempotency {
+            inner: Arc::new(Inner {
+                store: self.store,
+                settings: self.settings,
+                flights: Flights::default(),
+            }),
+        }
+    }
+}
+
+/// Errors are released, not stored (the default).
+#[derive(Debug, Clone, Copy)]
+pub struct DropErrors;
+
+/// Errors are stored and replayed like outputs (`store_errors`): for deterministic business
+/// outcomes such as "card declined".
+#[derive(Debug, Clone, Copy)]
+pub struct StoreErrors;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::DropErrors {}
+    impl Sealed for super::StoreErrors {}
+}
+
+/// How outputs are encoded for storage: [`DropErrors`] or [`StoreErrors`].
+#[diagnostic::on_unimplemented(
+    message = "`store_errors` needs the error type `{E}` to implement `Serialize` and `DeserializeOwned`",
+    label = "the error is stored and replayed, so it must be serializable",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `{E}`, or drop `store_errors`"
+)]
+pub trait OutputMode<T, E>: sealed::Sealed {
+    /// `None` when the result is not stored.
+    #[doc(hidden)]
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>>;
+    /// Decodes what `encode` stored.
+    #[doc(hidden)]
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError>;
+}
+
+fn encode_json<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(128);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the stored output is an error, but this call does not use `store_errors`")]
+struct StoredErrorMismatch;
+
+impl<T: Serialize + DeserializeOwned, E> OutputMode<T, E> for DropErrors {
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        match result {
+            Ok(value) => Some(encode_json(&Ok::<&T, ()>(value))),
+            Err(_) => None,
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
+        match serde_json::from_slice::<Result<T, serde::de::IgnoredAny>>(bytes)? {
+            Ok(value) => Ok(Ok(value)),
+            Err(_) => Err(Box::new(StoredErrorMismatch)),
+        }
+    }
+}
+
+impl<T, E> OutputMode<T, E> for StoreErrors
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+{
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        Some(encode_json(&result.as_ref()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// One call's options; finish with [`run`](Call::run).
+#[derive(Debug)]
+#[must_use = "a call does nothing until `run` is awaited"]
+pub struct Call<'a, M = DropErrors> {
+    idempotency: &'a Idempotency,
+    key: Key,
+    fingerprint: Fingerprint,
+    settings: Settings,
+    mode: PhantomData<M>,
+}
+
+impl<'a, M> Call<'a, M> {
+    /// How long the output is replayed.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings.ttl = ttl;
+        self
+    }
+
+    /// How long the claim holds before another caller may take the key over.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How long to wait for a duplicate in progress.
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.settings.wait_timeout = wait;
+        self
+    }
+
+    /// What to do when the key is in progress.
+    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
+        self.settings.on_in_progress = policy;
+        self
+    }
+
+    /// Store `Err` outputs too and replay them (the error type must be serializable).
+    pub fn store_errors(self) -> Call<'a, StoreErrors> {
+        Call {
+            idempotency: self.idempotency,
+            key: self.key,
+            fingerprint: self.fingerprint,
+            settings: self.settings,
+            mode: PhantomData,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Runs `body` at most once for the key and returns its output, or replays the stored one.
+    ///
+    /// * A completed record with this fingerprint: its output, decoded (one store round trip).
+    /// * A record with another fingerprint: [`Error::KeyReused`]; the body does not run.
+    /// * Free: the body runs; `Ok` is stored (claim + complete: two round trips), `Err` is
+    ///   released and returned (claim + release) unless errors are stored. A panic releases
+    ///   the claim and resumes; a cancelled call releases it in the background.
+    /// * In progress: wait or reject, per [`InProgressPolicy`].
+    /// * The store fails: [`Error::Store`], and the body does not run (unless `fail_open`).
+    pub async fn run<T, E, F, Fut>(self, body: F) -> Result<T, E>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let Call {
+            idempotency,
+            key,
+            fingerprint,
+            settings,
+            ..
+        } = self;
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!("idempotent", key = %key);
+        let execution =
+            idempotency
+                .inner
+                .execute::<M, T, E, F, Fut>(settings, key, fingerprint, body);
+        #[cfg(feature = "tracing")]
+        {
+            use tracing::Instrument as _;
+            execution.instrument(span).await
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            execution.await
+        }
+    }
+}
+
+fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Result<T, E> {
+    match M::decode(bytes) {
+        Ok(result) => result,
+        Err(source) => Err(Error::Codec {
+            op: CodecOp::DecodeOutput,
+            key: Some(key),
+            source,
+        }
+        .into()),
+    }
+}
+
+impl Inner {
+    async fn execute<M, T, E, F, Fut>(
+        &self,
+        settings: Settings,
+        key: Key,
+        fingerprint: Fingerprint,
+        body: F,
+    ) -> Result<T, E>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Some((option, problem)) = settings.problem() {
+            return Err(Error::InvalidOption { option, problem }.into());
+        }
+        let reject = settings.on_in_progress == InProgressPolicy::Reject;
+        let mut deadline: Option<Instant> = None;
+        let mut backoff = POLL_FIRST;
+        loop {
+            // A task of this process owns the key: wait for its landing, no store traffic.
+            if let Some(flight) = self.flights.get(&key) {
+                if flight.fingerprint != fingerprint {
+                    return Err(Error::KeyReused { key }.into());
+                }
+                let now = Instant::now();
+                if reject {
+                    let retry_after = flight.lease_until.saturating_duration_since(now);
+                    return Err(Error::InProgress { key, retry_after }.into());
+                }
+                let deadline = *deadline.get_or_insert(now + settings.wait_timeout);
+                // Boxed, like every waiting path: waits are rare, and their timers would
+                // otherwise make every call's future large and costly to move.
+                match Box::pin(flight.wait(deadline.min(flight.lease_until))).await {
+                    Some(Landing::Completed(output)) => {
+                        event!(debug, key = %key, "replay (coalesced in process)");
+                        return decode::<M, T, E>(key, &output);
+                    }
+                    Some(Landing::Released) => continue,
+                    None if Instant::now() >= deadline => {
+                        let retry_after = flight.lease_until.saturating_duration_since(now);
+                        return Err(Error::InProgress { key, retry_after }.into());
+                    }
+                    // The owner's lease passed: ask the store, which lets us take it over.
+                    None => {}
+                }
+            }
+
+            let claim = match self.store.claim(&key, &fingerprint, settings.lease).await {
+                Ok(claim) => claim,
+                Err(error) if settings.fail_open => {
+                    let _ = &error;
+                    event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
+                    return body().await;
+                }
+                Err(error) => {
+                    event!(error, key = %key, error = %error, "store error on claim; the body does not run");
+                    return Err(Error::from_store(StoreOp::Claim, &key, error).into());
+                }
+            };
+            match claim {
+                Claim::Completed {
+                    fingerprint: stored,
+                    output,
+                } => {
+                    if stored != fingerprint {
+                        return Err(Error::KeyReused { key }.into());
+                    }
+                    event!(debug, key = %key, "replay");
+                    return decode::<M, T, E>(key, &output);
+                }
+                Claim::InProgress {
+                    fingerprint: owner,
+                    lease_remaining,
+                } => {
+                    if owner != fingerprint {
+                        return Err(Error::KeyReused { key }.into());
+                    }
+                    if reject {
+                        return Err(Error::InProgress {
+                            key,
+                            retry_after: lease_remaining,
+                        }
+                        .into());
+                    }
+                    let now = Instant::now();
+                    let deadline = *deadline.get_or_insert(now + settings.wait_timeout);
+                    if now >= deadline {
+                        return Err(Error::InProgress {
+                            key,
+                            retry_after: lease_remaining,
+                        }
+                        .into());
+                    }
+                    if self.flights.get(&key).is_some() {
+                        continue;
+                    }
+                    let nap = backoff
+                        .min(deadline - now)
+                        .min(lease_remaining.max(Duration::from_millis(1)));
+                    event!(trace, key = %key, nap = ?nap, "in progress elsewhere; polling");
+                    Box::pin(tokio::time::sleep(nap)).await;
+                    backoff = (backoff * 2).min(POLL_MAX);
+                }
+                Claim::Acquired { token, took_over } => {
+                    if took_over {
+                        event!(info, key = %key, "took over a claim whose lease had passed");
+                    }
+                    let _ = took_over;
+                    // Boxed: the first execution is the rare path, and keeping its state out of
+                    // this future keeps replays small and cheap to move.
+                    return Box::pin(self.own::<M, T, E, F, Fut>(
+                        settings,
+                        key,
+                        fingerprint,
+                        token,
+                        body,
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// The caller owns the key: run the body once and record what it returned.
+    async fn own<M, T, E, F, Fut>(
+        &self,
+        settings: Settings,
+        key: Key,
+        fingerprint: Fingerprint,
+        token: Token,
+        body: F,
+    ) -> Result<T, E>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let pilot = self
+            .flights
+            .start(&key, fingerprint, Instant::now() + settings.lease);
+        let mut claim = HeldClaim {
+            store: Arc::clone(&self.store),
+            key: key.clone(),
+            token,
+            held: true,
+        };
+        event!(debug, key = %key, "execute");
+        let result = match AssertUnwindSafe(body()).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                event!(warn, key = %key, "the body panicked; releasing the claim");
+                claim.release().await;
+                pilot.land(Landing::Released);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let encoded = match M::encode(&result) {
+            None => {
+                event!(debug, key = %key, "the body returned an error; releasing the claim");
+                claim.release().await;
+                pilot.land(Landing::Released);
+                return result;
+            }
+            Some(Err(source)) => {
+                claim.release().await;
+                pilot.land(Landing::Released);
+                return Err(Error::Codec {
+                    op: CodecOp::EncodeOutput,
+                    key: Some(key),
+                    source: Box::new(source),
+                }
+                .into());
+            }
+            Some(Ok(encoded)) => encoded,
+        };
+        if encoded.len() > settings.max_output_bytes {
+            claim.release().await;
+            pilot.land(Landing::Released);
+            return Err(Error::OutputTooLarge {
+                key,
+                size: encoded.len(),
+                limit: settings.max_output_bytes,
+            }
+            .into());
+        }
+        let output = Bytes::from(encoded);
+        match self
+            .complete(&key, &token, output.clone(), settings.ttl)
+            .await
+        {
+            Ok(()) => {
+                claim.held = false;
+                pilot.land(Landing::Completed(output));
+                result
+            }
+            Err(StoreError::TooLarge { size, limit }) => {
+                claim.release().await;
+                pilot.land(Landing::Released);
+                Err(Error::OutputTooLarge { key, size, limit }.into())
+            }
+            Err(error) => {
+                // Not released: the body ran, so the claim keeps duplicates out until its lease
+                // passes rather than inviting an immediate second run.
+                claim.held = false;
+                pilot.land(Landing::Released);
+                event!(error, key = %key, error = %error, "could not record the output");
+                Err(Error::from_store(StoreOp::Complete, &key, error).into())
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: &Token,
+        output: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.store.complete(key, token, output.clone(), ttl).await {
+                Err(
+                    error @ (StoreError::Unavailable(_)
+                    | StoreError::Timeout(_)
+                    | StoreError::Backend(_)),
+                ) if attempt < COMPLETE_ATTEMPTS => {
+                    event!(warn, key = %key, error = %error, attempt, "complete failed; retrying");
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(25) * 4u32.pow(attempt - 1)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A claim the owner still holds. Released on drop (a cancelled call) in the background.
+struct HeldClaim {
+    store: Arc<dyn Store>,
+    key: Key,
+    token: Token,
+    held: bool,
+}
+
+impl HeldClaim {
+    async fn release(&mut self) {
+        self.held = false;
+        match self.store.release(&self.key, &self.token).await {
+            Ok(()) => {}
+            Err(error) => {
+                event!(warn, key = %self.key, error = %error, "could not release the claim; it holds until its lease passes");
+                let _ = error;
+            }
+        }
+    }
+}
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        // The owner's future was dropped mid-body. Release in the background so a retry need
+        // not wait for the lease; without a runtime the lease frees the key.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.store);
+            let key = self.key.clone();
+            let token = self.token;
+            event!(debug, key = %key, "call cancelled; releasing the claim");
+            runtime.spawn(async move {
+                let _ = store.release(&key, &token).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! In-process coalescing: while one task of this process runs a key's body, the other tasks of
+//! this process with that key wait on a channel for its result instead of polling the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::key::{Fingerprint, Key};
+
+const SHARDS: usize = 16;
+
+/// How a flight ended, as its followers see it.
+#[derive(Debug, Clone)]
+pub(crate) enum Landing {
+    /// The owner stored this output: decode and return it.
+    Completed(Bytes),
+    /// The owner released the key, lost it, or could not record its output: ask the store.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Running,
+    Landed(Landing),
+}
+
+/// One key being run by a task of this process.
+#[derive(Debug)]
+pub(crate) struct Flight {
+    pub(crate) fingerprint: Fingerprint,
+    /// When the owner's lease passes: a follower stops waiting then and asks the store, which
+    /// lets it take over a hung owner.
+    pub(crate) lease_until: Instant,
+    state: watch::Sender<State>,
+}
+
+impl Flight {
+    /// Waits until the flight lands or `until` passes (`None`).
+    pub(crate) async fn wait(&self, until: Instant) -> Option<Landing> {
+        let mut rx = self.state.subscribe();
+        let landed = tokio::time::timeout_at(
+            until,
+            rx.wait_for(|state| matches!(state, State::Landed(_))),
+        )
+        .await;
+        match landed {
+            Ok(Ok(state)) => match &*state {
+                State::Landed(landing) => Some(landing.clone()),
+                State::Running => Some(Landing::Released),
+            },
+            // The sender is gone without landing: treat as released.
+            Ok(Err(_)) => Some(Landing::Released),
+            Err(_) => None,
+        }
+    }
+}
+
+type Shard = Mutex<HashMap<Key, Arc<Flight>>>;
+
+/// The flights of one executor.
+#[derive(Debug)]
+pub(crate) struct Flights {
+    shards: Box<[Shard]>,
+    live: AtomicUsize,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            live: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Flights {
+    fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
+        let index = usize::from(key.digest().as_bytes()[1]) % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The flight running `key` in this process, if any.
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<Flight>> {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.shard(key).get(key).cloned()
+    }
+
+    /// Registers the caller as the key's local owner until the returned handle lands or drops.
+    /// A previous flight of the key (an owner whose lease passed and was taken over) is
+    /// replaced; its handle will not remove the new one.
+    pub(crate) fn start(
+        &self,
+        key: &Key,
+        fingerprint: Fingerprint,
+        lease_until: Instant,
+    ) -> Pilot<'_> {
+        let (state, _) = watch::channel(State::Running);
+        let flight = Arc::new(Flight {
+            fingerprint,
+            lease_until,
+            state,
+        });
+        let previous = self.shard(key).insert(key.clone(), Arc::clone(&flight));
+        if previous.is_none() {
+            self.live.fetch_add(1, Ordering::AcqRel);
+        }
+        Pilot {
+            flights: self,
+            key: key.clone(),
+            flight,
+            landed: false,
+        }
+    }
+}
+
+/// The owner's side of a flight. Dropping it without [`land`](Pilot::land) (a panic, a
+/// cancelled future) lands it as released.
+#[derive(Debug)]
+pub(crate) struct Pilot<'a> {
+    flights: &'a Flights,
+    key: Key,
+    flight: Arc<Flight>,
+    landed: bool,
+}
+
+impl Pilot<'_> {
+    pub(crate) fn land(mut self, landing: Landing) {
+        self.finish(landing);
+    }
+
+    fn finish(&mut self, landing: Landing) {
+        if self.landed {
+            return;
+        }
+        self.landed = true;
+        {
+            let mut shard = self.flights.shard(&self.key);
+            if shard
+                .get(&self.key)
+                .is_some_and(|current| Arc::ptr_eq(current, &self.flight))
+            {
+                shard.remove(&self.key);
+                self.flights.live.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.flight.state.send_replace(State::Landed(landing));
+    }
+}
+
+impl Drop for Pilot<'_> {
+    fn drop(&mut self) {
+        self.finish(Landing::Released);
+    }
+}

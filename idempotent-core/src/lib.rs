@@ -1,0 +1,49 @@
+//! Runtime of the [`idempotency`](https://docs.rs/idempotency) SDK: canonical keys and
+//! fingerprints, records and claims, the [`Store`] trait and its backends, and the
+//! [`Idempotency`] executor that `#[idempotent]` expands to.
+//!
+//! Depend on `idempotency`, not on this crate: it re-exports everything here.
+//!
+//! # Canonical encoding
+//!
+//! Keys and fingerprints are SHA-256 digests of a canonical encoding of `Serialize` values,
+//! streamed into the hasher without an intermediate buffer. It is stable across processes,
+//! machines, releases and map iteration order: integer widths do not matter, `-0.0` is `0.0`,
+//! newtypes are transparent, struct names are ignored (field and variant names count), and a
+//! map's digest does not depend on its iteration order.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+
+mod canonical;
+pub mod conformance;
+mod default;
+mod error;
+mod executor;
+mod inflight;
+mod key;
+mod record;
+pub mod store;
+pub mod testing;
+mod trace;
+
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __private;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+
+pub use canonical::CanonicalError;
+pub use default::{default_idempotency, set_default, set_default_store};
+pub use error::{BoxError, CodecOp, Error, StoreError, StoreOp};
+pub use executor::{
+    Call, DropErrors, Idempotency, IdempotencyBuilder, InProgressPolicy, OutputMode, StoreErrors,
+};
+pub use key::{Digest, DigestBuilder, Fingerprint, HexDigest, Key, Namespace};
+pub use record::{Claim, Record, Token};
+pub use store::Store;
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use store::memory::{MemoryStore, MemoryStoreBuilder};

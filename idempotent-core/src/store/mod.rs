@@ -1,0 +1,209 @@
+//! The [`Store`] contract and its backends (one module a backend, each behind its feature).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+use crate::key::{Fingerprint, Key};
+use crate::record::{Claim, Record, Token};
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory;
+
+/// Where records live. One record per [`Key`]; its states and transitions:
+///
+/// ```text
+///  (none) --claim--> InProgress{token, lease_until, fingerprint}
+///  InProgress --complete(token)--> Completed{output, fingerprint, expires_at}
+///  InProgress --release(token)---> (none)            body failed (not stored) or panicked
+///  InProgress --lease passes-----> claimable again   crashed worker; the next claim takes over
+///  Completed  --ttl passes-------> (none)
+/// ```
+///
+/// Every method is one round trip to a remote store. The executor compares fingerprints and
+/// encodes outputs; a store only keeps bytes, tokens and times, atomically.
+///
+/// Run the public [conformance suite](crate::conformance) in your store's tests: it checks
+/// every clause below, including the concurrent ones.
+///
+/// # Write your own store
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::{Duration, Instant, SystemTime};
+///
+/// use idempotent_core::{async_trait, Bytes, Claim, Fingerprint, Key, Record, Store, StoreError, Token};
+///
+/// /// A toy store: one mutex over a map (no eviction of expired records).
+/// #[derive(Debug, Default)]
+/// struct MapStore(Mutex<HashMap<Key, (Record, Instant)>>);
+///
+/// fn owned_by(map: &HashMap<Key, (Record, Instant)>, key: &Key, token: &Token) -> bool {
+///     matches!(map.get(key), Some((Record::InProgress { token: t, .. }, _)) if t == token)
+/// }
+///
+/// #[async_trait]
+/// impl Store for MapStore {
+///     async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Result<Claim, StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         let now = Instant::now();
+///         let mut took_over = false;
+///         match map.get(key) {
+///             Some((Record::Completed { fingerprint, output, .. }, until)) if *until > now => {
+///                 return Ok(Claim::Completed { fingerprint: *fingerprint, output: output.clone() });
+///             }
+///             Some((Record::InProgress { fingerprint, .. }, until)) if *until > now => {
+///                 return Ok(Claim::InProgress { fingerprint: *fingerprint, lease_remaining: *until - now });
+///             }
+///             Some((Record::InProgress { .. }, _)) => took_over = true,
+///             _ => {}
+///         }
+///         let token = Token::random();
+///         let record = Record::InProgress { token, fingerprint: *fingerprint, lease_until: SystemTime::now() + lease };
+///         map.insert(key.clone(), (record, now + lease));
+///         Ok(Claim::Acquired { token, took_over })
+///     }
+///
+///     async fn complete(&self, key: &Key, token: &Token, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         if let Some((Record::Completed { token: done_by, .. }, _)) = map.get(key) {
+///             return if done_by == token { Ok(()) } else { Err(StoreError::LeaseLost) };
+///         }
+///         if !owned_by(&map, key, token) {
+///             return Err(StoreError::LeaseLost);
+///         }
+///         let fingerprint = *map[key].0.fingerprint();
+///         let record = Record::Completed { token: *token, fingerprint, output, expires_at: SystemTime::now() + ttl };
+///         map.insert(key.clone(), (record, Instant::now() + ttl));
+///         Ok(())
+///     }
+///
+///     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         if !owned_by(&map, key, token) {
+///             return Err(StoreError::LeaseLost);
+///         }
+///         map.remove(key);
+///         Ok(())
+///     }
+///
+///     async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
+///         let mut map = self.0.lock().unwrap();
+///         if !owned_by(&map, key, token) {
+///             return Err(StoreError::LeaseLost);
+///         }
+///         if let Some((Record::InProgress { lease_until, .. }, until)) = map.get_mut(key) {
+///             *lease_until = SystemTime::now() + lease;
+///             *until = Instant::now() + lease;
+///         }
+///         Ok(())
+///     }
+///
+///     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+///         let map = self.0.lock().unwrap();
+///         Ok(map.get(key).filter(|(_, until)| *until > Instant::now()).map(|(record, _)| record.clone()))
+///     }
+///
+///     async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+///         Ok(self.0.lock().unwrap().remove(key).is_some())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// idempotent_core::conformance::run_all(&MapStore::default()).await;
+/// # }
+/// ```
+#[async_trait]
+pub trait Store: Debug + Send + Sync + 'static {
+    /// Atomically claims `key`, in one round trip.
+    ///
+    /// * No record, an expired completed record, or an in-progress record whose lease has
+    ///   passed: create `InProgress { token: fresh random token, fingerprint, lease_until:
+    ///   now + lease }` and return [`Claim::Acquired`] (`took_over` set in the last case).
+    /// * A live completed record: return [`Claim::Completed`] with its fingerprint and output,
+    ///   unchanged.
+    /// * A live in-progress record: return [`Claim::InProgress`] with its fingerprint and the
+    ///   time left on its lease, unchanged.
+    ///
+    /// The store does not compare fingerprints; the executor does. Among any number of
+    /// concurrent claims of one free key, across processes, exactly one is `Acquired`.
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Turns the record owned by `token` into `Completed { output, expires_at: now + ttl }`.
+    ///
+    /// Fenced: succeeds only while the record is in progress under `token` (a lease that
+    /// passed without a takeover still counts as owned). If the record is already completed
+    /// by this same `token` it returns `Ok` without changing it (a retried complete whose
+    /// first answer was lost). Otherwise [`StoreError::LeaseLost`], and nothing changes.
+    async fn complete(
+        &self,
+        key: &Key,
+        token: &Token,
+        output: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the record owned by `token`, so the next claim runs the body again.
+    ///
+    /// Fenced like [`complete`](Store::complete): [`StoreError::LeaseLost`] and no change when
+    /// `token` does not own an in-progress record.
+    async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError>;
+
+    /// Extends the lease of the record owned by `token` to `now + lease`, for a body that
+    /// runs long. Fenced like [`complete`](Store::complete).
+    async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError>;
+
+    /// Reads the record, if there is a live one (expired completed records read as `None`;
+    /// in-progress records are returned even when their lease has passed, until a claim takes
+    /// them over or the store drops them).
+    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError>;
+
+    /// Deletes the record whatever its state; `true` if there was one. For operators and
+    /// tests: removing an in-progress record lets a duplicate run.
+    async fn remove(&self, key: &Key) -> Result<bool, StoreError>;
+}
+
+macro_rules! forward_store {
+    ($($ty:ty),*) => {$(
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $ty {
+            async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Result<Claim, StoreError> {
+                (**self).claim(key, fingerprint, lease).await
+            }
+
+            async fn complete(&self, key: &Key, token: &Token, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
+                (**self).complete(key, token, output, ttl).await
+            }
+
+            async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
+                (**self).release(key, token).await
+            }
+
+            async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
+                (**self).renew(key, token, lease).await
+            }
+
+            async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+                (**self).get(key).await
+            }
+
+            async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+                (**self).remove(key).await
+            }
+        }
+    )*};
+}
+
+forward_store!(Arc<S>, Box<S>);

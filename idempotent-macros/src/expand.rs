@@ -1,0 +1,156 @@
+//! Code generation. Generated code names only `<crate>::__private::…` and `::core::…`.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{ItemFn, LitStr};
+
+use crate::attr::{Options, Policy};
+use crate::check::{DurationPlan, Plan, Shape, check};
+
+pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(error) => return with_error(error, item),
+    };
+    let options: Options = match syn::parse2(args) {
+        Ok(options) => options,
+        Err(error) => return with_error(error, item),
+    };
+    match check(&options, &function) {
+        Ok(plan) => generate(&function, &plan),
+        Err(error) => with_error(error, item),
+    }
+}
+
+/// The error, plus the function unchanged, so the IDE and later errors stay sane.
+fn with_error(error: syn::Error, item: TokenStream) -> TokenStream {
+    let mut tokens = error.to_compile_error();
+    tokens.extend(item);
+    tokens
+}
+
+fn duration(krate: &syn::Path, plan: &DurationPlan<'_>) -> TokenStream {
+    match plan {
+        DurationPlan::Nanos(nanos) => quote!(#krate::__private::Duration::from_nanos(#nanos)),
+        DurationPlan::Expr(expr) => quote_spanned!(expr.span()=> #expr),
+    }
+}
+
+fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
+    let krate = &plan.krate;
+    let private = quote!(#krate::__private);
+    let output = plan.output;
+
+    let namespace = match &plan.name {
+        Some(name) => LitStr::new(name, function.sig.ident.span()).into_token_stream(),
+        None => {
+            let ident = function.sig.ident.to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #ident))
+        }
+    };
+    let version = plan.version;
+
+    let executor = match plan.store {
+        Some(store) => quote_spanned!(store.span()=> #private::executor(&(#store))),
+        None => quote!(#private::default_idempotency()),
+    };
+    let pushes = plan.hashed.iter().map(|argument| {
+        quote_spanned!(argument.span()=> #private::push_arg(&mut __idempotency_args, &#argument);)
+    });
+    let key = match plan.key {
+        Some(key) => {
+            quote_spanned!(key.span()=> ::core::option::Option::Some(#private::key_digest(&(#key))))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+
+    let mut options = TokenStream::new();
+    if let Some(ttl) = &plan.ttl {
+        let ttl = duration(krate, ttl);
+        options.extend(quote!(.ttl(#ttl)));
+    }
+    if let Some(lease) = &plan.lease {
+        let lease = duration(krate, lease);
+        options.extend(quote!(.lease(#lease)));
+    }
+    match plan.policy {
+        Some(Policy::Reject) => {
+            options.extend(quote!(.on_in_progress(#private::InProgressPolicy::Reject)))
+        }
+        Some(Policy::Wait) => {
+            options.extend(quote!(.on_in_progress(#private::InProgressPolicy::Wait)))
+        }
+        None => {}
+    }
+    if plan.store_errors {
+        options.extend(quote!(.store_errors()));
+    }
+
+    // Bounds checked where the user wrote the types, so errors point there.
+    let result_check = quote_spanned!(output.span()=> #private::assert_result::<#output>(););
+    let assertions = plan.result_parts.map(|(ok, err)| {
+        let ok_check = quote_spanned!(ok.span()=> #private::assert_output::<#ok>(););
+        let err_check = if plan.store_errors {
+            quote_spanned!(err.span()=> #private::assert_stored_error::<#err>();)
+        } else {
+            quote_spanned!(err.span()=> #private::assert_error::<#err>();)
+        };
+        quote!(#ok_check #err_check)
+    });
+
+    let body = |block: TokenStream| {
+        quote! {
+            static __IDEMPOTENCY_SITE: #private::Site = #private::Site::new(#namespace, #version);
+            #result_check
+            #assertions
+            let mut __idempotency_args = #private::DigestBuilder::new();
+            #(#pushes)*
+            let __idempotency_call = match #private::prepare(
+                &__IDEMPOTENCY_SITE,
+                #executor,
+                __idempotency_args.finish(),
+                #key,
+            ) {
+                ::core::result::Result::Ok(__idempotency_call) => __idempotency_call,
+                ::core::result::Result::Err(__idempotency_error) => {
+                    return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
+                }
+            };
+            __idempotency_call #options
+                .run(move || async move {
+                    let __idempotency_output: #output = #block;
+                    __idempotency_output
+                })
+                .await
+        }
+    };
+
+    let attrs = &function.attrs;
+    let vis = &function.vis;
+    let sig = &function.sig;
+    match &plan.shape {
+        Shape::Async => {
+            let block = &function.block;
+            let body = body(quote!(#block));
+            quote! {
+                #(#attrs)*
+                #vis #sig {
+                    #body
+                }
+            }
+        }
+        Shape::AsyncTrait { future } => {
+            let inner = &future.block;
+            let statements = &function.block.stmts[..function.block.stmts.len() - 1];
+            let body = body(quote!(#inner));
+            quote! {
+                #(#attrs)*
+                #vis #sig {
+                    #(#statements)*
+                    ::std::boxed::Box::pin(async move { #body })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Make async functions, HTTP handlers and message consumers **idempotent**: a retried call
+//! (network blip, double click, redelivered message, crashed worker) has its effect at most
+//! once, and every retry gets the first call's result back.
+//!
+//! ```
+//! use idempotency::idempotent;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize)]
+//! struct ChargeRequest { order_id: String, amount_cents: u64 }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct Receipt { charge_id: u64 }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum PaymentError {
+//!     #[error(transparent)]
+//!     Idempotency(#[from] idempotency::Error),
+//! }
+//!
+//! #[idempotent(key = req.order_id, ttl = "24h")]
+//! async fn charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
+//!     Ok(Receipt { charge_id: rand_id() })         // runs once per order_id
+//! }
+//! # fn rand_id() -> u64 { std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), PaymentError> {
+//! let first = charge(ChargeRequest { order_id: "A-1".into(), amount_cents: 1999 }).await?;
+//! let retry = charge(ChargeRequest { order_id: "A-1".into(), amount_cents: 1999 }).await?;
+//! assert_eq!(first, retry); // the retry was replayed, not charged again
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The attribute hashes the arguments into a key and a fingerprint, claims the key in a
+//! [`Store`] in one round trip, runs the body once, stores its output and replays it to every
+//! retry. The same machinery is available without the macro through [`Idempotency`].
+//!
+//! | situation | what the caller gets | store round trips |
+//! |---|---|---|
+//! | first call | the body's output (stored) | 2 (claim, complete) |
+//! | retry of a completed call | the stored output, replayed | 1 |
+//! | retry while the first still runs | waits for its output (or `InProgress` with `reject`) | — |
+//! | same key, other arguments | [`Error::KeyReused`]; the body does not run | 1 |
+//! | body returned `Err` | that error; nothing stored, a retry runs again | 2 (claim, release) |
+//! | store unreachable | [`Error::Store`]; the body does not run (fail closed) | — |
+//! | owner crashed | after its `lease`, the next call takes over and runs the body | — |
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `macros` | yes | the `#[idempotent]` attribute |
+//! | `memory` | yes | [`MemoryStore`], the in-process default store (moka) |
+//! | `tracing` | no | spans and events for claim, replay, execute, release, takeover, store errors |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+
+pub use idempotent_core::{
+    BoxError, Bytes, Call, CanonicalError, Claim, CodecOp, Digest, DigestBuilder, DropErrors,
+    Error, Fingerprint, HexDigest, Idempotency, IdempotencyBuilder, InProgressPolicy, Key,
+    Namespace, OutputMode, Record, Store, StoreError, StoreErrors, StoreOp, Token, async_trait,
+    conformance, conformance_tests, default_idempotency, set_default, set_default_store, store,
+    testing,
+};
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
+
+/// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the
+/// first call's output back.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)]
+/// # struct AppError(#[from] idempotency::Error);
+/// #[idempotent(ttl = "1h")]
+/// async fn reserve_stock(sku: String, quantity: u32) -> Result<u64, AppError> {
+///     Ok(42) // reservation id; runs once per (sku, quantity) for an hour
+/// }
+/// ```
+///
+/// # Requirements
+///
+/// * an `async fn` (free function, method — `self` is never hashed — generic function, or a
+///   method inside an `#[async_trait]` impl);
+/// * returning `Result<T, E>` where `T: Serialize + DeserializeOwned` (stored and replayed)
+///   and `E: From<idempotency::Error>` (how the call reports key reuse, store failures, …);
+/// * every argument not listed in `skip(..)` is `Serialize` (references too: `&str`, `&T`).
+///
+/// # What is hashed
+///
+/// The **fingerprint** is SHA-256 of the canonical encoding of every non-skipped argument.
+/// The **key** is `{namespace}:{version}:{sha256(key material)}`, where the material is the
+/// `key = …` expression, or the arguments when `key` is not given. A stored record whose
+/// fingerprint differs from the call's is a reused key: the call fails with
+/// [`Error::KeyReused`] and the body does not run.
+///
+/// # Options
+///
+/// ## `key = <expr>`
+/// What identifies the operation, e.g. an order id or a client's `Idempotency-Key`. Without
+/// it, the arguments themselves are the key.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(serde::Serialize)] struct Order { id: String, total: u64 }
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// #[idempotent(key = order.id)]
+/// async fn place(order: Order) -> Result<String, AppError> { Ok(order.id) }
+/// ```
+///
+/// ## `ttl = "24h"` / `ttl = <Duration expr>`
+/// How long the output is replayed (default 24 h). A literal is checked at compile time
+/// (`"15m"`, `"30s"`, `"1500ms"`, `"7days"`); an expression is evaluated per call.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # use std::time::Duration;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// const SESSION: Duration = Duration::from_secs(900);
+///
+/// #[idempotent(ttl = SESSION)]
+/// async fn open_session(user: u64) -> Result<String, AppError> { Ok(format!("s-{user}")) }
+/// ```
+///
+/// ## `lease = "30s"`
+/// How long a claim holds before another caller may take it over (default 30 s). Longer than
+/// the body ever runs: a body that outlives its lease can be taken over, and its own result
+/// is then refused with [`Error::LeaseLost`].
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// #[idempotent(lease = "2m")]
+/// async fn export_report(month: u32) -> Result<String, AppError> { Ok(format!("report-{month}")) }
+/// ```
+///
+/// ## `store = <expr>`
+/// The [`Idempotency`] executor to use (any expression that borrows as `&Idempotency`, such
+/// as `self.idempotency` or `&*STATE`); default: the process default store
+/// ([`set_default_store`], else an in-process [`MemoryStore`]).
+///
+/// ```
+/// # use idempotency::{idempotent, Idempotency, MemoryStore};
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// struct Payments { idempotency: Idempotency }
+///
+/// impl Payments {
+///     #[idempotent(store = self.idempotency)]
+///     async fn refund(&self, charge_id: u64) -> Result<u64, AppError> { Ok(charge_id) }
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let payments = Payments { idempotency: Idempotency::new(MemoryStore::new()) };
+/// assert_eq!(payments.refund(7).await.unwrap(), 7);
+/// # }
+/// ```
+///
+/// ## `skip(a, b)`
+/// Arguments left out of the key and fingerprint: clients, connections, configuration.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// # struct Gateway;
+/// #[idempotent(skip(gateway))]
+/// async fn charge(order_id: String, gateway: &Gateway) -> Result<u64, AppError> { Ok(1) }
+/// ```
+///
+/// ## `name = "…"` and `version = N`
+/// The namespace defaults to the function's module path and name; `name` fixes it so records
+/// survive a rename or a move. Bump `version` when the function's meaning or output type
+/// changes, so old records are not replayed. Two functions that end up with the same
+/// namespace and version fail with [`Error::NamespaceCollision`] instead of sharing keys.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// #[idempotent(name = "billing.charge", version = 2)]
+/// async fn charge(order_id: String) -> Result<u64, AppError> { Ok(2) }
+/// ```
+///
+/// ## `on_in_progress = wait | reject`
+/// A duplicate that arrives while the first call runs waits for its output (`wait`, the
+/// default, bounded by the executor's `wait_timeout`), or fails at once with
+/// [`Error::InProgress`] (`reject`), for example to answer HTTP 409.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// #[idempotent(on_in_progress = reject)]
+/// async fn submit(form_id: u64) -> Result<u64, AppError> { Ok(form_id) }
+/// ```
+///
+/// ## `store_errors`
+/// By default an `Err` is not stored: the claim is released so a retry runs again. With
+/// `store_errors`, errors that are deterministic business outcomes ("card declined") are
+/// stored and replayed like outputs; `E` must then be `Serialize + DeserializeOwned` too.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// #[derive(Debug, serde::Serialize, serde::Deserialize, thiserror::Error)]
+/// enum ChargeError {
+///     #[error("card declined")]
+///     Declined,
+///     #[error("{0}")]
+///     Idempotency(String),
+/// }
+/// impl From<idempotency::Error> for ChargeError {
+///     fn from(error: idempotency::Error) -> Self { ChargeError::Idempotency(error.to_string()) }
+/// }
+///
+/// #[idempotent(store_errors)]
+/// async fn charge(card: String) -> Result<u64, ChargeError> { Err(ChargeError::Declined) }
+/// ```
+///
+/// ## `crate = path`
+/// Where `idempotency` is, when it is renamed or re-exported: `crate = ::my_sdk::idempotency`.
+///
+/// # Errors at compile time
+///
+/// Unknown or duplicate options, a non-`async` function, `skip` of an argument that does not
+/// exist, a return type that cannot be `Result<T, E>`, an argument that is not `Serialize`
+/// and a `ttl` or `lease` literal that is not a duration are compile errors pointing at the
+/// offending token.
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+#[doc(inline)]
+pub use idempotent_macros::idempotent;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Used by the code `#[idempotent]` generates. **Not public API.**
+    pub use idempotent_core::__private::*;
+}

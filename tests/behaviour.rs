@@ -1,0 +1,534 @@
+//! The behaviour contract of `#[idempotent]` on the memory store, through the public API.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{AppError, Down, Recording, leak};
+use idempotency::{Error, Idempotency, InProgressPolicy, MemoryStore, idempotent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize)]
+struct ChargeRequest {
+    order_id: String,
+    amount_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Receipt {
+    charge_id: usize,
+    amount_cents: u64,
+}
+
+fn executor() -> (&'static Idempotency, std::sync::Arc<common::Counts>) {
+    let (store, counts) = Recording::new(MemoryStore::new());
+    (leak(Idempotency::new(store)), counts)
+}
+
+#[idempotent(key = req.order_id, store = exec, skip(exec, runs))]
+async fn charge(
+    req: ChargeRequest,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+) -> Result<Receipt, AppError> {
+    let charge_id = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(Receipt {
+        charge_id,
+        amount_cents: req.amount_cents,
+    })
+}
+
+fn request(order: &str) -> ChargeRequest {
+    ChargeRequest {
+        order_id: order.to_owned(),
+        amount_cents: 1999,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_run_the_body_once() {
+    let (exec, counts) = executor();
+    let runs = leak(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(charge(request("order-1000"), exec, runs)))
+        .collect();
+    let mut receipts = Vec::new();
+    for call in calls {
+        receipts.push(call.await.expect("task").expect("call"));
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the body ran more than once"
+    );
+    assert!(receipts.iter().all(|receipt| *receipt == receipts[0]));
+    let (_, completes, releases) = counts.snapshot();
+    assert_eq!((completes, releases), (1, 0));
+}
+
+#[tokio::test]
+async fn different_arguments_run_separately() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    let a = charge(request("order-a"), exec, &runs).await.unwrap();
+    let b = charge(request("order-b"), exec, &runs).await.unwrap();
+    assert_ne!(a.charge_id, b.charge_id);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_key_reused_with_other_arguments_is_refused() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    charge(request("order-reuse"), exec, &runs).await.unwrap();
+    let mut other = request("order-reuse");
+    other.amount_cents = 5;
+    let error = charge(other, exec, &runs).await.unwrap_err();
+    assert!(
+        matches!(error.idempotency(), Some(Error::KeyReused { .. })),
+        "expected KeyReused, got {error:?}"
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the body must not run on key reuse"
+    );
+}
+
+#[tokio::test]
+async fn round_trips_are_exact() {
+    let (exec, counts) = executor();
+    let runs = AtomicUsize::new(0);
+    charge(request("order-rt"), exec, &runs).await.unwrap();
+    assert_eq!(
+        counts.snapshot(),
+        (1, 1, 0),
+        "first execution: claim + complete"
+    );
+    assert_eq!(counts.total(), 2);
+    charge(request("order-rt"), exec, &runs).await.unwrap();
+    assert_eq!(counts.total(), 3, "replay: one claim");
+
+    let failing_runs = AtomicUsize::new(0);
+    let _ = flaky(1, exec, &failing_runs, 1).await;
+    assert_eq!(counts.snapshot(), (3, 1, 1), "failed body: claim + release");
+    assert_eq!(counts.total(), 5);
+}
+
+#[idempotent(store = exec, skip(exec, runs, failures))]
+async fn flaky(
+    order: u32,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+    failures: usize,
+) -> Result<usize, AppError> {
+    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    if run <= failures {
+        return Err(AppError::Gateway(format!(
+            "timeout on run {run} of order {order}"
+        )));
+    }
+    Ok(run)
+}
+
+#[tokio::test]
+async fn errors_are_not_stored_and_a_retry_runs_again() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    let first = flaky(7, exec, &runs, 1).await;
+    assert!(matches!(first, Err(AppError::Gateway(_))));
+    assert_eq!(
+        flaky(7, exec, &runs, 1).await.unwrap(),
+        2,
+        "the retry runs the body"
+    );
+    assert_eq!(
+        flaky(7, exec, &runs, 1).await.unwrap(),
+        2,
+        "then it is replayed"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+enum ChargeError {
+    #[error("card declined")]
+    Declined { attempt: usize },
+    #[error("{0}")]
+    Idempotency(String),
+}
+
+impl From<Error> for ChargeError {
+    fn from(error: Error) -> Self {
+        ChargeError::Idempotency(error.to_string())
+    }
+}
+
+#[idempotent(store = exec, skip(exec, runs), store_errors)]
+async fn declining_charge(
+    card: String,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+) -> Result<u64, ChargeError> {
+    let attempt = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let _ = card;
+    Err(ChargeError::Declined { attempt })
+}
+
+#[tokio::test]
+async fn with_store_errors_the_error_is_replayed() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    let first = declining_charge("4000-0000".into(), exec, &runs).await;
+    let retry = declining_charge("4000-0000".into(), exec, &runs).await;
+    assert_eq!(first, Err(ChargeError::Declined { attempt: 1 }));
+    assert_eq!(retry, first, "the stored error is replayed");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[idempotent(store = exec, skip(exec, runs), ttl = "300ms")]
+async fn short_lived(id: u32, exec: &Idempotency, runs: &AtomicUsize) -> Result<usize, AppError> {
+    let _ = id;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test]
+async fn after_the_ttl_the_call_runs_again() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    assert_eq!(short_lived(1, exec, &runs).await.unwrap(), 1);
+    assert_eq!(short_lived(1, exec, &runs).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(short_lived(1, exec, &runs).await.unwrap(), 2);
+}
+
+#[idempotent(store = exec, skip(exec, runs, delay), lease = "200ms")]
+async fn slow(
+    order: u32,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+    delay: Duration,
+) -> Result<String, AppError> {
+    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(delay).await;
+    Ok(format!("order {order}, run {run}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_owner_is_taken_over_and_its_late_result_is_refused() {
+    let (exec, _) = executor();
+    let runs = leak(AtomicUsize::new(0));
+    let hung = tokio::spawn(slow(9, exec, runs, Duration::from_millis(900)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Waits for the hung owner's lease (200 ms) to pass, then takes over.
+    let taker = slow(9, exec, runs, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(taker, "order 9, run 2");
+    let late = hung.await.unwrap().unwrap_err();
+    assert!(
+        matches!(late.idempotency(), Some(Error::LeaseLost { .. })),
+        "expected LeaseLost, got {late:?}"
+    );
+    let replay = slow(9, exec, runs, Duration::ZERO).await.unwrap();
+    assert_eq!(replay, "order 9, run 2", "the new owner's result stays");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[idempotent(store = exec, skip(exec, started, finished), on_in_progress = reject)]
+async fn exclusive(
+    job: u32,
+    exec: &Idempotency,
+    started: &tokio::sync::Notify,
+    finished: &AtomicUsize,
+) -> Result<u32, AppError> {
+    started.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finished.fetch_add(1, Ordering::SeqCst);
+    Ok(job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_answers_while_the_first_call_still_runs() {
+    let (exec, _) = executor();
+    let started = leak(tokio::sync::Notify::new());
+    let finished = leak(AtomicUsize::new(0));
+    let first = tokio::spawn(exclusive(3, exec, started, finished));
+    started.notified().await;
+    let error = exclusive(3, exec, started, finished).await.unwrap_err();
+    assert!(
+        matches!(error.idempotency(), Some(Error::InProgress { .. })),
+        "expected InProgress, got {error:?}"
+    );
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "reject must not wait for the owner"
+    );
+    assert_eq!(first.await.unwrap().unwrap(), 3);
+}
+
+#[idempotent(store = exec, skip(exec, runs))]
+async fn panics_first(id: u32, exec: &Idempotency, runs: &AtomicUsize) -> Result<usize, AppError> {
+    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    assert!(run > 1, "simulated bug in the body of call {id}");
+    Ok(run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_body_releases_its_claim() {
+    let (exec, counts) = executor();
+    let runs = leak(AtomicUsize::new(0));
+    let panicked = tokio::spawn(panics_first(5, exec, runs)).await;
+    assert!(
+        panicked.unwrap_err().is_panic(),
+        "the panic is resumed to the caller"
+    );
+    assert_eq!(counts.snapshot(), (1, 0, 1), "the claim was released");
+    assert_eq!(
+        panics_first(5, exec, runs).await.unwrap(),
+        2,
+        "a retry runs at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_releases_its_claim() {
+    let (exec, counts) = executor();
+    let runs = leak(AtomicUsize::new(0));
+    let call = tokio::spawn(slow(11, exec, runs, Duration::from_secs(30)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    let _ = call.await;
+    for _ in 0..100 {
+        if counts.snapshot().2 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        counts.snapshot().2,
+        1,
+        "the dropped call released its claim"
+    );
+    let retry = slow(11, exec, runs, Duration::ZERO).await.unwrap();
+    assert_eq!(retry, "order 11, run 2");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_closed() {
+    let exec = Idempotency::new(Down);
+    let runs = AtomicUsize::new(0);
+    let error = charge(request("order-down"), &exec, &runs)
+        .await
+        .unwrap_err();
+    match error.idempotency() {
+        Some(Error::Store { op, source, .. }) => {
+            assert_eq!(*op, idempotency::StoreOp::Claim);
+            assert!(matches!(source, idempotency::StoreError::Unavailable(_)));
+            assert!(
+                error.to_string().contains("the body did not run"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "fail closed: the body must not run"
+    );
+}
+
+#[tokio::test]
+async fn fail_open_is_an_explicit_opt_in() {
+    let exec = Idempotency::builder(Down).fail_open(true).build();
+    let runs = AtomicUsize::new(0);
+    let receipt = charge(request("order-open"), &exec, &runs).await.unwrap();
+    assert_eq!(receipt.charge_id, 1);
+}
+
+#[tokio::test]
+async fn outputs_over_the_limit_are_refused_and_released() {
+    let (store, counts) = Recording::new(MemoryStore::new());
+    let exec = Idempotency::builder(store).max_output_bytes(64).build();
+    let runs = AtomicUsize::new(0);
+    let error = big_output(1, &exec, &runs).await.unwrap_err();
+    assert!(
+        matches!(error.idempotency(), Some(Error::OutputTooLarge { size, limit: 64, .. }) if *size > 64),
+        "{error:?}"
+    );
+    assert_eq!(counts.snapshot(), (1, 0, 1));
+}
+
+#[idempotent(store = exec, skip(exec, runs))]
+async fn big_output(id: u32, exec: &Idempotency, runs: &AtomicUsize) -> Result<String, AppError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok("x".repeat(1000 + id as usize))
+}
+
+// Methods, generics, references and `#[async_trait]`.
+
+struct Ledger {
+    idempotency: Idempotency,
+    entries: AtomicUsize,
+}
+
+impl Ledger {
+    #[idempotent(store = self.idempotency)]
+    async fn post(&self, account: &str, cents: i64) -> Result<usize, AppError> {
+        let _ = (account, cents);
+        Ok(self.entries.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    #[idempotent(store = self.idempotency, key = tags.first())]
+    async fn label<T: Serialize + Sync>(
+        &self,
+        tags: &[String],
+        payload: &T,
+    ) -> Result<usize, AppError> {
+        let _ = payload;
+        Ok(self.entries.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+#[tokio::test]
+async fn methods_generics_and_references_work() {
+    let ledger = Ledger {
+        idempotency: Idempotency::new(MemoryStore::new()),
+        entries: AtomicUsize::new(0),
+    };
+    assert_eq!(ledger.post("acct-1", 500).await.unwrap(), 1);
+    assert_eq!(ledger.post("acct-1", 500).await.unwrap(), 1);
+    assert_eq!(ledger.post("acct-2", 500).await.unwrap(), 2);
+    let tags = vec!["t1".to_owned()];
+    assert_eq!(ledger.label(&tags, &42u8).await.unwrap(), 3);
+    assert_eq!(
+        ledger.label(&tags, &42u64).await.unwrap(),
+        3,
+        "42u8 and 42u64 hash alike"
+    );
+    let error = ledger.label(&tags, &"other").await.unwrap_err();
+    assert!(matches!(error.idempotency(), Some(Error::KeyReused { .. })));
+}
+
+#[idempotency::async_trait]
+trait Payments: Send + Sync {
+    async fn refund(&self, charge_id: u64, cents: u64) -> Result<usize, AppError>;
+}
+
+struct PaymentService {
+    idempotency: Idempotency,
+    refunds: AtomicUsize,
+}
+
+#[idempotency::async_trait]
+impl Payments for PaymentService {
+    #[idempotent(store = self.idempotency, key = charge_id)]
+    async fn refund(&self, charge_id: u64, cents: u64) -> Result<usize, AppError> {
+        let _ = (charge_id, cents);
+        Ok(self.refunds.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+#[tokio::test]
+async fn works_inside_async_trait_impls() {
+    let service: Box<dyn Payments> = Box::new(PaymentService {
+        idempotency: Idempotency::new(MemoryStore::new()),
+        refunds: AtomicUsize::new(0),
+    });
+    assert_eq!(service.refund(1, 100).await.unwrap(), 1);
+    assert_eq!(service.refund(1, 100).await.unwrap(), 1);
+    assert_eq!(service.refund(2, 100).await.unwrap(), 2);
+    let error = service.refund(1, 999).await.unwrap_err();
+    assert!(matches!(error.idempotency(), Some(Error::KeyReused { .. })));
+}
+
+mod same_module {
+    use super::*;
+
+    pub(super) struct Invoices(pub(super) Idempotency);
+    pub(super) struct Quotes(pub(super) Idempotency);
+
+    impl Invoices {
+        #[idempotent(store = self.0)]
+        pub(super) async fn issue(&self, number: u32) -> Result<u32, AppError> {
+            Ok(number)
+        }
+    }
+
+    impl Quotes {
+        #[idempotent(store = self.0)]
+        pub(super) async fn issue(&self, number: u32) -> Result<u32, AppError> {
+            Ok(number + 1000)
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_functions_sharing_a_namespace_are_caught() {
+    let store = MemoryStore::new();
+    let invoices = same_module::Invoices(Idempotency::new(store.clone()));
+    let quotes = same_module::Quotes(Idempotency::new(store));
+    let first = invoices.issue(1).await;
+    let second = quotes.issue(1).await;
+    let collided = match (&first, &second) {
+        (Ok(_), Err(error)) | (Err(error), Ok(_)) => error,
+        other => panic!("exactly one of the two must be refused, got {other:?}"),
+    };
+    assert!(
+        matches!(
+            collided.idempotency(),
+            Some(Error::NamespaceCollision { .. })
+        ),
+        "{collided:?}"
+    );
+    assert!(collided.to_string().contains("name = "), "{collided}");
+}
+
+#[tokio::test]
+async fn the_plain_api_matches_the_macro() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let key = idempotency::Key::derive("plain::transfer", 1, &"tx-1").unwrap();
+    let fingerprint = idempotency::Fingerprint::of(&("tx-1", 500u32)).unwrap();
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let out: Result<usize, Error> = idempotency
+            .call(key.clone(), fingerprint)
+            .on_in_progress(InProgressPolicy::Reject)
+            .run(|| async { Ok(runs.fetch_add(1, Ordering::SeqCst) + 1) })
+            .await;
+        assert_eq!(out.unwrap(), 1);
+    }
+}
+
+#[idempotent]
+async fn on_the_default_store(n: u64) -> Result<u64, AppError> {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    Ok(n * 1000 + RUNS.fetch_add(1, Ordering::SeqCst) as u64)
+}
+
+#[tokio::test]
+async fn the_default_store_is_used_without_store_option() {
+    let first = on_the_default_store(4).await.unwrap();
+    assert_eq!(on_the_default_store(4).await.unwrap(), first);
+}
+
+#[tokio::test]
+async fn zero_durations_are_refused() {
+    let exec = Idempotency::new(MemoryStore::new());
+    let key = idempotency::Key::derive("plain::zero", 1, &1).unwrap();
+    let fingerprint = idempotency::Fingerprint::of(&1).unwrap();
+    let out: Result<(), Error> = exec
+        .call(key, fingerprint)
+        .ttl(Duration::ZERO)
+        .run(|| async { Ok(()) })
+        .await;
+    let error = out.unwrap_err();
+    assert!(
+        matches!(error, Error::InvalidOption { option: "ttl", .. }),
+        "{error:?}"
+    );
+}

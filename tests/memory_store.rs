@@ -1,0 +1,128 @@
+//! The memory store: the shared conformance suite, and what happens at capacity.
+
+use std::time::Duration;
+
+use idempotency::{Bytes, Claim, Digest, Fingerprint, Key, MemoryStore, Store, StoreError};
+
+idempotency::conformance_tests!(|| async { Some(MemoryStore::new()) });
+
+fn key(n: usize) -> Key {
+    Key::new("memory::capacity", 1, Digest::of(&n).expect("digest"))
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn in_progress_records_are_never_evicted() {
+    // Room for only a handful of completed records.
+    let store = MemoryStore::builder().max_capacity_bytes(4 * 1024).build();
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    let mut owners = Vec::new();
+    for n in 0..500 {
+        match store.claim(&key(n), &fingerprint, HOUR).await.unwrap() {
+            Claim::Acquired { token, .. } => owners.push(token),
+            other => panic!("expected Acquired, got {other:?}"),
+        }
+    }
+    // Flood the completed side far past capacity.
+    for n in 1000..1200 {
+        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
+        else {
+            panic!("expected Acquired");
+        };
+        store
+            .complete(&key(n), &token, Bytes::from(vec![7u8; 512]), HOUR)
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.evicted_before_expiry() > 0,
+        "the flood must evict completed records"
+    );
+    assert!(
+        store.weighted_size() <= 4 * 1024,
+        "capacity holds: {}",
+        store.weighted_size()
+    );
+    for n in 0..500 {
+        assert!(
+            matches!(
+                store.claim(&key(n), &fingerprint, HOUR).await.unwrap(),
+                Claim::InProgress { .. }
+            ),
+            "in-progress record {n} must survive capacity pressure"
+        );
+    }
+    for (n, token) in owners.iter().enumerate() {
+        store
+            .complete(&key(n), token, Bytes::from_static(b"ok"), HOUR)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_least_recently_used_completed_record_goes_first() {
+    let store = MemoryStore::builder()
+        .max_capacity_bytes(3 * (512 + 256))
+        .build();
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    for n in 0..2 {
+        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
+        else {
+            panic!("expected Acquired");
+        };
+        store
+            .complete(&key(n), &token, Bytes::from(vec![1u8; 512]), HOUR)
+            .await
+            .unwrap();
+    }
+    // Moka applies writes and reads to its LRU order in batches; settle the writes first.
+    store.evicted_before_expiry();
+    // Touch record 0 so that record 1 is the least recently used.
+    assert!(matches!(
+        store.claim(&key(0), &fingerprint, HOUR).await.unwrap(),
+        Claim::Completed { .. }
+    ));
+    store.evicted_before_expiry();
+    for n in 2..4 {
+        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
+        else {
+            panic!("expected Acquired");
+        };
+        store
+            .complete(&key(n), &token, Bytes::from(vec![1u8; 512]), HOUR)
+            .await
+            .unwrap();
+        store.evicted_before_expiry();
+    }
+    assert!(
+        store.get(&key(0)).await.unwrap().is_some(),
+        "recently used record 0 stays"
+    );
+    assert!(
+        store.get(&key(1)).await.unwrap().is_none(),
+        "LRU record 1 was evicted"
+    );
+    assert!(
+        store.get(&key(3)).await.unwrap().is_some(),
+        "the newest record was admitted"
+    );
+}
+
+#[tokio::test]
+async fn an_output_larger_than_the_whole_capacity_is_refused() {
+    let store = MemoryStore::builder().max_capacity_bytes(1024).build();
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    let Claim::Acquired { token, .. } = store.claim(&key(1), &fingerprint, HOUR).await.unwrap()
+    else {
+        panic!("expected Acquired");
+    };
+    let refused = store
+        .complete(&key(1), &token, Bytes::from(vec![0u8; 4096]), HOUR)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TooLarge { size: 4096, .. })),
+        "{refused:?}"
+    );
+}
