@@ -97,9 +97,9 @@ fn golden_vectors() {
         ),
     ];
     let expected = [
-        "0u8 dc4c8669df128318c5790c414c870cc76c585268552851e78d3ee8604dbec0e3",
-        "1i64 ae8fbec16aca5626b12c71fc716df9bfeed7412a6fe0328331a557fcdc5b264e",
-        "-1i32 339eed010a5e07b4314cb00f1234d636dc30df8fce73917165c299c6b4811804",
+        "0u8 9b4fb24edd6d1d8830e272398263cdbf026b97392cc35387b991dc0248a628f9",
+        "1i64 d4ea3fc5537ce615543ea44f074bff451fb6c9749e9e8692c111f7070b4780c7",
+        "-1i32 67294d0eff78c6dbf4ae91576d495f81ca8f9967119cff318132f79d41285dfc",
         "u64::MAX 3ed40262bf3e6af051e4660f623c94b1b0e058c8d03f13af65b657ae84c02e03",
         "i128::MIN 355c87a603ff2b1d4d3d15dae423a81e5f6d334d23969446f30b22b12f7bab1a",
         "u128::MAX 5e19ff9af820c6a17deb53395984741ab9586c1fe0ba1dae1579e70cd7d04331",
@@ -109,24 +109,24 @@ fn golden_vectors() {
         "inf 7cb4d610b0d8c51af67bb282f087fd998555e928cee00bd8b7d046bd5d428d54",
         "true dbc1b4c900ffe48d575b5da5c638040125f65db0fe3e24494b76ea986457d986",
         "'x' 681fbc32437f1bdd7f24c214adf8d9c07afecf8e9aece160ec744600a6f7c061",
-        "\"\" 92c0a3cd8b571ac5634aa066fcc63d7b62155c36126a29231d97692ff2944875",
-        "\"hello\" 030d51967ac2eefa2f661eae5149caac63badeda7173629f5f6cf3587586eaad",
-        "\"ünïcödé\" a1bb82f76ede6875075459f61d9a7518723f28e2665f6d44a7a4a85c887beca6",
-        "bytes c1fcf5b9e1e4012fa97cdfe95c0c8e9b03bfc82316b60738c669a22d8642de5d",
+        "\"\" e545d395bb3fd971f91bf9a2b6722831df704efae6c1aa9da0989ed0970b77bb",
+        "\"hello\" 191d880a7ff83c3e2fa0b4a1530950edcf8f9f552c6626208e60e0e20adac1f5",
+        "\"ünïcödé\" cd2ffb917bdee17e80b918ce323f1c833757e8b90283ee76db3f2eac11ca02c1",
+        "bytes bba866081fc10b3bcc8f2b3ea5969c74e727341dfb861fb9515df62d0f251795",
         "None 01ba4719c80b6fe911b091a7c05124b64eeece964e09c058ef8f9805daca546b",
-        "Some(7) b008d219294e7eded900db037a66bde176a851b8f2d97320155988db9d06c770",
+        "Some(7) 4938c0762d1def3558c7fea14c5ce59c43caf015554edf477dbdf7589255c39b",
         "() 6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
         "Marker 6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-        "OrderId(42) db40d530a39f25b7c4cb009aade03fe5705c49cfa4bdda701d3b2784a31e75b9",
-        "[1,2,3] 65a7de614612dad9da7db005978cd742722da2dbb57c017ef1b2c8fbe669203a",
-        "(\"ab\",\"\") eafefa335a2d3cf46df715ca6625b1648040d9fbc37eb90ad5a0742daa914065",
-        "(\"a\",\"b\") dd5cc726edc91d8014322411f5b2fa13d6a592b110e315c6540bf0e70785011a",
-        "Event::Created d2b3524b072e4c2e7332cb4d64374347adea00fc80c2d73900c8b66f70bc967b",
-        "Event::Paid 62c8bbf39dae49032be3f876d48ed196cc9d6174b537fe98b1601ce2a8092b5f",
-        "Event::Moved f1231933b36b89be38115034fd2630f86938b70e2654bddfe25e0b02ec43f7e2",
-        "Event::Refunded 22ab568efb65020bf70c824e0715f8ced605d26fabde3d78ce9eb0632154e32e",
-        "{a:1,b:2} a909b6759959f2906e49c40b264b2420d279a2fd8cc9d0e753e39f6be0fefd07",
-        "ChargeRequest 4d55223ad2306e04c2ddc246de8f3c0c89e5b837f13fc56a3abd43b6ad3fdad9",
+        "OrderId(42) 3373f27f67346f5aeeecf767d2f456e7506f12a077a9ce0d89dba643a7c1b059",
+        "[1,2,3] 4376e7c91092d810a51caa8528f66d8556727a6bbbee26ba8959c21e8487b753",
+        "(\"ab\",\"\") c72d0237e86ca574e57ee9d0a202867c9664e51f877971a567a94ff12549a23d",
+        "(\"a\",\"b\") 5594320493697abbc60999fd27c4dd3280fcf0659d841f32e0d19e34c22b3c19",
+        "Event::Created a900004b6319ccbe54504fdec8d6e3ec2401f29f081bf8234f13e7b749019663",
+        "Event::Paid 676522820604f05258e8099f59f3dbd5e61c74ceda352cc4a372f674c56b0e06",
+        "Event::Moved fed04e1aaf73db979144eb91100ddaa081fcfd3c93eae1c3ac3735ece4c51f4f",
+        "Event::Refunded 1d760c47b50046b486e51932006f22a8c8ffd786a7faaf31be826a30761124de",
+        "{a:1,b:2} 7fe5ae11e8603be4730c302eecef58397b95d84263518bb14cc330b094566520",
+        "ChargeRequest e33df403c17036b4e313fad6cdbe993cf9562d133fd0db91f2b98da854b47350",
     ];
     let actual: Vec<String> = vectors
         .iter()
@@ -141,23 +141,28 @@ fn golden_vectors() {
 }
 
 /// The encoding spelled out byte by byte for a few values, computed independently of the
-/// serializer: a tag byte, little-endian integers, `u64` length prefixes, an end tag.
+/// serializer: a tag byte, zigzag LEB128 integers, LEB128 length prefixes, an end tag.
 #[test]
 fn encoding_is_as_documented() {
     use sha2::{Digest as _, Sha256};
     let sha = |bytes: &[u8]| -> String { hex::encode(Sha256::digest(bytes)) };
     let string = |text: &str| -> Vec<u8> {
-        let mut out = vec![0x08];
-        out.extend((text.len() as u64).to_le_bytes());
+        assert!(text.len() < 128, "one-byte length in this helper");
+        let mut out = vec![0x08, text.len() as u8];
         out.extend(text.as_bytes());
         out
     };
-    assert_eq!(hex(&0u8), sha(&[0x03, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(hex(&0u8), sha(&[0x03, 0x00]));
+    assert_eq!(hex(&-1i32), sha(&[0x03, 0x01]));
+    assert_eq!(hex(&1999u64), sha(&[0x03, 0x9E, 0x1F])); // zigzag 3998 = 0x0F9E
     assert_eq!(hex("hello"), sha(&string("hello")));
     let pair = [vec![0x0E], string("a"), string("b"), vec![0x0F]].concat();
     assert_eq!(hex(&("a", "b")), sha(&pair));
-    let option = [vec![0x0B, 0x03], 7i64.to_le_bytes().to_vec()].concat();
-    assert_eq!(hex(&Some(7)), sha(&option));
+    assert_eq!(hex(&Some(7)), sha(&[0x0B, 0x03, 0x0E]));
+    let long = "x".repeat(200);
+    let mut long_encoding = vec![0x08, 0xC8, 0x01]; // 200 = 0b1_1001000
+    long_encoding.extend(long.as_bytes());
+    assert_eq!(hex(long.as_str()), sha(&long_encoding));
 }
 
 #[test]

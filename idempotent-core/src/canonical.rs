@@ -5,7 +5,10 @@
 //! the same byte stream (`("ab", "")` and `("a", "b")` differ), and it is normalised where Rust
 //! types differ but values are the same, so that harmless refactors keep keys stable:
 //!
-//! * every integer type encodes the same value the same way (`5u8` = `5i64` = `5u128`);
+//! * every integer type encodes the same value the same way (`5u8` = `5i64` = `5u128`): a tag
+//!   and the zigzag LEB128 varint of the value when it fits an `i64`, else 16 little-endian
+//!   bytes; lengths are unsigned LEB128 varints, so small values cost one byte each and a
+//!   typical request fits one SHA-256 block;
 //! * `f32` widens to `f64`, `-0.0` encodes as `0.0`, every NaN as one NaN;
 //! * newtype structs are transparent (`OrderId(5)` = `5`);
 //! * struct and type names are not encoded, field and variant names are;
@@ -92,10 +95,29 @@ struct Canon<'a> {
     h: &'a mut Sink,
 }
 
+/// Unsigned LEB128: seven bits a byte, high bit set on every byte but the last.
+fn write_varint(h: &mut Sink, mut value: u64) {
+    let mut out = [0u8; 10];
+    let mut len = 0;
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[len] = low;
+            len += 1;
+            break;
+        }
+        out[len] = low | 0x80;
+        len += 1;
+    }
+    h.update(&out[..len]);
+}
+
 impl Canon<'_> {
     fn int(self, v: i64) {
         self.h.update([tag::INT64]);
-        self.h.update(v.to_le_bytes());
+        // Zigzag: small magnitudes of either sign stay short.
+        write_varint(self.h, ((v << 1) ^ (v >> 63)) as u64);
     }
 
     fn int128(self, v: i128) {
@@ -121,7 +143,7 @@ impl Canon<'_> {
 
 fn write_str(h: &mut Sink, s: &str) {
     h.update([tag::STR]);
-    h.update((s.len() as u64).to_le_bytes());
+    write_varint(h, s.len() as u64);
     h.update(s.as_bytes());
 }
 
@@ -241,7 +263,7 @@ impl<'a> ser::Serializer for Canon<'a> {
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
         self.h.update([tag::BYTES]);
-        self.h.update((v.len() as u64).to_le_bytes());
+        write_varint(self.h, v.len() as u64);
         self.h.update(v);
         Ok(())
     }
@@ -361,7 +383,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         let mut counter = CountingWriter(0);
         write!(counter, "{value}").map_err(ser::Error::custom)?;
         self.h.update([tag::STR]);
-        self.h.update((counter.0 as u64).to_le_bytes());
+        write_varint(self.h, counter.0 as u64);
         write!(HashingWriter(self.h), "{value}").map_err(ser::Error::custom)?;
         Ok(())
     }
@@ -519,7 +541,7 @@ impl ser::SerializeMap for MapState<'_> {
 
     fn end(self) -> Result<(), CanonicalError> {
         self.parent.update([tag::MAP]);
-        self.parent.update(self.count.to_le_bytes());
+        write_varint(self.parent, self.count);
         for limb in self.sum {
             self.parent.update(limb.to_le_bytes());
         }

@@ -288,28 +288,51 @@ pub trait OutputMode<T, E>: sealed::Sealed {
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError>;
 }
 
-fn encode_json<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, serde_json::Error> {
+/// Stored outputs are one tag byte and the value's JSON: `O{"charge_id":…}` for `Ok`,
+/// `E{…}` for a stored `Err`. Readable in a store's CLI, and decoded without an enum wrapper.
+const TAG_OK: u8 = b'O';
+const TAG_ERR: u8 = b'E';
+
+fn encode_tagged<V: Serialize + ?Sized>(tag: u8, value: &V) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(128);
+    out.push(tag);
     serde_json::to_writer(&mut out, value)?;
     Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the stored output is an error, but this call does not use `store_errors`")]
-struct StoredErrorMismatch;
+enum StoredOutputError {
+    #[error("the stored output is an error, but this call does not use `store_errors`")]
+    ErrorNotExpected,
+    #[error("the stored output has no `O`/`E` tag (first byte {0:?})")]
+    UnknownTag(Option<u8>),
+}
+
+/// Splits a stored output into its tag and its JSON text, checking UTF-8 once for the whole
+/// text (serde_json then skips its per-string checks).
+fn untag(bytes: &[u8]) -> Result<(u8, &str), crate::BoxError> {
+    match bytes.split_first() {
+        Some((&tag, json)) if tag == TAG_OK || tag == TAG_ERR => {
+            Ok((tag, std::str::from_utf8(json)?))
+        }
+        other => Err(Box::new(StoredOutputError::UnknownTag(
+            other.map(|(tag, _)| *tag),
+        ))),
+    }
+}
 
 impl<T: Serialize + DeserializeOwned, E> OutputMode<T, E> for DropErrors {
     fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
         match result {
-            Ok(value) => Some(encode_json(&Ok::<&T, ()>(value))),
+            Ok(value) => Some(encode_tagged(TAG_OK, value)),
             Err(_) => None,
         }
     }
 
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
-        match serde_json::from_slice::<Result<T, serde::de::IgnoredAny>>(bytes)? {
-            Ok(value) => Ok(Ok(value)),
-            Err(_) => Err(Box::new(StoredErrorMismatch)),
+        match untag(bytes)? {
+            (TAG_OK, json) => Ok(Ok(serde_json::from_str(json)?)),
+            _ => Err(Box::new(StoredOutputError::ErrorNotExpected)),
         }
     }
 }
@@ -320,11 +343,17 @@ where
     E: Serialize + DeserializeOwned,
 {
     fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
-        Some(encode_json(&result.as_ref()))
+        Some(match result {
+            Ok(value) => encode_tagged(TAG_OK, value),
+            Err(error) => encode_tagged(TAG_ERR, error),
+        })
     }
 
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
-        Ok(serde_json::from_slice(bytes)?)
+        match untag(bytes)? {
+            (TAG_OK, json) => Ok(Ok(serde_json::from_str(json)?)),
+            (_, json) => Ok(Err(serde_json::from_str(json)?)),
+        }
     }
 }
 

@@ -62,6 +62,33 @@ impl Done {
     }
 }
 
+/// Keys hash by their SHA-256 digest (see `Key`'s `Hash`), which is already uniformly random:
+/// its first eight bytes are a good hash, and far cheaper than running SipHash over 32 bytes.
+#[derive(Clone, Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+impl std::hash::BuildHasher for DigestHasher {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
 struct PerRecordExpiry;
 
 impl moka::Expiry<Key, Arc<Done>> for PerRecordExpiry {
@@ -108,7 +135,7 @@ impl MemoryStoreBuilder {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
-            .build();
+            .build_with_hasher(DigestHasher::default());
         MemoryStore {
             inner: Arc::new(Inner {
                 completed,
@@ -142,7 +169,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    completed: Cache<Key, Arc<Done>>,
+    completed: Cache<Key, Arc<Done>, DigestHasher>,
     pending: Box<[Mutex<HashMap<Key, Pending>>]>,
     max_capacity_bytes: u64,
     evicted: Arc<AtomicU64>,
