@@ -70,6 +70,10 @@ pub use idempotent_core::{
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use idempotent_core::http;
+
 /// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the
 /// first call's output back.
 ///

@@ -20,6 +20,9 @@ pub mod conformance;
 mod default;
 mod error;
 mod executor;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod http;
 mod inflight;
 mod key;
 mod record;

@@ -1,0 +1,136 @@
+//! An orders API whose `POST /orders` is idempotent: a client that retries with the same
+//! `Idempotency-Key` gets the first order back instead of creating a second one.
+//!
+//! ```sh
+//! cargo run --example http_orders --features axum      # listens on 127.0.0.1:$PORT (3000)
+//! ```
+//!
+//! * `POST /orders` with `Idempotency-Key` and a JSON body `{"item": "book", "quantity": 2}`:
+//!   `201 Created` with the order and its server-generated id. The same key and body again:
+//!   the same `201` and order, marked `Idempotent-Replayed: true`. The same key with another
+//!   body: `422`. No key: `400`. Errors are `application/problem+json`.
+//! * `GET /orders/{id}`: the order, or `404`.
+//!
+//! The idempotency records live in the in-process memory store. Keys are scoped per client by
+//! the `Authorization` header (requests without one share the anonymous scope).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use idempotency::http::IdempotencyLayer;
+use idempotency::{Idempotency, MemoryStore};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+struct NewOrder {
+    item: String,
+    quantity: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Order {
+    id: String,
+    item: String,
+    quantity: u32,
+    created_at: u64,
+}
+
+#[derive(Clone, Default)]
+struct Orders {
+    by_id: Arc<Mutex<HashMap<String, Order>>>,
+    next: Arc<AtomicU64>,
+}
+
+async fn create_order(State(orders): State<Orders>, Json(new): Json<NewOrder>) -> Response {
+    if new.quantity == 0 {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`quantity` must be at least 1",
+        )
+            .into_response();
+    }
+    let created_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    // Unique across restarts of the example (a persistent store may replay older orders).
+    let sequence = orders.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = format!("ord_{created_at:x}{sequence:04}");
+    let order = Order {
+        id: id.clone(),
+        item: new.item,
+        quantity: new.quantity,
+        created_at,
+    };
+    println!("created {id}: {} × {}", order.quantity, order.item);
+    if let Ok(mut by_id) = orders.by_id.lock() {
+        by_id.insert(id.clone(), order.clone());
+    }
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/orders/{id}"))],
+        Json(order),
+    )
+        .into_response()
+}
+
+async fn read_order(State(orders): State<Orders>, Path(id): Path<String>) -> Response {
+    let order = orders
+        .by_id
+        .lock()
+        .ok()
+        .and_then(|by_id| by_id.get(&id).cloned());
+    match order {
+        Some(order) => Json(order).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no order `{id}`")).into_response(),
+    }
+}
+
+/// The store: the in-process memory store. `REDIS_URL` and `POSTGRES_URL` are meant to select
+/// those backends; until they are wired into this example, setting one is refused rather
+/// than silently ignored.
+fn idempotency() -> Result<Idempotency, String> {
+    for variable in ["REDIS_URL", "POSTGRES_URL"] {
+        if std::env::var_os(variable).is_some() {
+            return Err(format!(
+                "{variable} is set, but this example does not use that backend yet; unset it to run on the memory store"
+            ));
+        }
+    }
+    Ok(Idempotency::new(MemoryStore::new()))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let idempotency = idempotency()?;
+    let app = Router::new()
+        .route("/orders", post(create_order))
+        .route("/orders/{id}", get(read_order))
+        .with_state(Orders::default())
+        // POST and PATCH need an `Idempotency-Key`; GET passes through.
+        .layer(IdempotencyLayer::new(idempotency).require_key(true));
+
+    let port = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse::<u16>()
+            .map_err(|_| format!("PORT must be a port number, not `{port}`"))?,
+        Err(_) => 3000,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!(
+        "orders API on http://{} (memory store); Ctrl-C stops it",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The bodies the layer hands to the inner service and back to the client.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The request body the inner service receives: the client's stream, untouched, for
+    /// requests the layer lets through, or the bytes it read to fingerprint the request.
+    ///
+    /// It implements [`http_body::Body`], so axum's router and handlers take it like any body.
+    #[derive(Debug)]
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestKindProj]
+    #[derive(Debug)]
+    enum RequestKind<B> {
+        Stream { #[pin] body: B },
+        Buffered { bytes: Option<Bytes> },
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn stream(body: B) -> Self {
+        RequestBody {
+            kind: RequestKind::Stream { body },
+        }
+    }
+
+    pub(crate) fn buffered(bytes: Bytes) -> Self {
+        RequestBody {
+            kind: RequestKind::Buffered {
+                bytes: (!bytes.is_empty()).then_some(bytes),
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            RequestKindProj::Stream { body } => body.poll_frame(cx),
+            RequestKindProj::Buffered { bytes } => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Stream { body } => body.is_end_stream(),
+            RequestKind::Buffered { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Stream { body } => body.size_hint(),
+            RequestKind::Buffered { bytes } => exact(bytes.as_ref()),
+        }
+    }
+}
+
+fn exact(bytes: Option<&Bytes>) -> SizeHint {
+    SizeHint::with_exact(bytes.map_or(0, |b| b.len() as u64))
+}
+
+pin_project! {
+    /// The response body the layer returns: the inner service's stream, untouched (responses
+    /// it does not store, requests it lets through), or bytes (stored responses, replays and
+    /// the layer's own problem responses).
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: ResponseKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = ResponseKindProj]
+    #[derive(Debug)]
+    enum ResponseKind<B> {
+        // `prefix`: what the layer already read of `body` before deciding not to store it.
+        Stream { prefix: Option<Bytes>, #[pin] body: B },
+        Full { bytes: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn stream(body: B) -> Self {
+        ResponseBody {
+            kind: ResponseKind::Stream { prefix: None, body },
+        }
+    }
+
+    pub(crate) fn prefixed(prefix: Bytes, body: B) -> Self {
+        ResponseBody {
+            kind: ResponseKind::Stream {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                body,
+            },
+        }
+    }
+
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: ResponseKind::Full {
+                bytes: (!bytes.is_empty()).then_some(bytes),
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            ResponseKindProj::Stream { prefix, body } => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => body.poll_frame(cx),
+            },
+            ResponseKindProj::Full { bytes } => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Stream { prefix, body } => prefix.is_none() && body.is_end_stream(),
+            ResponseKind::Full { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Stream { prefix, body } => {
+                let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower().saturating_add(extra));
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper.saturating_add(extra));
+                }
+                hint
+            }
+            ResponseKind::Full { bytes } => exact(bytes.as_ref()),
+        }
+    }
+}
+
+/// Reads a response body up to `limit` bytes. Trailers are not kept.
+pub(crate) enum Collected<B: Body> {
+    /// The whole body.
+    Whole(Bytes),
+    /// Over the limit: what was read, and the rest of the stream.
+    OverLimit(Bytes, B),
+    /// The body failed.
+    Failed(B::Error),
+}
+
+pub(crate) async fn collect_up_to<B>(mut body: B, limit: usize) -> Collected<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    use http_body_util::BodyExt as _;
+
+    // Most handlers answer with one frame: keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    loop {
+        if len > limit {
+            let read = join(first, more);
+            return Collected::OverLimit(read, body);
+        }
+        let frame = match body.frame().await {
+            None => return Collected::Whole(join(first, more)),
+            Some(Err(error)) => return Collected::Failed(error),
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            // Trailers: not stored (see the module docs).
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len = len.saturating_add(data.len());
+        match (&mut first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(head.len() + data.len());
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                more = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+}
+
+fn join(first: Option<Bytes>, more: Option<bytes::BytesMut>) -> Bytes {
+    match (first, more) {
+        (_, Some(joined)) => joined.freeze(),
+        (Some(head), None) => head,
+        (None, None) => Bytes::new(),
+    }
+}

@@ -1,0 +1,125 @@
+//! HTTP: an `Idempotency-Key` [tower layer](IdempotencyLayer) for axum and any tower service
+//! over [`http`] types, with the semantics of the IETF draft
+//! *The Idempotency-Key HTTP Header Field*.
+//!
+//! A client sends a unique key with a `POST` (or `PATCH`); the handler runs once for that key,
+//! its response is stored, and every retry with the same key and the same request gets that
+//! response back, marked `Idempotent-Replayed: true`.
+//!
+//! ```
+//! use axum::{Router, routing::post, http::{Request, StatusCode}, body::Body};
+//! use idempotent_core::http::IdempotencyLayer;
+//! use idempotent_core::{Idempotency, MemoryStore};
+//! use tower::ServiceExt as _;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let orders = Router::new()
+//!     .route("/orders", post(|| async { (StatusCode::CREATED, "order 1") }))
+//!     .layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())).require_key(true));
+//!
+//! let order = || {
+//!     Request::post("/orders")
+//!         .header("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
+//!         .body(Body::from(r#"{"item":"book"}"#))
+//!         .unwrap()
+//! };
+//! let first = orders.clone().oneshot(order()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! let retry = orders.clone().oneshot(order()).await.unwrap();
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//!
+//! let keyless = Request::post("/orders").body(Body::empty()).unwrap();
+//! assert_eq!(orders.oneshot(keyless).await.unwrap().status(), StatusCode::BAD_REQUEST);
+//! # }
+//! ```
+//!
+//! # What a request gets
+//!
+//! | request | response |
+//! |---|---|
+//! | method not covered (`GET`, …), or no key and `require_key(false)` | the handler's, untouched |
+//! | no key, `require_key(true)` | `400` [missing-key](#missing-key) |
+//! | key empty, over 255 characters, not printable ASCII, repeated, bad quoting | `400` [malformed-key](#malformed-key) |
+//! | body over `max_body_bytes` | `413` [body-too-large](#body-too-large), nothing stored |
+//! | first request with this key | the handler's response; stored if its status is (see [`StoredStatuses`]) |
+//! | same key and request, first finished | the stored status, headers and body, plus `Idempotent-Replayed: true` |
+//! | same key and request, first still running | `409` [in-progress](#in-progress) with `Retry-After`; with [`InProgressPolicy::Wait`](crate::InProgressPolicy::Wait) the replay once the first finishes |
+//! | same key, another method, path, query, body or fingerprinted header | `422` [key-reused](#key-reused) |
+//! | the store cannot be reached | `503` [store-unavailable](#store-unavailable); the handler does **not** run |
+//!
+//! The key is accepted in the draft's structured-field string form (`Idempotency-Key:
+//! "8e03…"`) and in the bare form most clients send (`Idempotency-Key: 8e03…`): both name the
+//! same key. Keys are scoped per client ([`ClientScope`], by default the `Authorization`
+//! header), so one client can never replay another's response, whatever key it sends.
+//!
+//! A response is not stored when its status is `5xx`, `408`, `409`, `425` or `429` (the
+//! default; [`StoredStatuses`] changes it): the claim is released and a retry runs the handler
+//! again. Neither is a response whose body is over `max_response_bytes` (it streams to the
+//! client as it comes). If the handler ran but the store then failed to record its response,
+//! the client still gets that response.
+//!
+//! Replays carry the stored headers except hop-by-hop ones, `Date` and `Content-Length`
+//! (recomputed). Response trailers are not stored. Bodies are stored as text when they are
+//! UTF-8 and as base64 otherwise, inside the executor's compact JSON record.
+//!
+//! The fingerprint is SHA-256 over the method, path, query, the headers named in
+//! [`IdempotencyLayer::fingerprint_headers`] and the body, each length-prefixed; the request
+//! body is read in full (up to `max_body_bytes`) before the handler runs.
+//!
+//! # Problems
+//!
+//! Every refusal is an RFC 9457 `application/problem+json` body with `type` (a link to the
+//! heading below), `title`, `status` and `detail`:
+//!
+//! ```json
+//! {"type":"https://docs.rs/idempotency/latest/idempotency/http/index.html#key-reused",
+//!  "title":"idempotency key reused for another request","status":422,
+//!  "detail":"this `idempotency-key` was used for a request with another method, path, query, body or fingerprinted header; use a new key for a new request"}
+//! ```
+//!
+//! ### missing-key
+//! `400`: the endpoint requires a key and the request has none. Send one.
+//!
+//! ### malformed-key
+//! `400`: the key is empty, too long, not printable ASCII, sent in several headers, or a
+//! quoted string that is not a valid structured-field string.
+//!
+//! ### body-too-large
+//! `413`: the request body is over the layer's `max_body_bytes`. Nothing was run or stored.
+//!
+//! ### unreadable-body
+//! `400`: the request body failed before its end (the client went away).
+//!
+//! ### in-progress
+//! `409`, with `Retry-After`: a request with this key is still being processed. Retry later
+//! with the same key.
+//!
+//! ### key-reused
+//! `422`: the key was used for a different request. Use a new key for a new request.
+//!
+//! ### store-unavailable
+//! `503`, with `Retry-After`: the store could not be reached, so the request was not
+//! processed (the layer fails closed). Retry with the same key.
+//!
+//! ### stored-response-unreadable
+//! `500`: the stored record for this key could not be decoded (written by something else, or
+//! damaged). The handler did not run.
+//!
+//! ### response-failed
+//! `500`: the handler's response body failed while the layer read it. Nothing was stored; a
+//! retry runs the handler again.
+
+mod body;
+mod header;
+mod layer;
+mod problem;
+mod scope;
+mod service;
+mod stored;
+
+pub use body::{RequestBody, ResponseBody};
+pub use layer::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, StoredStatuses};
+pub use scope::{ClientId, ClientScope};
+pub use service::{IdempotencyService, ResponseFuture};

@@ -1,0 +1,379 @@
+//! The service: read the key and the body, claim, run the handler once, store, replay.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use sha2::{Digest as _, Sha256};
+use tower_service::Service;
+
+use super::body::{Collected, RequestBody, ResponseBody, collect_up_to};
+use super::header::{parse_key, replayable};
+use super::layer::{Config, IDEMPOTENT_REPLAYED};
+use super::problem::{self, Kind};
+use super::scope::ClientId;
+use super::stored::{Stored, StoredResponse};
+use crate::error::{BoxError, Error, StoreOp};
+use crate::key::{Digest, Fingerprint, Key};
+use crate::trace::event;
+
+/// The service [`IdempotencyLayer`](super::IdempotencyLayer) wraps around an inner service.
+///
+/// The inner service receives `Request<RequestBody<B>>` and may answer with any body of
+/// [`Bytes`]; axum's `Router::layer` and `route_layer` accept it as is.
+pub struct IdempotencyService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> IdempotencyService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        IdempotencyService { inner, config }
+    }
+}
+
+impl<S: Clone> Clone for IdempotencyService<S> {
+    fn clone(&self) -> Self {
+        IdempotencyService {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for IdempotencyService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+type Managed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// The future of [`IdempotencyService`]: the inner service's own future for requests the
+    /// layer lets through, a boxed one for the requests it makes idempotent.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: FutureKind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = FutureKindProj]
+    enum FutureKind<F, B, E> {
+        Through { #[pin] future: F },
+        Managed { future: Managed<B, E> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            FutureKind::Through { .. } => "ResponseFuture::Through",
+            FutureKind::Managed { .. } => "ResponseFuture::Managed",
+        })
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            FutureKindProj::Through { future } => future
+                .poll(cx)
+                .map_ok(|response| response.map(ResponseBody::stream)),
+            FutureKindProj::Managed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        if !config.applies_to(request.method())
+            || (!config.require_key && !request.headers().contains_key(&config.header))
+        {
+            return ResponseFuture {
+                kind: FutureKind::Through {
+                    future: self.inner.call(request.map(RequestBody::stream)),
+                },
+            };
+        }
+        // The ready service goes into the future; a fresh clone waits for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            kind: FutureKind::Managed {
+                future: Box::pin(handle(Arc::clone(config), inner, request)),
+            },
+        }
+    }
+}
+
+/// How a run of the handler ended other than with a stored response.
+enum Failure<B, E> {
+    Idempotency(Error),
+    /// The inner service failed: the error is passed on.
+    Service(E),
+    /// A response that is not stored (its status, its size): passed on as is.
+    Unstored(Response<ResponseBody<B>>),
+    /// The response body failed while the layer read it.
+    BrokenBody,
+}
+
+impl<B, E> From<Error> for Failure<B, E> {
+    fn from(error: Error) -> Self {
+        Failure::Idempotency(error)
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin,
+{
+    let (parts, body) = request.into_parts();
+    let header = &config.header;
+    let key_digest = match parse_key(&parts.headers, header, config.max_key_len) {
+        Ok(Some(key)) => key_digest(config.scope.client(&parts), &key),
+        Ok(None) => {
+            let detail = format!(
+                "this endpoint requires an `{header}` header on `{}` requests",
+                parts.method
+            );
+            return Ok(problem::response(Kind::MissingKey, &detail, None));
+        }
+        Err(problem) => {
+            let detail = problem.detail(header);
+            return Ok(problem::response(Kind::MalformedKey, &detail, None));
+        }
+    };
+
+    let limit = config.max_body_bytes;
+    let too_large = || {
+        let detail = format!("the request body is over the limit of {limit} bytes");
+        problem::response(Kind::BodyTooLarge, &detail, None)
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Ok(too_large());
+    }
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
+        Err(_) => {
+            let detail = "the request body could not be read to the end";
+            return Ok(problem::response(Kind::UnreadableBody, detail, None));
+        }
+    };
+
+    let key = Key::new(config.namespace.clone(), config.version, key_digest);
+    let fingerprint = fingerprint(&config, &parts, &body);
+    let request = Request::from_parts(parts, RequestBody::buffered(body));
+
+    let mut call = config
+        .idempotency
+        .call(key, fingerprint)
+        .on_in_progress(config.on_in_progress);
+    if let Some(ttl) = config.ttl {
+        call = call.ttl(ttl);
+    }
+    if let Some(lease) = config.lease {
+        call = call.lease(lease);
+    }
+    if let Some(wait) = config.wait_timeout {
+        call = call.wait_timeout(wait);
+    }
+
+    // The response as the handler gave it, when it ran in this call: sent as is (with its own
+    // headers), while its replayable part is stored.
+    let mut first: Option<(http::response::Parts, Bytes)> = None;
+    let slot = &mut first;
+    let stored_statuses = config.stored;
+    let response_limit = config.max_response_bytes;
+    let outcome: Result<Stored, Failure<ResBody, S::Error>> = call
+        .run(|| async move {
+            let response = inner.call(request).await.map_err(Failure::Service)?;
+            let (parts, body) = response.into_parts();
+            if !stored_statuses.stores(parts.status) {
+                return Err(Failure::Unstored(Response::from_parts(
+                    parts,
+                    ResponseBody::stream(body),
+                )));
+            }
+            let body = match collect_up_to(body, response_limit).await {
+                Collected::Whole(bytes) => bytes,
+                Collected::OverLimit(read, rest) => {
+                    return Err(Failure::Unstored(Response::from_parts(
+                        parts,
+                        ResponseBody::prefixed(read, rest),
+                    )));
+                }
+                Collected::Failed(_) => return Err(Failure::BrokenBody),
+            };
+            let stored = Stored(Arc::new(StoredResponse {
+                status: parts.status,
+                headers: replayable(&parts.headers),
+                body: body.clone(),
+            }));
+            *slot = Some((parts, body));
+            Ok(stored)
+        })
+        .await;
+
+    match (outcome, first) {
+        (Ok(_), Some((parts, body))) => Ok(Response::from_parts(parts, ResponseBody::full(body))),
+        (Ok(stored), None) => Ok(replay(&stored)),
+        (Err(Failure::Unstored(response)), _) => Ok(response),
+        (Err(Failure::Service(error)), _) => Err(error),
+        (Err(Failure::BrokenBody), _) => {
+            let detail =
+                "the handler's response body failed; nothing was stored, a retry runs again";
+            Ok(problem::response(Kind::ResponseFailed, detail, None))
+        }
+        // The handler ran but its response could not be stored (store failure on `complete`,
+        // over the store's size limit, lease lost): the client still gets it.
+        (Err(Failure::Idempotency(error)), Some((parts, body))) => {
+            event!(warn, error = %error, "the response was sent but not stored");
+            let _ = error;
+            Ok(Response::from_parts(parts, ResponseBody::full(body)))
+        }
+        (Err(Failure::Idempotency(error)), None) => Ok(refusal(&config, error)),
+    }
+}
+
+/// The layer's answer when the handler did not run.
+fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
+    let header = &config.header;
+    match error {
+        Error::InProgress { retry_after, .. } => {
+            let detail = format!(
+                "a request with this `{header}` is still being processed; retry after it finishes"
+            );
+            problem::response(Kind::InProgress, &detail, Some(retry_after))
+        }
+        Error::KeyReused { .. } => {
+            let detail = format!(
+                "this `{header}` was used for a request with another method, path, query, body or fingerprinted header; use a new key for a new request"
+            );
+            problem::response(Kind::KeyReused, &detail, None)
+        }
+        Error::Store {
+            op: StoreOp::Claim, ..
+        } => {
+            event!(error, error = %error, "idempotency store failed; the handler did not run");
+            let detail = "the idempotency store could not be reached, so the request was not processed; retry later";
+            problem::response(
+                Kind::StoreUnavailable,
+                detail,
+                Some(std::time::Duration::from_secs(1)),
+            )
+        }
+        other => {
+            event!(error, error = %other, "idempotent request failed; the handler did not run");
+            let _ = other;
+            let detail =
+                "the stored response for this key could not be read; the request was not processed";
+            problem::response(Kind::StoredResponseUnreadable, detail, None)
+        }
+    }
+}
+
+fn replay<B>(stored: &Stored) -> Response<ResponseBody<B>> {
+    let stored = &*stored.0;
+    let mut response = Response::new(ResponseBody::full(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    let headers = response.headers_mut();
+    headers.reserve(stored.headers.len() + 1);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
+/// The stored key: the client's scope and the header's key, so equal keys of two clients
+/// never meet.
+fn key_digest(client: Option<ClientId>, key: &str) -> Digest {
+    let mut hasher = Sha256::new();
+    match client {
+        Some(client) => {
+            hasher.update([1]);
+            hasher.update(client.digest().as_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    hasher.update(key.as_bytes());
+    Digest::from_bytes(hasher.finalize().into())
+}
+
+/// Method, path, query, the configured headers and the body, each length-prefixed.
+fn fingerprint(config: &Config, parts: &http::request::Parts, body: &[u8]) -> Fingerprint {
+    fn field(hasher: &mut Sha256, bytes: &[u8]) {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    let mut hasher = Sha256::new();
+    field(&mut hasher, parts.method.as_str().as_bytes());
+    field(&mut hasher, parts.uri.path().as_bytes());
+    match parts.uri.query() {
+        Some(query) => {
+            hasher.update([1]);
+            field(&mut hasher, query.as_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    for name in &config.fingerprint_headers {
+        let values = parts.headers.get_all(name);
+        hasher.update((values.iter().count() as u64).to_le_bytes());
+        for value in values {
+            field(&mut hasher, value.as_bytes());
+        }
+    }
+    field(&mut hasher, body);
+    Fingerprint::from_bytes(hasher.finalize().into())
+}
