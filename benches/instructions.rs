@@ -4,69 +4,12 @@
 //!
 //! Cases share the function shape of `benches/overhead.rs`.
 
+#[path = "support/shape.rs"]
+mod shape;
+
 use std::hint::black_box;
-use std::sync::LazyLock;
 
-use idempotency::{Idempotency, MemoryStore, idempotent};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-struct ChargeRequest {
-    order_id: String,
-    amount_cents: u64,
-    currency: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    charge_id: String,
-    amount_cents: u64,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-struct PaymentError(String);
-
-impl From<idempotency::Error> for PaymentError {
-    fn from(error: idempotency::Error) -> Self {
-        PaymentError(error.to_string())
-    }
-}
-
-fn receipt(req: &ChargeRequest) -> Receipt {
-    Receipt {
-        charge_id: format!("ch_{}", req.amount_cents),
-        amount_cents: req.amount_cents,
-    }
-}
-
-static EXECUTOR: LazyLock<Idempotency> = LazyLock::new(|| Idempotency::new(MemoryStore::new()));
-
-async fn plain(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-#[idempotent(store = EXECUTOR)]
-async fn idempotent_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-#[cached::macros::cached(max_size = 1000)]
-async fn cached_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-static RAW: LazyLock<moka::sync::Cache<[u8; 32], Receipt>> =
-    LazyLock::new(|| moka::sync::Cache::builder().max_capacity(1000).build());
-
-fn raw_digest(req: &ChargeRequest) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(req.order_id.as_bytes());
-    hasher.update(req.amount_cents.to_le_bytes());
-    hasher.update(req.currency.as_bytes());
-    hasher.finalize().into()
-}
+use shape::{cached_charge, idempotent_charge, plain, raw_lookup, raw_prime, request};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
@@ -75,11 +18,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let req = ChargeRequest {
-        order_id: "order-1".into(),
-        amount_cents: 1999,
-        currency: "EUR".into(),
-    };
+    let req = request(1);
     runtime.block_on(async {
         match case.as_str() {
             "plain" => {
@@ -93,10 +32,10 @@ fn main() {
                 }
             }
             "raw" => {
-                RAW.insert(raw_digest(&req), receipt(&req));
+                raw_prime(&req);
                 for _ in 0..calls {
                     let req = black_box(req.clone());
-                    black_box(RAW.get(&raw_digest(&req)));
+                    black_box(raw_lookup(&req));
                 }
             }
             "replay" => {

@@ -5,14 +5,14 @@
 //! `cargo bench --bench overhead` prints the ratios at the end (from criterion's medians).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "support/shape.rs"]
+mod shape;
+
 use std::hint::black_box;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use criterion::Criterion;
-use idempotency::{Idempotency, MemoryStore, idempotent};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
+use shape::{cached_charge, idempotent_charge, plain, raw_lookup, raw_prime, request};
 
 /// Counts heap allocations, to report allocations per call.
 struct Counting;
@@ -37,76 +37,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-struct ChargeRequest {
-    order_id: String,
-    amount_cents: u64,
-    currency: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Receipt {
-    charge_id: String,
-    amount_cents: u64,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-enum PaymentError {
-    #[error("{0}")]
-    Idempotency(String),
-}
-
-impl From<idempotency::Error> for PaymentError {
-    fn from(error: idempotency::Error) -> Self {
-        PaymentError::Idempotency(error.to_string())
-    }
-}
-
-fn receipt(req: &ChargeRequest) -> Receipt {
-    Receipt {
-        charge_id: format!("ch_{}", req.amount_cents),
-        amount_cents: req.amount_cents,
-    }
-}
-
-static EXECUTOR: LazyLock<Idempotency> =
-    LazyLock::new(|| Idempotency::new(MemoryStore::builder().max_capacity_bytes(1 << 30).build()));
-
-async fn plain(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-#[idempotent(store = EXECUTOR)]
-async fn idempotent_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-#[cached::macros::cached(max_size = 100_000)]
-async fn cached_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
-    Ok(receipt(&req))
-}
-
-static RAW: LazyLock<moka::sync::Cache<[u8; 32], Receipt>> =
-    LazyLock::new(|| moka::sync::Cache::builder().max_capacity(100_000).build());
-
-/// The hand-rolled floor: hash the fields with SHA-256, look the digest up in moka.
-fn raw_lookup(req: &ChargeRequest) -> Option<Receipt> {
-    let mut hasher = Sha256::new();
-    hasher.update(req.order_id.as_bytes());
-    hasher.update(req.amount_cents.to_le_bytes());
-    hasher.update(req.currency.as_bytes());
-    let digest: [u8; 32] = hasher.finalize().into();
-    RAW.get(&digest)
-}
-
-fn request(n: u64) -> ChargeRequest {
-    ChargeRequest {
-        order_id: format!("order-{n}"),
-        amount_cents: 1999,
-        currency: "EUR".into(),
-    }
-}
-
 const GROUP: &str = "overhead";
 
 fn benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
@@ -115,11 +45,7 @@ fn benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         idempotent_charge(req.clone()).await.expect("prime");
         cached_charge(req.clone()).await.expect("prime");
     });
-    let mut hasher = Sha256::new();
-    hasher.update(req.order_id.as_bytes());
-    hasher.update(req.amount_cents.to_le_bytes());
-    hasher.update(req.currency.as_bytes());
-    RAW.insert(hasher.finalize().into(), receipt(&req));
+    raw_prime(&req);
 
     let mut group = c.benchmark_group(GROUP);
     group.bench_function("plain_call", |b| {

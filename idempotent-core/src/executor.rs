@@ -202,34 +202,41 @@ pub struct IdempotencyBuilder {
     settings: Settings,
 }
 
+/// The per-call options, set the same way on the executor's defaults and on one call.
+macro_rules! call_options {
+    () => {
+        /// How long a completed output is replayed (default 24 h).
+        pub fn ttl(mut self, ttl: Duration) -> Self {
+            self.settings.ttl = ttl;
+            self
+        }
+
+        /// How long a claim holds before another caller may take the key over (default
+        /// 30 s). Make it longer than the body ever runs: a body that outlives its lease can
+        /// be run a second time by a taker-over, and its own result is then refused with
+        /// [`Error::LeaseLost`].
+        pub fn lease(mut self, lease: Duration) -> Self {
+            self.settings.lease = lease;
+            self
+        }
+
+        /// How long a duplicate waits for the owner under [`InProgressPolicy::Wait`]
+        /// (default 30 s).
+        pub fn wait_timeout(mut self, wait: Duration) -> Self {
+            self.settings.wait_timeout = wait;
+            self
+        }
+
+        /// What a duplicate does when it finds the key in progress (default: wait).
+        pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
+            self.settings.on_in_progress = policy;
+            self
+        }
+    };
+}
+
 impl IdempotencyBuilder {
-    /// How long a completed output is replayed (default 24 h).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.settings.ttl = ttl;
-        self
-    }
-
-    /// How long a claim holds before another caller may take the key over (default 30 s).
-    /// Make it longer than the body ever runs: a body that outlives its lease can be run a
-    /// second time by a taker-over, and its own result is then refused with
-    /// [`Error::LeaseLost`].
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.settings.lease = lease;
-        self
-    }
-
-    /// How long a duplicate waits for the owner under [`InProgressPolicy::Wait`] (default
-    /// 30 s).
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.settings.wait_timeout = wait;
-        self
-    }
-
-    /// Default policy for a duplicate that finds its key in progress.
-    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
-        self.settings.on_in_progress = policy;
-        self
-    }
+    call_options!();
 
     /// Run the body anyway when the store cannot be reached to claim the key (default
     /// `false`: fail closed with [`Error::Store`]). Opting in trades at-most-once for
@@ -369,29 +376,7 @@ pub struct Call<'a, M = DropErrors> {
 }
 
 impl<'a, M> Call<'a, M> {
-    /// How long the output is replayed.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.settings.ttl = ttl;
-        self
-    }
-
-    /// How long the claim holds before another caller may take the key over.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.settings.lease = lease;
-        self
-    }
-
-    /// How long to wait for a duplicate in progress.
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.settings.wait_timeout = wait;
-        self
-    }
-
-    /// What to do when the key is in progress.
-    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
-        self.settings.on_in_progress = policy;
-        self
-    }
+    call_options!();
 
     /// Store `Err` outputs too and replay them (the error type must be serializable).
     pub fn store_errors(self) -> Call<'a, StoreErrors> {
