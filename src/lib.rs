@@ -70,6 +70,10 @@ pub use idempotent_core::{
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use idempotent_core::{RedisPrefixError, RedisStore, RedisStoreBuilder, redis};
+
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use idempotent_core::http;

@@ -50,3 +50,13 @@ pub use store::Store;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::redis::{RedisPrefixError, RedisStore, RedisStoreBuilder};
+
+/// The [redis-rs](https://docs.rs/redis) client the Redis store is built on, re-exported so
+/// that connection types match the store's.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ::redis;

@@ -15,6 +15,10 @@ use crate::record::{Claim, Record, Token};
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
 /// Where records live. One record per [`Key`]; its states and transitions:
 ///
 /// ```text

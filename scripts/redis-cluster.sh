@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# A throwaway 3-master Redis Cluster on free loopback ports, for tests and CI.
+#
+#   scripts/redis-cluster.sh start DIR   start it; prints the node URLs, comma-separated
+#                                        (also written to DIR/urls)
+#   scripts/redis-cluster.sh stop DIR    stop it and delete DIR
+#
+# DIR must not exist before `start` (it holds the pid files, logs and cluster configs). The
+# nodes keep nothing on disk (`--save "" --appendonly no`). Every wait is bounded; `start`
+# stops whatever it started if it fails. Needs redis-server and redis-cli (Redis >= 5).
+#
+# Example:
+#   urls=$(scripts/redis-cluster.sh start /tmp/idem-cluster)
+#   REDIS_CLUSTER_URLS=$urls cargo test -p idempotency --features redis --test redis_cluster
+#   scripts/redis-cluster.sh stop /tmp/idem-cluster
+set -euo pipefail
+
+NODES=3
+MARKER=".idempotency-redis-cluster"
+
+usage() {
+    echo "usage: $0 start|stop DIR" >&2
+    exit 2
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Waits (up to ~10 s) until the node on port $1 answers PING.
+wait_for_ping() {
+    local port=$1 pid=$2
+    for _ in $(seq 1 100); do
+        if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" = "PONG" ]; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+stop() {
+    local dir=$1
+    [ -f "$dir/$MARKER" ] || { echo "$dir is not a cluster directory of this script" >&2; return 1; }
+    local pidfile pid
+    for pidfile in "$dir"/*.pid; do
+        [ -e "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -f "$dir"/*.pid "$dir"/*.log "$dir"/nodes-*.conf "$dir/urls" "$dir/$MARKER"
+    rmdir "$dir" 2>/dev/null || true
+}
+
+start() {
+    local dir=$1
+    command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 3; }
+    command -v redis-cli >/dev/null || { echo "redis-cli is not installed" >&2; exit 3; }
+    if [ -e "$dir" ]; then
+        echo "$dir already exists" >&2
+        exit 2
+    fi
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    touch "$dir/$MARKER"
+    trap 'stop "$dir" >/dev/null 2>&1 || true' ERR
+
+    local ports=() attempts=0 port pid
+    while [ "${#ports[@]}" -lt "$NODES" ]; do
+        attempts=$((attempts + 1))
+        if [ "$attempts" -gt 50 ]; then
+            echo "could not find $NODES free loopback ports" >&2
+            stop "$dir"
+            exit 1
+        fi
+        port=$((20000 + RANDOM % 30000))
+        port_in_use "$port" && continue
+        port_in_use "$((port + 10000))" && continue # the cluster bus port
+        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+            --cluster-node-timeout 2000 --dir "$dir" \
+            </dev/null >"$dir/$port.log" 2>&1 &
+        pid=$!
+        echo "$pid" >"$dir/$port.pid"
+        if wait_for_ping "$port" "$pid"; then
+            ports+=("$port")
+        else
+            kill "$pid" 2>/dev/null || true
+            rm -f "$dir/$port.pid"
+        fi
+    done
+
+    local nodes=()
+    for port in "${ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+    if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+        </dev/null >"$dir/create.log" 2>&1; then
+        cat "$dir/create.log" >&2
+        stop "$dir"
+        exit 1
+    fi
+    rm -f "$dir/create.log"
+
+    # Every node must see all slots served before clients use it.
+    for port in "${ports[@]}"; do
+        local ok=""
+        for _ in $(seq 1 200); do
+            if redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+                ok=1
+                break
+            fi
+            sleep 0.1
+        done
+        if [ -z "$ok" ]; then
+            echo "node $port did not reach cluster_state:ok" >&2
+            stop "$dir"
+            exit 1
+        fi
+    done
+
+    local urls=""
+    for port in "${ports[@]}"; do urls+="${urls:+,}redis://127.0.0.1:$port"; done
+    echo "$urls" >"$dir/urls"
+    echo "$urls"
+}
+
+[ $# -eq 2 ] || usage
+case "$1" in
+    start) start "$2" ;;
+    stop) stop "$2" ;;
+    *) usage ;;
+esac
