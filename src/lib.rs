@@ -66,6 +66,10 @@ pub use idempotent_core::{
     testing,
 };
 
+pub use idempotent_core::consumer::{self, Consumer};
+pub use idempotent_core::retry::{self, IdempotencyKey, RetryPolicy};
+pub use idempotent_core::versioning::{self, VersionConflict, Versioned, retry_on_conflict};
+
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};

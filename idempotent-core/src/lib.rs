@@ -17,6 +17,7 @@
 
 mod canonical;
 pub mod conformance;
+pub mod consumer;
 mod default;
 mod error;
 mod executor;
@@ -26,9 +27,11 @@ pub mod http;
 mod inflight;
 mod key;
 mod record;
+pub mod retry;
 pub mod store;
 pub mod testing;
 mod trace;
+pub mod versioning;
 
 #[doc(hidden)]
 #[path = "macro_support.rs"]

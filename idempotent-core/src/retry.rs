@@ -1,0 +1,592 @@
+//! Retrying with exponential backoff and full jitter, and a client-side idempotency key
+//! reused across the attempts.
+//!
+//! A retry is only safe when the operation is idempotent: pair [`RetryPolicy`] with an
+//! [`IdempotencyKey`] the server deduplicates on ([`RetryPolicy::retry_with_key`]), with a
+//! version check ([`retry_on_conflict`](crate::versioning::retry_on_conflict)), or with an
+//! `#[idempotent]` function.
+//!
+//! ```
+//! use std::time::Duration;
+//! use idempotent_core::retry::RetryPolicy;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let policy = RetryPolicy::new()
+//!     .max_attempts(5)
+//!     .initial_delay(Duration::from_millis(20))
+//!     .max_delay(Duration::from_secs(1))
+//!     .max_elapsed(Duration::from_secs(10));
+//!
+//! let mut calls = 0;
+//! let answer = policy
+//!     .retry_if(
+//!         |error: &std::io::Error| error.kind() == std::io::ErrorKind::ConnectionReset,
+//!         || {
+//!             calls += 1;
+//!             let outcome = if calls < 3 {
+//!                 Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+//!             } else {
+//!                 Ok("pong")
+//!             };
+//!             async move { outcome }
+//!         },
+//!     )
+//!     .await;
+//! assert_eq!(answer.unwrap(), "pong");
+//! assert_eq!(calls, 3);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rand::{Rng as _, SeedableRng as _};
+
+use crate::error::{Error, StoreError};
+
+/// Decides whether an error is worth another attempt.
+///
+/// Implemented for this crate's errors; implement it for your own error type to use
+/// [`RetryPolicy::retry`] and [`RetryPolicy::retry_with_key`], or pass a closure to
+/// [`RetryPolicy::retry_if`].
+///
+/// ```
+/// use idempotent_core::retry::Retryable;
+///
+/// #[derive(Debug)]
+/// enum GatewayError { Timeout, Declined }
+///
+/// impl Retryable for GatewayError {
+///     fn is_retryable(&self) -> bool {
+///         matches!(self, GatewayError::Timeout) // a decline will not change on retry
+///     }
+/// }
+/// assert!(GatewayError::Timeout.is_retryable());
+/// assert!(!GatewayError::Declined.is_retryable());
+/// ```
+pub trait Retryable {
+    /// `true` when the same call may succeed if made again later.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for Error {
+    /// [`Error::is_retryable`]: a key in progress elsewhere, or a store that is unreachable,
+    /// timed out or failed.
+    fn is_retryable(&self) -> bool {
+        Error::is_retryable(self)
+    }
+}
+
+impl Retryable for StoreError {
+    /// Unreachable, timed out or failed; not a lost lease, a corrupt record or a size limit.
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_)
+        )
+    }
+}
+
+impl Retryable for std::io::Error {
+    /// Connection refused, reset, aborted or not connected, a broken pipe, a timeout, an
+    /// interrupted or would-block call.
+    fn is_retryable(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(
+            self.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::NotConnected
+                | ErrorKind::BrokenPipe
+                | ErrorKind::TimedOut
+                | ErrorKind::Interrupted
+                | ErrorKind::WouldBlock
+        )
+    }
+}
+
+/// A boxed, sendable future, as [`Clock::sleep`] returns it.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Where a [`RetryPolicy`] reads the time and sleeps between attempts.
+///
+/// [`TokioClock`] is the default; [`ManualClock`] makes tests deterministic and instant.
+pub trait Clock: fmt::Debug + Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Instant;
+    /// Waits for `duration`.
+    fn sleep(&self, duration: Duration) -> Sleep;
+}
+
+/// The tokio clock: `tokio::time`, so a test runtime with paused time skips the waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// A clock that only moves when told to: [`sleep`](Clock::sleep) advances it at once and
+/// records the duration, [`advance`](ManualClock::advance) simulates time spent in an attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_core::retry::{Clock, ManualClock};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let clock = ManualClock::new();
+/// let start = clock.now();
+/// clock.sleep(Duration::from_secs(5)).await; // returns at once
+/// clock.advance(Duration::from_secs(1));
+/// assert_eq!(clock.now() - start, Duration::from_secs(6));
+/// assert_eq!(clock.sleeps(), vec![Duration::from_secs(5)]);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    inner: Arc<ManualInner>,
+}
+
+#[derive(Debug)]
+struct ManualInner {
+    start: Instant,
+    state: Mutex<ManualState>,
+}
+
+#[derive(Debug, Default)]
+struct ManualState {
+    elapsed: Duration,
+    sleeps: Vec<Duration>,
+}
+
+impl ManualClock {
+    /// A clock standing at the moment it is created.
+    pub fn new() -> ManualClock {
+        ManualClock {
+            inner: Arc::new(ManualInner {
+                start: Instant::now(),
+                state: Mutex::new(ManualState::default()),
+            }),
+        }
+    }
+
+    /// Moves the clock forward without recording a sleep.
+    pub fn advance(&self, duration: Duration) {
+        self.state().elapsed += duration;
+    }
+
+    /// Every sleep so far, in order.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.state().sleeps.clone()
+    }
+
+    /// Time passed since the clock was created.
+    pub fn elapsed(&self) -> Duration {
+        self.state().elapsed
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ManualState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.inner.start + self.state().elapsed
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        let mut state = self.state();
+        state.elapsed += duration;
+        state.sleeps.push(duration);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Where a [`RetryPolicy`] draws its jitter: uniformly random 64-bit words.
+///
+/// [`ThreadRandom`] is the default; [`SeededRandom`] repeats the same sequence for a seed.
+pub trait RandomSource: fmt::Debug + Send + Sync + 'static {
+    /// The next uniformly distributed word.
+    fn next_u64(&self) -> u64;
+}
+
+/// The thread-local generator of `rand`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadRandom;
+
+impl RandomSource for ThreadRandom {
+    fn next_u64(&self) -> u64 {
+        rand::rng().random()
+    }
+}
+
+/// A seeded generator: the same seed gives the same delays, for tests and simulations.
+///
+/// ```
+/// use idempotent_core::retry::{RandomSource, SeededRandom};
+///
+/// let a = SeededRandom::new(7);
+/// let b = SeededRandom::new(7);
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// ```
+#[derive(Debug)]
+pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
+
+impl SeededRandom {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> SeededRandom {
+        SeededRandom(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
+    }
+}
+
+impl RandomSource for SeededRandom {
+    fn next_u64(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .random()
+    }
+}
+
+/// How often and how patiently to retry: exponential backoff with full jitter, bounded by a
+/// number of attempts and by the time elapsed since the first one.
+///
+/// Before retry `n` (`n = 1` after the first failure) it sleeps a uniformly random duration in
+/// `[0, min(max_delay, initial_delay × 2ⁿ⁻¹)]` ("full jitter": concurrent clients that failed
+/// together spread out instead of retrying in lockstep). It stops and returns the last error
+/// when the error is not retryable, when `max_attempts` attempts have been made, or when the
+/// next sleep would end past `max_elapsed` after the first attempt started.
+///
+/// Defaults: 5 attempts, 50 ms initial delay, 5 s maximum delay, 30 s maximum elapsed time,
+/// the tokio clock and the thread-local random generator. Cheap to clone.
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_core::retry::{ManualClock, RetryPolicy, SeededRandom};
+///
+/// // Deterministic: a manual clock (sleeps are instant and recorded) and a seeded generator.
+/// let clock = ManualClock::new();
+/// let policy = RetryPolicy::new()
+///     .initial_delay(Duration::from_millis(100))
+///     .max_delay(Duration::from_millis(400))
+///     .clock(clock.clone())
+///     .random(SeededRandom::new(42));
+/// assert!(policy.delay_bound(1) == Duration::from_millis(100));
+/// assert!(policy.delay_bound(3) == Duration::from_millis(400));
+/// assert!(policy.delay_bound(30) == Duration::from_millis(400)); // capped
+/// assert!(policy.delay(2) <= Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial_delay: Duration,
+    max_delay: Duration,
+    max_elapsed: Option<Duration>,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::new()
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy (see the type's documentation).
+    pub fn new() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(5),
+            max_elapsed: Some(Duration::from_secs(30)),
+            clock: Arc::new(TokioClock),
+            random: Arc::new(ThreadRandom),
+        }
+    }
+
+    /// How many attempts in all, the first one included (default 5; `0` counts as `1`).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The bound of the first sleep; each later bound doubles (default 50 ms).
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// The largest bound of a sleep (default 5 s).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Give up when the next sleep would end more than `elapsed` after the first attempt
+    /// started (default 30 s).
+    pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
+        self.max_elapsed = Some(elapsed);
+        self
+    }
+
+    /// No limit on the elapsed time: only `max_attempts` bounds the retries.
+    pub fn no_max_elapsed(mut self) -> Self {
+        self.max_elapsed = None;
+        self
+    }
+
+    /// The clock to read and sleep on (default [`TokioClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The source of jitter (default [`ThreadRandom`]).
+    pub fn random(mut self, random: impl RandomSource) -> Self {
+        self.random = Arc::new(random);
+        self
+    }
+
+    /// The configured number of attempts.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The upper bound of the sleep before retry `retry` (`1` is the sleep after the first
+    /// failure): `min(max_delay, initial_delay × 2^(retry − 1))`.
+    pub fn delay_bound(&self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
+        self.initial_delay
+            .saturating_mul(factor)
+            .min(self.max_delay)
+    }
+
+    /// A full-jitter sleep before retry `retry`: uniform in `[0, delay_bound(retry)]`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        // Capped at ~584 years so that the product below fits in 128 bits.
+        let bound = self.delay_bound(retry).as_nanos().min(u128::from(u64::MAX));
+        // Scales a uniform 64-bit word onto [0, bound] without modulo bias.
+        let word = u128::from(self.random.next_u64());
+        let nanos = (word * (bound + 1)) >> 64;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Runs `attempt` until it succeeds, returns an error that is not [`Retryable`], or the
+    /// policy's bounds are reached; the last error is returned.
+    ///
+    /// ```
+    /// use idempotent_core::retry::{ManualClock, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let clock = ManualClock::new();
+    /// let policy = RetryPolicy::new().max_attempts(3).clock(clock.clone());
+    /// let refused = || async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) };
+    /// assert!(policy.retry(refused).await.is_err());
+    /// assert_eq!(clock.sleeps().len(), 2); // three attempts, two sleeps
+    /// # }
+    /// ```
+    pub async fn retry<T, E, F, Fut>(&self, attempt: F) -> Result<T, E>
+    where
+        E: Retryable,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.retry_if(|error: &E| error.is_retryable(), attempt)
+            .await
+    }
+
+    /// Like [`retry`](Self::retry), with `classify` deciding which errors are retried.
+    pub async fn retry_if<T, E, C, F, Fut>(&self, classify: C, mut attempt: F) -> Result<T, E>
+    where
+        C: Fn(&E) -> bool,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let started = self.clock.now();
+        let mut made = 0u32;
+        loop {
+            made += 1;
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if made >= self.max_attempts || !classify(&error) {
+                return Err(error);
+            }
+            let pause = self.delay(made);
+            if let Some(limit) = self.max_elapsed {
+                let spent = self.clock.now().saturating_duration_since(started);
+                if spent.saturating_add(pause) > limit {
+                    return Err(error);
+                }
+            }
+            self.clock.sleep(pause).await;
+        }
+    }
+
+    /// The client side of an idempotent API: creates **one** [`IdempotencyKey`] (UUID v7) and
+    /// passes that same key to every attempt, so the server can recognise the retries of one
+    /// request and run it once, whichever attempt's answer was lost.
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use idempotent_core::retry::{IdempotencyKey, ManualClock, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let policy = RetryPolicy::new().clock(ManualClock::new());
+    /// let mut seen = HashSet::new();
+    /// let receipt = policy
+    ///     .retry_with_key(|key: IdempotencyKey| {
+    ///         let first = seen.insert(key); // what a server would see in `Idempotency-Key`
+    ///         async move {
+    ///             if first { Err(std::io::Error::from(std::io::ErrorKind::TimedOut)) } else { Ok(key) }
+    ///         }
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(seen.len(), 1); // both attempts sent the same key
+    /// assert_eq!(receipt.to_string().len(), 36);
+    /// # }
+    /// ```
+    pub async fn retry_with_key<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
+    where
+        E: Retryable,
+        F: FnMut(IdempotencyKey) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let key = IdempotencyKey::new();
+        self.retry(|| attempt(key)).await
+    }
+}
+
+/// A client-generated idempotency key: a UUID v7 (time-ordered, so keys of one client sort by
+/// creation and index well), sent as the `Idempotency-Key` header or a message id.
+///
+/// ```
+/// use idempotent_core::retry::IdempotencyKey;
+///
+/// let key = IdempotencyKey::new();
+/// assert_eq!(key.as_uuid().get_version_num(), 7);
+/// assert_ne!(key, IdempotencyKey::new());
+/// let text = key.to_string();
+/// assert_eq!(text.parse::<IdempotencyKey>().unwrap(), key);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdempotencyKey(uuid::Uuid);
+
+impl IdempotencyKey {
+    /// A fresh key (UUID v7: a millisecond timestamp and random bits).
+    pub fn new() -> IdempotencyKey {
+        IdempotencyKey(uuid::Uuid::now_v7())
+    }
+
+    /// The UUID.
+    pub fn as_uuid(&self) -> &uuid::Uuid {
+        &self.0
+    }
+}
+
+impl Default for IdempotencyKey {
+    fn default() -> Self {
+        IdempotencyKey::new()
+    }
+}
+
+impl From<uuid::Uuid> for IdempotencyKey {
+    fn from(uuid: uuid::Uuid) -> Self {
+        IdempotencyKey(uuid)
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    /// The hyphenated lowercase form, 36 characters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdempotencyKey({})", self.0.hyphenated())
+    }
+}
+
+impl std::str::FromStr for IdempotencyKey {
+    type Err = uuid::Error;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(text).map(IdempotencyKey)
+    }
+}
+
+impl serde::Serialize for IdempotencyKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.hyphenated())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Always the largest word: every sleep is exactly its bound.
+    #[derive(Debug)]
+    struct Max;
+    impl RandomSource for Max {
+        fn next_u64(&self) -> u64 {
+            u64::MAX
+        }
+    }
+
+    #[test]
+    fn full_jitter_spans_zero_to_the_bound() {
+        #[derive(Debug)]
+        struct Zero;
+        impl RandomSource for Zero {
+            fn next_u64(&self) -> u64 {
+                0
+            }
+        }
+        let base = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(10))
+            .max_delay(Duration::from_secs(1));
+        assert_eq!(base.clone().random(Zero).delay(4), Duration::ZERO);
+        assert_eq!(base.random(Max).delay(4), Duration::from_millis(80));
+    }
+
+    #[test]
+    fn bounds_saturate_instead_of_overflowing() {
+        let policy = RetryPolicy::new()
+            .initial_delay(Duration::from_secs(u64::MAX / 2))
+            .max_delay(Duration::MAX)
+            .random(Max);
+        assert_eq!(policy.delay_bound(200), Duration::MAX);
+        assert!(policy.delay(200) > Duration::ZERO);
+    }
+}
