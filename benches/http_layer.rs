@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use criterion::Criterion;
 use idempotency::http::IdempotencyLayer;
@@ -71,6 +72,10 @@ fn servers(runtime: &tokio::runtime::Runtime) -> (String, String) {
                 "http://{}/orders",
                 listener.local_addr().expect("address")
             ));
+            // As a production server would: no Nagle delay on small responses.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move { axum::serve(listener, router).await });
         }
         (bases.remove(0), bases.remove(0))

@@ -11,8 +11,9 @@
 //!   body: `422`. No key: `400`. Errors are `application/problem+json`.
 //! * `GET /orders/{id}`: the order, or `404`.
 //!
-//! The idempotency records live in the in-process memory store. Keys are scoped per client by
-//! the `Authorization` header (requests without one share the anonymous scope).
+//! The idempotency records live in the in-process memory store; with `REDIS_URL` (and the
+//! `redis` feature: `--features axum,redis`) in Redis. Keys are scoped per client by the
+//! `Authorization` header (requests without one share the anonymous scope).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,23 +93,36 @@ async fn read_order(State(orders): State<Orders>, Path(id): Path<String>) -> Res
     }
 }
 
-/// The store: the in-process memory store. `REDIS_URL` and `POSTGRES_URL` are meant to select
-/// those backends; until they are wired into this example, setting one is refused rather
-/// than silently ignored.
-fn idempotency() -> Result<Idempotency, String> {
-    for variable in ["REDIS_URL", "POSTGRES_URL"] {
-        if std::env::var_os(variable).is_some() {
-            return Err(format!(
-                "{variable} is set, but this example does not use that backend yet; unset it to run on the memory store"
-            ));
-        }
+/// The store: the in-process memory store, or Redis when `REDIS_URL` is set (built with the
+/// `redis` feature). `POSTGRES_URL` is refused until the PostgreSQL store is wired in here,
+/// rather than silently ignored.
+async fn idempotency() -> Result<(Idempotency, &'static str), Box<dyn std::error::Error>> {
+    if std::env::var_os("POSTGRES_URL").is_some() {
+        return Err(
+            "POSTGRES_URL is set, but this example does not use the PostgreSQL store yet; unset it"
+                .into(),
+        );
     }
-    Ok(Idempotency::new(MemoryStore::new()))
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        #[cfg(feature = "redis")]
+        {
+            let client = idempotency::redis::Client::open(url)?;
+            let connection = idempotency::redis::aio::ConnectionManager::new(client).await?;
+            let store = idempotency::RedisStore::new(connection);
+            return Ok((Idempotency::new(store), "Redis"));
+        }
+        #[cfg(not(feature = "redis"))]
+        return Err(format!(
+            "REDIS_URL is set ({url}), but the example was built without Redis: add `--features axum,redis`"
+        )
+        .into());
+    }
+    Ok((Idempotency::new(MemoryStore::new()), "memory"))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let idempotency = idempotency()?;
+    let (idempotency, store) = idempotency().await?;
     let app = Router::new()
         .route("/orders", post(create_order))
         .route("/orders/{id}", get(read_order))
@@ -124,7 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!(
-        "orders API on http://{} (memory store); Ctrl-C stops it",
+        "orders API on http://{} ({store} store); Ctrl-C stops it",
         listener.local_addr()?
     );
     axum::serve(listener, app)
