@@ -74,10 +74,6 @@ pub use idempotent_core::versioning::{self, VersionConflict, Versioned, retry_on
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use idempotent_core::http;
-
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotent_core::{RedisPrefixError, RedisStore, RedisStoreBuilder, redis};
