@@ -169,6 +169,59 @@ fn print_ratios() {
     println!("target: first_post / bare_route <= 1.1");
 }
 
+/// The same three cases interleaved: round after round, a short burst of each in turn, so that
+/// load from other processes on a shared machine falls on all three alike. Bounded: 60 rounds.
+fn paired(runtime: &tokio::runtime::Runtime, bare: &str, layered: &str) {
+    const ROUNDS: usize = 60;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let mut fresh = 0u64;
+    for (connections, bursts) in [(1usize, 100usize), (64, 8)] {
+        let mut samples: [Vec<f64>; 3] = Default::default();
+        for round in 0..ROUNDS {
+            for turn in 0..3 {
+                let case = (round + turn) % 3;
+                let url = if case == 0 { bare } else { layered };
+                for _ in 0..bursts {
+                    let keys: Vec<String> = (0..connections)
+                        .map(|_| {
+                            if case == 2 {
+                                "replayed".to_owned()
+                            } else {
+                                fresh += 1;
+                                format!("paired-{fresh}")
+                            }
+                        })
+                        .collect();
+                    let started = std::time::Instant::now();
+                    runtime.block_on(futures::future::join_all(
+                        keys.iter().map(|key| send_order(&client, url, key)),
+                    ));
+                    samples[case].push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let [mut bare_us, mut first_us, mut replay_us] = samples;
+        let (bare_us, first_us, replay_us) = (
+            median(&mut bare_us),
+            median(&mut first_us),
+            median(&mut replay_us),
+        );
+        println!(
+            "\npaired, {connections} connection(s), median per batch: bare_route {bare_us:.1} µs, first_post {first_us:.1} µs ({:.3}×), replayed_post {replay_us:.1} µs ({:.3}×)",
+            first_us / bare_us,
+            replay_us / bare_us
+        );
+    }
+}
+
 fn main() {
     // The servers get a thread of their own; the client runs on criterion's thread.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -185,4 +238,5 @@ fn main() {
     benches(&mut criterion, &client_runtime, &bare, &layered);
     criterion.final_summary();
     print_ratios();
+    paired(&client_runtime, &bare, &layered);
 }
