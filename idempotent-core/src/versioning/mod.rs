@@ -43,6 +43,13 @@ use std::future::Future;
 
 use crate::retry::{RetryPolicy, Retryable};
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+)]
+pub mod sql;
+
 /// A value and the version it was read at.
 ///
 /// Versions start wherever the storage starts them (the SQL helpers use the row's `version`
