@@ -19,7 +19,7 @@ use idempotency::{VersionConflict, retry_on_conflict};
 fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .expect("database step")
         .as_nanos();
     format!(
         "{prefix}_{}_{}",
@@ -130,12 +130,12 @@ macro_rules! versioning_suite {
                 ),
                 other => panic!("expected a version conflict, got {other:?}"),
             }
-            assert_eq!(rows.current_version::<$db, _>(&mut conn, 1i64).await.unwrap(), Some(51));
+            assert_eq!(rows.current_version::<$db, _>(&mut conn, 1i64).await.expect("database step"), Some(51));
             let unchanged: i64 =
                 sqlx::query_scalar(&format!("SELECT counter FROM {table} WHERE id = 1"))
                     .fetch_one(&mut *conn)
                     .await
-                    .unwrap();
+                    .expect("database step");
             assert_eq!(unchanged, 50);
 
             // A missing row is not a conflict; a hostile column name is refused.
@@ -163,7 +163,7 @@ macro_rules! versioning_suite {
                 sqlx::query_as(&format!("SELECT counter, version FROM {table} WHERE id = 2"))
                     .fetch_one(&pool)
                     .await
-                    .unwrap();
+                    .expect("database step");
             assert_eq!((counter, version), (0, 1));
         }
     };
@@ -195,7 +195,7 @@ mod postgres {
         sqlx::query(&format!("DROP TABLE {table}"))
             .execute(&pool)
             .await
-            .unwrap();
+            .expect("database step");
     }
 }
 
@@ -223,7 +223,7 @@ mod mysql {
         sqlx::query(&format!("DROP TABLE {table}"))
             .execute(&pool)
             .await
-            .unwrap();
+            .expect("database step");
     }
 }
 
