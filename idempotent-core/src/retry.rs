@@ -483,6 +483,44 @@ impl RetryPolicy {
         let key = IdempotencyKey::new();
         self.retry(|| attempt(key)).await
     }
+
+    /// Like [`retry_with_key`](Self::retry_with_key), with `classify` deciding which errors
+    /// are retried: for error types of other crates, such as an HTTP client's.
+    ///
+    /// ```
+    /// use idempotent_core::retry::{IdempotencyKey, ManualClock, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let policy = RetryPolicy::new().max_attempts(3).clock(ManualClock::new());
+    /// let mut sent = Vec::new();
+    /// let answer: Result<(), &str> = policy
+    ///     .retry_with_key_if(
+    ///         |error: &&str| *error == "503",
+    ///         |key: IdempotencyKey| {
+    ///             sent.push(key);
+    ///             async { Err("503") }
+    ///         },
+    ///     )
+    ///     .await;
+    /// assert!(answer.is_err());
+    /// assert_eq!(sent.len(), 3);
+    /// assert!(sent.iter().all(|key| *key == sent[0]));
+    /// # }
+    /// ```
+    pub async fn retry_with_key_if<T, E, C, F, Fut>(
+        &self,
+        classify: C,
+        mut attempt: F,
+    ) -> Result<T, E>
+    where
+        C: Fn(&E) -> bool,
+        F: FnMut(IdempotencyKey) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let key = IdempotencyKey::new();
+        self.retry_if(classify, || attempt(key)).await
+    }
 }
 
 /// A client-generated idempotency key: a UUID v7 (time-ordered, so keys of one client sort by
