@@ -81,9 +81,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     Healthy,
-    /// Dies after the effect of its `n`-th delivery, before acknowledging it.
+    /// From its `n`-th delivery on, dies after the first effect it runs, before the ack.
     CrashAfterEffect(usize),
-    /// Dies in the middle of the handler of its `n`-th delivery.
+    /// From its `n`-th delivery on, dies in the middle of the first handler it runs.
     CrashInHandler(usize),
 }
 
@@ -262,11 +262,15 @@ async fn worker(shared: &Shared, slot: usize, fate: Fate) -> Result<bool, BoxErr
             report.requeued_deliveries += usize::from(delivery.redelivered);
         }
         let task: SendInvoice = serde_json::from_slice(&delivery.data)?;
-        let dies_in_handler = fate == Fate::CrashInHandler(received);
+        // From its n-th delivery on, the worker dies in the first handler that really runs
+        // (a duplicate does not run the handler).
+        let dies_in_handler = matches!(fate, Fate::CrashInHandler(n) if received >= n);
+        let entered = AtomicBool::new(false);
 
         let handled = consumer.handle(&task.task_id, || async {
             if dies_in_handler {
                 // The process is about to die: the invoice is never sent.
+                entered.store(true, Ordering::SeqCst);
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(Duration::from_millis(5)).await; // the mail server
@@ -276,20 +280,29 @@ async fn worker(shared: &Shared, slot: usize, fate: Fate) -> Result<bool, BoxErr
             Ok::<_, TaskError>(slot)
         });
 
-        if dies_in_handler {
-            // Give the handler time to claim the task, then die. A dead process runs no
-            // destructors, so the in-flight call is leaked: its claim stays until the lease
-            // passes, exactly as after a real crash.
-            let mut handled = Box::pin(handled);
-            let _ = tokio::time::timeout(Duration::from_millis(100), &mut handled).await;
-            std::mem::forget(handled);
-            lock(&shared.report).died_in_handler = Some(task.task_id.clone());
-            return crash(shared, connection, 1).await;
-        }
+        let mut handled = Box::pin(handled);
+        let result = loop {
+            if !dies_in_handler {
+                break handled.await;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), &mut handled).await {
+                Ok(result) => break result, // a duplicate: the handler did not run
+                Err(_) if entered.load(Ordering::SeqCst) => {
+                    // The handler holds the task's claim: die. A dead process runs no
+                    // destructors, so the in-flight call is leaked: its claim stays until the
+                    // lease passes, exactly as after a real crash.
+                    std::mem::forget(handled);
+                    lock(&shared.report).died_in_handler = Some(task.task_id.clone());
+                    return crash(shared, connection, 1).await;
+                }
+                Err(_) => {} // still waiting for another worker's claim on this task
+            }
+        };
 
-        match handled.await {
+        match result {
             Ok(outcome) => {
-                if fate == Fate::CrashAfterEffect(received) {
+                let processed = matches!(outcome, Outcome::Processed(_));
+                if processed && matches!(fate, Fate::CrashAfterEffect(n) if received >= n) {
                     // The invoice went out; the ack never will.
                     lock(&shared.report).died_after_effect = Some(task.task_id.clone());
                     return crash(shared, connection, 1).await;
