@@ -54,6 +54,7 @@
 //! | `macros` | yes | the `#[idempotent]` attribute |
 //! | `memory` | yes | [`MemoryStore`], the in-process default store (moka) |
 //! | `tracing` | no | spans and events for claim, replay, execute, release, takeover, store errors |
+//! | `redis` | no | `RedisStore`: Redis and Redis Cluster, Lua-fenced, one key a record |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

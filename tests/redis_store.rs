@@ -476,14 +476,18 @@ async fn a_server_that_never_answers_times_out() {
     // Accepts connections and reads nothing back: every request hangs.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
-    let holder = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && held.len() < 16 {
-            match listener.accept() {
-                Ok((socket, _)) => held.push(socket),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holder = std::thread::spawn({
+        let done = Arc::clone(&done);
+        move || {
+            let mut held = Vec::new();
+            listener.set_nonblocking(true).expect("nonblocking");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && held.len() < 16 && !done.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((socket, _)) => held.push(socket),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
             }
         }
     });
@@ -514,6 +518,7 @@ async fn a_server_that_never_answers_times_out() {
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     drop(idempotency);
     drop(store);
+    done.store(true, Ordering::SeqCst);
     let _ = holder.join();
 }
 

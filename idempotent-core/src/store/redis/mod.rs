@@ -88,7 +88,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
-use ::redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -350,24 +350,54 @@ where
         }
     }
 
+    /// Runs `EVALSHA` (built by [`evalsha`]) within the response timeout; on `NOSCRIPT` (a
+    /// restarted or flushed server) loads the script and runs it again.
+    async fn eval(
+        &self,
+        script: &Script,
+        redis_key: &str,
+        command: &Cmd,
+    ) -> Result<Value, StoreError> {
+        let mut connection = self.connection.clone();
+        let operation = async {
+            match command.query_async::<Value>(&mut connection).await {
+                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut connection).await?;
+                    command.query_async(&mut connection).await
+                }
+                reply => reply,
+            }
+        };
+        self.bounded(redis_key, operation).await
+    }
+
     /// Runs a fencing script (`complete`, `release`, `renew`) and maps its integer reply.
     async fn fenced(
         &self,
         name: &'static str,
+        script: &Script,
         redis_key: &str,
-        invocation: &::redis::ScriptInvocation<'_>,
+        command: &Cmd,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let reply: Value = self
-            .bounded(redis_key, invocation.invoke_async(&mut connection))
-            .await?;
-        match reply {
+        match self.eval(script, redis_key, command).await? {
             Value::Int(1 | 2) => Ok(()),
             Value::Int(0) => Err(StoreError::LeaseLost),
             Value::Int(-1) => Err(not_a_record(redis_key)),
             other => Err(unexpected(name, &other)),
         }
     }
+}
+
+/// `EVALSHA <script> 1 <redis_key>`, ready for `arguments` arguments of about `bytes` bytes in
+/// all: one buffer, no intermediate copies.
+fn evalsha(script: &Script, redis_key: &str, arguments: usize, bytes: usize) -> Cmd {
+    let mut command = Cmd::with_capacity(4 + arguments, 64 + redis_key.len() + bytes);
+    command
+        .arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(1)
+        .arg(redis_key);
+    command
 }
 
 fn store_error(redis_key: &str, error: RedisError) -> StoreError {
@@ -432,17 +462,13 @@ where
     ) -> Result<Claim, StoreError> {
         let redis_key = self.redis_key(key);
         let token = Token::random();
-        let mut invocation = SCRIPTS.claim.key(&redis_key);
-        invocation
-            .arg(&token.as_bytes()[..])
-            .arg(&fingerprint.as_bytes()[..])
+        let script = &SCRIPTS.claim;
+        let mut command = evalsha(script, &redis_key, 3, 100);
+        command
+            .arg(&record::in_progress_head(&token, fingerprint)[..])
             .arg(millis(lease))
             .arg(millis(self.config.lease_grace));
-        let mut connection = self.connection.clone();
-        let reply: Value = self
-            .bounded(&redis_key, invocation.invoke_async(&mut connection))
-            .await?;
-        match reply {
+        match self.eval(script, &redis_key, &command).await? {
             Value::Int(0) => Ok(Claim::Acquired {
                 token,
                 took_over: false,
@@ -497,29 +523,32 @@ where
             });
         }
         let redis_key = self.redis_key(key);
-        let mut invocation = SCRIPTS.complete.key(&redis_key);
-        invocation
+        let script = &SCRIPTS.complete;
+        let mut command = evalsha(script, &redis_key, 3, 40 + output.len());
+        command
             .arg(&token.as_bytes()[..])
             .arg(millis(ttl))
             .arg(&output[..]);
-        self.fenced("complete", &redis_key, &invocation).await
+        self.fenced("complete", script, &redis_key, &command).await
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
         let redis_key = self.redis_key(key);
-        let mut invocation = SCRIPTS.release.key(&redis_key);
-        invocation.arg(&token.as_bytes()[..]);
-        self.fenced("release", &redis_key, &invocation).await
+        let script = &SCRIPTS.release;
+        let mut command = evalsha(script, &redis_key, 1, 16);
+        command.arg(&token.as_bytes()[..]);
+        self.fenced("release", script, &redis_key, &command).await
     }
 
     async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
         let redis_key = self.redis_key(key);
-        let mut invocation = SCRIPTS.renew.key(&redis_key);
-        invocation
+        let script = &SCRIPTS.renew;
+        let mut command = evalsha(script, &redis_key, 3, 60);
+        command
             .arg(&token.as_bytes()[..])
             .arg(millis(lease))
             .arg(millis(self.config.lease_grace));
-        self.fenced("renew", &redis_key, &invocation).await
+        self.fenced("renew", script, &redis_key, &command).await
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {

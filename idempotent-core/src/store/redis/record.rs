@@ -10,6 +10,7 @@
 //! Lua scripts write this layout and read its fixed offsets; this module reads it back for the
 //! client and refuses anything else as corrupt.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,10 +42,7 @@ const NAMESPACE_HASH_BYTES: usize = 16;
 /// Redis key short and free of `{`/`}`, so no user text can form a Redis Cluster hash tag and
 /// records spread over all slots. The digest is already a hash of the key material.
 pub(super) fn redis_key(prefix: &str, key: &Key) -> String {
-    let namespace = Sha256::digest(key.namespace().as_bytes());
-    let mut namespace_hex = [0u8; 2 * NAMESPACE_HASH_BYTES];
-    // Cannot fail: the buffer is exactly twice the input.
-    let _ = hex::encode_to_slice(&namespace[..NAMESPACE_HASH_BYTES], &mut namespace_hex);
+    let namespace_hex = namespace_hex(key.namespace());
     let mut out = String::with_capacity(prefix.len() + namespace_hex.len() + 12 + 64);
     out.push_str(prefix);
     out.push_str(std::str::from_utf8(&namespace_hex).unwrap_or_default());
@@ -52,6 +50,70 @@ pub(super) fn redis_key(prefix: &str, key: &Key) -> String {
     let _ = write!(out, ":{}:", key.version());
     out.push_str(key.digest().hex().as_str());
     out
+}
+
+/// `'idem1P' token fingerprint`: a new in-progress record without its time, which the claim
+/// script appends from the server's clock.
+pub(super) fn in_progress_head(token: &Token, fingerprint: &Fingerprint) -> [u8; TIME_AT] {
+    let mut head = [0u8; TIME_AT];
+    head[..MAGIC.len()].copy_from_slice(MAGIC);
+    head[MAGIC.len()] = b'P';
+    head[TOKEN_AT..FINGERPRINT_AT].copy_from_slice(token.as_bytes());
+    head[FINGERPRINT_AT..TIME_AT].copy_from_slice(fingerprint.as_bytes());
+    head
+}
+
+type NamespaceHex = [u8; 2 * NAMESPACE_HASH_BYTES];
+
+/// Namespaces this long or shorter are remembered by [`namespace_hex`].
+const CACHED_NAMESPACE_LEN: usize = 256;
+const CACHED_NAMESPACES: usize = 8;
+
+thread_local! {
+    /// The namespaces this thread hashed last, with their hashes: a service calls a handful
+    /// of idempotent functions, and comparing their names is cheaper than SHA-256.
+    static RECENT_NAMESPACES: RefCell<RecentNamespaces> = RefCell::default();
+}
+
+#[derive(Default)]
+struct RecentNamespaces {
+    entries: Vec<(Box<str>, NamespaceHex)>,
+    next: usize,
+}
+
+/// `hex(sha256(namespace))[..32]`.
+fn namespace_hex(namespace: &str) -> NamespaceHex {
+    let hash = || {
+        let digest = Sha256::digest(namespace.as_bytes());
+        let mut hex_digits = [0u8; 2 * NAMESPACE_HASH_BYTES];
+        // Cannot fail: the buffer is exactly twice the input.
+        let _ = hex::encode_to_slice(&digest[..NAMESPACE_HASH_BYTES], &mut hex_digits);
+        hex_digits
+    };
+    if namespace.len() > CACHED_NAMESPACE_LEN {
+        return hash();
+    }
+    let remembered = RECENT_NAMESPACES.try_with(|recent| {
+        let Ok(mut recent) = recent.try_borrow_mut() else {
+            return hash();
+        };
+        if let Some((_, hex_digits)) = recent.entries.iter().find(|(name, _)| **name == *namespace)
+        {
+            return *hex_digits;
+        }
+        let hex_digits = hash();
+        let entry = (Box::from(namespace), hex_digits);
+        if recent.entries.len() < CACHED_NAMESPACES {
+            recent.entries.push(entry);
+        } else {
+            let next = recent.next;
+            recent.entries[next] = entry;
+            recent.next = (next + 1) % CACHED_NAMESPACES;
+        }
+        hex_digits
+    });
+    // The thread is exiting and its locals are gone: hash without remembering.
+    remembered.unwrap_or_else(|_| hash())
 }
 
 /// A duration as whole milliseconds for a script: at least 1 (Redis refuses `PX 0`), at most
@@ -201,6 +263,23 @@ mod tests {
     }
 
     #[test]
+    fn the_claim_head_is_an_in_progress_record_without_its_time() {
+        let token = Token::random();
+        let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+        let mut value = in_progress_head(&token, &fingerprint).to_vec();
+        value.extend_from_slice(b"001795434931530");
+        assert_eq!(value.len(), HEADER);
+        assert_eq!(
+            Bytes::from(value.clone()),
+            encode(b'P', &token, &fingerprint, 1_795_434_931_530, b"")
+        );
+        assert!(matches!(
+            Stored::decode("k", Bytes::from(value)),
+            Ok(Stored::InProgress { token: t, .. }) if t == token
+        ));
+    }
+
+    #[test]
     fn anything_else_is_corrupt() {
         let token = Token::random();
         let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
@@ -238,6 +317,23 @@ mod tests {
             redis_key,
             super::redis_key("app:", &Key::new("{tag} with\nnewline", 8, *key.digest()))
         );
+    }
+
+    #[test]
+    fn remembered_namespace_hashes_are_the_hashes() {
+        let names: Vec<String> = (0..3 * CACHED_NAMESPACES)
+            .map(|n| format!("namespace {n}"))
+            .chain(["x".repeat(CACHED_NAMESPACE_LEN + 1)])
+            .collect();
+        for _ in 0..3 {
+            for name in &names {
+                let digest = Sha256::digest(name.as_bytes());
+                assert_eq!(
+                    &namespace_hex(name)[..],
+                    hex::encode(&digest[..NAMESPACE_HASH_BYTES]).as_bytes()
+                );
+            }
+        }
     }
 
     #[test]
