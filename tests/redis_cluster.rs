@@ -16,7 +16,7 @@ use redis_support::{RedisCluster, RoundTrips, admin, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_three_master_cluster() {
-    let Some(cluster) = RedisCluster::start("redis conformance (cluster)") else {
+    let Some(cluster) = RedisCluster::start("redis conformance (cluster)").await else {
         return;
     };
     let store = RedisStore::builder(cluster.connection(Duration::from_secs(2)).await)
@@ -73,7 +73,7 @@ async fn keys_per_node(nodes: &mut [MultiplexedConnection], prefix: &str) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_spread_over_every_master_whatever_the_key_text() {
-    let Some(cluster) = RedisCluster::start("redis cluster slotting") else {
+    let Some(cluster) = RedisCluster::start("redis cluster slotting").await else {
         return;
     };
     let mut nodes = masters(&cluster).await;

@@ -765,28 +765,31 @@ async fn renew_and_takeover_through_the_store() {
         return;
     };
     let key = key_of("renew", "long body");
+    let lease = Duration::from_secs(1);
     let Claim::Acquired { token, took_over } = store
-        .claim(&key, &fingerprint("a"), Duration::from_millis(300))
+        .claim(&key, &fingerprint("a"), lease)
         .await
         .expect("claim")
     else {
         panic!("acquired");
     };
     assert!(!took_over);
+    // Renewed three times, the claim holds past its first lease.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        store
-            .renew(&key, &token, Duration::from_millis(300))
-            .await
-            .expect("renew");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store.renew(&key, &token, lease).await.expect("renew");
     }
     assert!(matches!(
         store.claim(&key, &fingerprint("a"), HOUR).await,
         Ok(Claim::InProgress { .. })
     ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
     match store.claim(&key, &fingerprint("a"), HOUR).await {
         Ok(Claim::Acquired { took_over, .. }) => assert!(took_over, "a takeover says so"),
         other => panic!("expected a takeover, got {other:?}"),
     }
+    assert!(matches!(
+        store.renew(&key, &token, lease).await,
+        Err(StoreError::LeaseLost)
+    ));
 }

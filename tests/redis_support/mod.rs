@@ -360,15 +360,25 @@ pub(crate) fn executed(
 pub(crate) struct RedisCluster {
     urls: Vec<String>,
     owned: Option<PathBuf>,
+    /// Held while a test uses the shared cluster of `REDIS_CLUSTER_URLS`: the tests count the
+    /// commands each node runs, so they take turns on it.
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+static SHARED_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CLUSTER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh");
 
 impl RedisCluster {
-    pub(crate) fn start(suite: &str) -> Option<RedisCluster> {
+    pub(crate) async fn start(suite: &str) -> Option<RedisCluster> {
         if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
             let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-            return Some(RedisCluster { urls, owned: None });
+            let turn = SHARED_CLUSTER.lock().await;
+            return Some(RedisCluster {
+                urls,
+                owned: None,
+                _turn: Some(turn),
+            });
         }
         let dir = scratch_dir("redis-cluster");
         let output = Command::new("bash")
@@ -387,6 +397,7 @@ impl RedisCluster {
                 Some(RedisCluster {
                     urls,
                     owned: Some(dir),
+                    _turn: None,
                 })
             }
             // 3: redis-server or redis-cli is not installed.
