@@ -38,7 +38,14 @@
 //! (default 1 s): past it the call fails with [`StoreError::Timeout`]; a refused or dropped
 //! connection fails with [`StoreError::Unavailable`]. Either way the executor does not run the
 //! body (fail closed). A [`ConnectionManager`] or a cluster connection reconnects by itself,
-//! so calls succeed again once Redis is back, with no manual step.
+//! so calls succeed again once Redis is back, with no manual step. (The connection's own
+//! response timeout, 500 ms by default in redis-rs, may fire first: that is reported as
+//! [`StoreError::Unavailable`].) To start a service while Redis is down, build the manager
+//! with `ConnectionManager::new_lazy_with_config`: `ConnectionManager::new` fails when it
+//! cannot connect at once.
+//!
+//! A claim that times out may still have reached Redis, though its body never ran: the key
+//! then reads as in progress until the lease passes and the next claim takes it over.
 //!
 //! Needs Redis 5 or newer (scripts that read `TIME` and then write rely on effect
 //! replication); tested on Redis 7.
