@@ -79,6 +79,25 @@ pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotent_core::{RedisPrefixError, RedisStore, RedisStoreBuilder, redis};
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+)]
+pub use idempotent_core::{SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, sqlx};
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use idempotent_core::PostgresStore;
+
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use idempotent_core::MySqlStore;
+
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use idempotent_core::SqliteStore;
+
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use idempotent_core::http;

@@ -98,6 +98,16 @@ pub fn prepare<'a>(
 ) -> Result<Call<'a>, Error> {
     site.check()?;
     let idempotency = idempotency?;
+    let (key, fingerprint) = identify(site, arguments, key)?;
+    Ok(idempotency.call(key, fingerprint))
+}
+
+/// The call's key and fingerprint, from the hashed arguments and the `key = …` material.
+fn identify(
+    site: &'static Site,
+    arguments: Result<Digest, CanonicalError>,
+    key: Option<Result<Digest, CanonicalError>>,
+) -> Result<(Key, Fingerprint), Error> {
     let arguments = arguments.map_err(|source| Error::Codec {
         op: CodecOp::HashArguments,
         key: None,
@@ -119,7 +129,25 @@ pub fn prepare<'a>(
         site.version,
         material,
     );
-    Ok(idempotency.call(key, Fingerprint::from_digest(arguments)))
+    Ok((key, Fingerprint::from_digest(arguments)))
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use crate::store::sql::{Claimed, InTransaction, SqlDialect, SqlStore};
+
+/// Builds a call in the caller's SQL transaction (`transaction = …`): checks the site, takes
+/// the fingerprint, derives the key.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[inline]
+pub fn prepare_in_transaction<'s, DB: SqlDialect>(
+    site: &'static Site,
+    store: &'s SqlStore<DB>,
+    arguments: Result<Digest, CanonicalError>,
+    key: Option<Result<Digest, CanonicalError>>,
+) -> Result<InTransaction<'s, DB>, Error> {
+    site.check()?;
+    let (key, fingerprint) = identify(site, arguments, key)?;
+    Ok(store.in_transaction(key, fingerprint))
 }
 
 /// `T` can be stored and replayed.

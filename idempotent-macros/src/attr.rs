@@ -16,11 +16,12 @@ mod kw {
     syn::custom_keyword!(version);
     syn::custom_keyword!(on_in_progress);
     syn::custom_keyword!(store_errors);
+    syn::custom_keyword!(transaction);
     syn::custom_keyword!(wait);
     syn::custom_keyword!(reject);
 }
 
-pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `store`, `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `crate`";
+pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `store`, `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `transaction`, `crate`";
 
 /// A duration option: a humantime literal (`"24h"`, checked at compile time) or any
 /// expression of type `Duration`.
@@ -61,6 +62,9 @@ pub(crate) struct Options {
     pub(crate) version: Option<Set<LitInt>>,
     pub(crate) on_in_progress: Option<Set<Policy>>,
     pub(crate) store_errors: Option<Set<()>>,
+    /// `transaction = tx`: the argument holding the caller's SQL transaction, and the span
+    /// of the option's keyword.
+    pub(crate) transaction: Option<Set<(Ident, Span)>>,
     pub(crate) krate: Option<Set<Path>>,
     /// Unknown and duplicate options, reported together with the checks.
     pub(crate) errors: Vec<syn::Error>,
@@ -150,6 +154,16 @@ impl Parse for Options {
                     "on_in_progress",
                     span,
                     policy,
+                );
+            } else if lookahead.peek(kw::transaction) {
+                let span = input.parse::<kw::transaction>()?.span;
+                let argument: Ident = value(input)?;
+                set(
+                    &mut options.transaction,
+                    errors,
+                    "transaction",
+                    span,
+                    (argument, span),
                 );
             } else if lookahead.peek(Token![crate]) {
                 let span = input.parse::<Token![crate]>()?.span;

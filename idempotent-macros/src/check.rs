@@ -35,6 +35,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) lease: Option<DurationPlan<'a>>,
     pub(crate) policy: Option<Policy>,
     pub(crate) store_errors: bool,
+    /// `transaction = tx`: the argument holding the caller's SQL transaction.
+    pub(crate) transaction: Option<&'a Ident>,
     /// The arguments hashed into the fingerprint, in order.
     pub(crate) hashed: Vec<&'a Ident>,
     pub(crate) shape: Shape<'a>,
@@ -86,10 +88,14 @@ pub(crate) fn check<'a>(
     let result_parts = output.and_then(result_parts);
 
     let mut arguments: Vec<&Ident> = Vec::new();
+    let mut types: Vec<&Type> = Vec::new();
     for input in &function.sig.inputs {
         let FnArg::Typed(typed) = input else { continue };
         match &*typed.pat {
-            Pat::Ident(binding) if binding.subpat.is_none() => arguments.push(&binding.ident),
+            Pat::Ident(binding) if binding.subpat.is_none() => {
+                arguments.push(&binding.ident);
+                types.push(&typed.ty);
+            }
             other => fail(
                 other.span(),
                 "`#[idempotent]` hashes arguments by name; bind this argument to a name (`name: Type`) so it can be hashed or listed in `skip(..)`".to_owned(),
@@ -97,23 +103,56 @@ pub(crate) fn check<'a>(
         }
     }
 
-    let skipped: Vec<&Ident> = options
+    let known = arguments
+        .iter()
+        .map(|argument| format!("`{argument}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known
+    };
+
+    // Errors that cover a whole type (`fail` takes a single span).
+    let mut whole_type_errors: Vec<syn::Error> = Vec::new();
+    let transaction = options.transaction.as_ref().map(|set| &set.value);
+    if let Some((argument, keyword)) = transaction {
+        match arguments.iter().position(|name| *name == argument) {
+            None => fail(
+                argument.span(),
+                format!(
+                    "`transaction` names `{argument}`, which is not an argument of `{}`; its arguments are {known}",
+                    function.sig.ident
+                ),
+            ),
+            Some(index) => {
+                if !matches!(types[index], Type::Reference(reference) if reference.mutability.is_some())
+                {
+                    whole_type_errors.push(syn::Error::new_spanned(
+                        types[index],
+                        format!(
+                            "`transaction = {argument}` needs `{argument}` to be the caller's transaction, taken as `{argument}: &mut sqlx::Transaction<'_, DB>`"
+                        ),
+                    ));
+                }
+            }
+        }
+        if options.store.is_none() {
+            fail(
+                *keyword,
+                "`transaction` needs `store = …`, the `SqlStore` that records the calls in the transaction's database".to_owned(),
+            );
+        }
+    }
+
+    let mut skipped: Vec<&Ident> = options
         .skip
         .as_ref()
         .map(|skip| skip.value.iter().collect())
         .unwrap_or_default();
     for name in &skipped {
         if *name != "self" && !arguments.iter().any(|argument| argument == name) {
-            let known = arguments
-                .iter()
-                .map(|argument| format!("`{argument}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let known = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known
-            };
             fail(
                 name.span(),
                 format!(
@@ -122,6 +161,10 @@ pub(crate) fn check<'a>(
                 ),
             );
         }
+    }
+    // The transaction is not an input of the call.
+    if let Some((argument, _)) = transaction {
+        skipped.push(argument);
     }
     let hashed = arguments
         .into_iter()
@@ -190,6 +233,7 @@ pub(crate) fn check<'a>(
     let ttl = duration(&options.ttl, "ttl");
     let lease = duration(&options.lease, "lease");
 
+    errors.extend(whole_type_errors);
     let mut errors = errors.into_iter();
     if let Some(mut first) = errors.next() {
         for error in errors {
@@ -217,6 +261,7 @@ pub(crate) fn check<'a>(
         lease,
         policy: options.on_in_progress.as_ref().map(|policy| policy.value),
         store_errors: options.store_errors.is_some(),
+        transaction: transaction.map(|(argument, _)| argument),
         hashed,
         shape,
         output,

@@ -99,13 +99,50 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
         quote!(#ok_check #err_check)
     });
 
-    let body = |block: TokenStream| {
-        quote! {
-            static __IDEMPOTENCY_SITE: #private::Site = #private::Site::new(#namespace, #version);
-            #result_check
-            #assertions
-            let mut __idempotency_args = #private::DigestBuilder::new();
-            #(#pushes)*
+    let prelude = quote! {
+        static __IDEMPOTENCY_SITE: #private::Site = #private::Site::new(#namespace, #version);
+        #result_check
+        #assertions
+        let mut __idempotency_args = #private::DigestBuilder::new();
+        #(#pushes)*
+    };
+    let body = |block: TokenStream| match (plan.transaction, plan.store) {
+        // The caller's SQL transaction: claim in it, run the body inline (it keeps using the
+        // transaction), record the result in it. No closure, so the body may borrow freely.
+        (Some(transaction), Some(store)) => {
+            let store = quote_spanned!(store.span()=> &(#store));
+            quote! {
+                #prelude
+                let __idempotency_call = match #private::prepare_in_transaction(
+                    &__IDEMPOTENCY_SITE,
+                    #store,
+                    __idempotency_args.finish(),
+                    #key,
+                ) {
+                    ::core::result::Result::Ok(__idempotency_call) => __idempotency_call #options,
+                    ::core::result::Result::Err(__idempotency_error) => {
+                        return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
+                    }
+                };
+                let __idempotency_owner = match __idempotency_call.claim(&mut *#transaction).await {
+                    ::core::result::Result::Ok(#private::Claimed::Replayed(__idempotency_replayed)) => {
+                        return __idempotency_replayed;
+                    }
+                    ::core::result::Result::Ok(#private::Claimed::Owned(__idempotency_owner)) => __idempotency_owner,
+                    ::core::result::Result::Err(__idempotency_error) => {
+                        return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
+                    }
+                };
+                let __idempotency_output: #output = async {
+                    let __idempotency_output: #output = #block;
+                    __idempotency_output
+                }
+                .await;
+                __idempotency_owner.finish(&mut *#transaction, __idempotency_output).await
+            }
+        }
+        _ => quote! {
+            #prelude
             let __idempotency_call = match #private::prepare(
                 &__IDEMPOTENCY_SITE,
                 #executor,
@@ -123,7 +160,7 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                     __idempotency_output
                 })
                 .await
-        }
+        },
     };
 
     let attrs = &function.attrs;

@@ -1,0 +1,829 @@
+//! SQL stores on [sqlx]: PostgreSQL, MySQL / MariaDB and SQLite, one [`SqlStore`] type
+//! per database ([`PostgresStore`], [`MySqlStore`], [`SqliteStore`]).
+//!
+//! A store keeps one row per key in one table (default `idempotency_records`), created by
+//! [`SqlStore::migrate`]. Besides the [`Store`] contract it offers two things a remote
+//! key-value store cannot:
+//!
+//! * **Transactional mode** ([`SqlStore::in_transaction`], or `#[idempotent(transaction = tx,
+//!   store = …)]`): the claim and the completed record are written in the *caller's*
+//!   transaction, next to the body's own writes, so the business effect and its record commit
+//!   or roll back together. A crash before the commit leaves neither; the retry runs once.
+//! * **Expiry by column**: every row has an `expires_at`; [`SqlStore::purge_expired`] deletes
+//!   a batch of expired rows and [`SqlStore::spawn_sweeper`] does it in the background.
+//!
+//! # Table
+//!
+//! | column | type (PostgreSQL) | what |
+//! |---|---|---|
+//! | `id` | `BYTEA` primary key | SHA-256 of the key's text, so a key of any length fits an index |
+//! | `key_text` | `TEXT` | the key, `{namespace}:{version}:{digest}`, for operators |
+//! | `token` | `BYTEA` (16) | the owner's token (kept after completion: a retried `complete` is a no-op) |
+//! | `fingerprint` | `BYTEA` (32) | fingerprint of the owner's call |
+//! | `completed` | `BOOLEAN` | in progress (`false`) or completed |
+//! | `lease_until` | `TIMESTAMPTZ` | in progress: when the key becomes claimable again |
+//! | `expires_at` | `TIMESTAMPTZ`, indexed | completed: end of the TTL; in progress: end of the lease plus [`abandoned_after`](SqlStoreBuilder::abandoned_after); purged after |
+//! | `output` | `BYTEA` | the stored output |
+//!
+//! Times come from the database's clock (PostgreSQL, MySQL) so that several application
+//! servers agree on leases; SQLite, which runs in the application's process, uses the
+//! process's clock. The table name is validated as an identifier and every value is a bound
+//! parameter.
+//!
+//! # Round trips
+//!
+//! | call | PostgreSQL | MySQL / MariaDB | SQLite |
+//! |---|---|---|---|
+//! | replay | 1 | 1 | 1 |
+//! | first execution | 2 (claim, complete) | 3 (read, insert, complete) | 3 (read, insert, complete) |
+//! | body failed | 2 (claim, release) | 3 (read, insert, release) | 3 (read, insert, release) |
+//! | first execution, transactional | 2 (claim, complete) | 2 (insert, complete) | 2 (insert, complete) |
+//! | replay, transactional | 1 | 2 (insert refused, read) | 2 (insert refused, read) |
+//!
+//! PostgreSQL claims in one statement: a CTE reads the row and, only when no live record is
+//! there, runs `INSERT … ON CONFLICT (id) DO UPDATE` to create or take over the record; a
+//! replay writes nothing and locks nothing. MySQL has no `RETURNING` for an insert that met
+//! a duplicate (so it cannot hand back the stored output), and SQLite's upsert returns no row
+//! when it leaves the existing one alone, so both read first (one statement for the replay,
+//! the common retry) and insert only when no live record is there. In transactional mode they
+//! insert first instead: the insert takes the row lock that makes a concurrent duplicate wait
+//! for the caller's commit, without the gap locks (MySQL) or read snapshot (SQLite) a read
+//! would take first.
+//!
+//! Counts are statements; a pool with `test_before_acquire(true)` (sqlx's default) adds a
+//! ping to every acquisition. Build the pool with `test_before_acquire(false)` to keep to the
+//! budget (a dead connection then fails one call with [`StoreError::Unavailable`] instead).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use sha2::{Digest as _, Sha256};
+use sqlx::{Database, Pool};
+
+use crate::error::StoreError;
+use crate::key::{Fingerprint, Key};
+use crate::record::{Claim, Record, Token};
+use crate::store::Store;
+
+mod sweeper;
+mod transaction;
+
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+mod mysql;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+mod postgres;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+mod sqlite;
+
+pub use sqlx;
+pub use sweeper::Sweeper;
+pub use transaction::{Claimed, InTransaction, Owner};
+
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub type PostgresStore = SqlStore<sqlx::Postgres>;
+
+/// The MySQL / MariaDB store.
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub type MySqlStore = SqlStore<sqlx::MySql>;
+
+/// The SQLite store.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+
+/// The table used when none is configured.
+pub const DEFAULT_TABLE: &str = "idempotency_records";
+/// Largest output a store accepts unless configured otherwise (the executor's default limit).
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// How long an in-progress record whose lease passed is kept before the sweeper may purge it.
+pub const DEFAULT_ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// Longest table or schema name accepted: 63 bytes (PostgreSQL's limit) minus the suffix of
+/// the index name derived from it.
+const MAX_IDENTIFIER: usize = 48;
+/// Durations are bound as microseconds and capped at about a century, so that `now + d` stays
+/// inside every database's timestamp range.
+const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+/// A claim that reads, then writes, retries when another caller changed the row in between;
+/// this bounds the retries (each needs yet another concurrent change to fail again).
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// A configuration mistake found before any statement runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlConfigError {
+    /// The table name is not a plain identifier (it is interpolated into statements, so it is
+    /// checked instead of escaped).
+    #[error(
+        "`table` {name:?} is not a valid table name: {problem}; use `name` or `schema.name`, each 1 to {MAX_IDENTIFIER} of `a-z`, `0-9` and `_`, not starting with a digit"
+    )]
+    InvalidTable {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The sweeper was asked for outside a tokio runtime.
+    #[error("`spawn_sweeper` needs a tokio runtime; call it from inside one")]
+    NoRuntime,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A database the SQL store runs on: `sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`
+/// (features `postgres`, `mysql`, `sqlite`). Sealed: the statements are written per database.
+pub trait SqlDialect: Database + sealed::Sealed {
+    #[doc(hidden)]
+    fn __statements(table: &TableName) -> Statements;
+
+    /// The store's claim on `conn`, in the caller's transaction or on a pooled connection.
+    #[doc(hidden)]
+    fn __claim<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+        in_transaction: bool,
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>;
+
+    #[doc(hidden)]
+    fn __complete<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+        token: &'c Token,
+        output: &'c [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'c, Result<(), StoreError>>;
+
+    #[doc(hidden)]
+    fn __release<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+        token: &'c Token,
+    ) -> BoxFuture<'c, Result<(), StoreError>>;
+
+    #[doc(hidden)]
+    fn __renew<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+        token: &'c Token,
+        lease: Duration,
+    ) -> BoxFuture<'c, Result<(), StoreError>>;
+
+    #[doc(hidden)]
+    fn __get<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+    ) -> BoxFuture<'c, Result<Option<Record>, StoreError>>;
+
+    #[doc(hidden)]
+    fn __remove<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        key: &'c Key,
+    ) -> BoxFuture<'c, Result<bool, StoreError>>;
+
+    #[doc(hidden)]
+    fn __purge<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+        limit: u32,
+    ) -> BoxFuture<'c, Result<u64, StoreError>>;
+
+    #[doc(hidden)]
+    fn __migrate<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+    ) -> BoxFuture<'c, Result<(), StoreError>>;
+}
+
+/// A validated table name, optionally schema-qualified. Not public API.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    schema: Option<String>,
+    name: String,
+}
+
+impl TableName {
+    fn parse(text: &str) -> Result<TableName, SqlConfigError> {
+        let invalid = |problem| SqlConfigError::InvalidTable {
+            name: text.to_owned(),
+            problem,
+        };
+        let mut parts = text.split('.');
+        let (schema, name) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None) => (None, name),
+            (Some(schema), Some(name), None) => (Some(schema), name),
+            _ => return Err(invalid("it has more than one `.`")),
+        };
+        for part in schema.iter().chain([&name]) {
+            check_identifier(part).map_err(invalid)?;
+        }
+        Ok(TableName {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The schema, if the name is qualified.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The unqualified table name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `schema.name` or `name`, each part wrapped in `quote` (identifiers were checked to
+    /// contain no quote characters).
+    pub(crate) fn quoted(&self, quote: char) -> String {
+        match &self.schema {
+            Some(schema) => format!("{quote}{schema}{quote}.{quote}{}{quote}", self.name),
+            None => format!("{quote}{}{quote}", self.name),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+fn check_identifier(part: &str) -> Result<(), &'static str> {
+    let bytes = part.as_bytes();
+    match bytes.first() {
+        None => Err("a part of it is empty"),
+        Some(_) if bytes.len() > MAX_IDENTIFIER => Err("a part of it is too long"),
+        Some(first) if first.is_ascii_digit() => Err("a part of it starts with a digit"),
+        Some(_)
+            if !bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_') =>
+        {
+            Err("it contains a character other than `a-z`, `0-9`, `_` and one `.`")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// The statements of one store, written once for its table. Not public API.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Statements {
+    pub(crate) create: Vec<String>,
+    /// PostgreSQL: the whole claim. MySQL, SQLite: the read of the current row.
+    pub(crate) claim: String,
+    /// MySQL: the same read with a shared lock (transactional mode).
+    #[cfg(feature = "mysql")]
+    pub(crate) claim_locked: String,
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    pub(crate) insert: String,
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    pub(crate) take_over: String,
+    pub(crate) complete: String,
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    pub(crate) completed_by: String,
+    pub(crate) release: String,
+    pub(crate) renew: String,
+    pub(crate) get: String,
+    pub(crate) remove: String,
+    pub(crate) purge: String,
+}
+
+/// A store that keeps records in a SQL table, on a sqlx [`Pool`]. See the
+/// [module docs](self) for the table, the round trips and transactional mode.
+///
+/// Cheap to clone; clones share the pool.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use idempotent_core::store::sql::{sqlx::SqlitePool, SqliteStore};
+/// use idempotent_core::{Error, Fingerprint, Idempotency, Key};
+///
+/// let pool = SqlitePool::connect("sqlite::memory:").await?;
+/// let store = SqliteStore::builder(pool).table("idempotency").build()?;
+/// store.migrate().await?;
+///
+/// let idempotency = Idempotency::new(store);
+/// let key = Key::derive("shop::charge", 1, &"order-42")?;
+/// let fingerprint = Fingerprint::of(&("order-42", 1999))?;
+/// let first: Result<String, Error> =
+///     idempotency.run(key.clone(), fingerprint, || async { Ok("receipt-1".into()) }).await;
+/// let retry: Result<String, Error> =
+///     idempotency.run(key, fingerprint, || async { Ok("receipt-2".into()) }).await;
+/// assert_eq!(first?, retry?);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+pub struct SqlStore<DB: Database> {
+    inner: Arc<Shared<DB>>,
+}
+
+struct Shared<DB: Database> {
+    pool: Pool<DB>,
+    table: TableName,
+    sql: Statements,
+    max_output_bytes: usize,
+    abandoned_after: Duration,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &DB::NAME)
+            .field("table", &self.inner.table.to_string())
+            .field("max_output_bytes", &self.inner.max_output_bytes)
+            .field("abandoned_after", &self.inner.abandoned_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`SqlStore`].
+pub struct SqlStoreBuilder<DB: Database> {
+    pool: Pool<DB>,
+    table: String,
+    max_output_bytes: usize,
+    abandoned_after: Duration,
+    dialect: PhantomData<DB>,
+}
+
+impl<DB: Database> fmt::Debug for SqlStoreBuilder<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStoreBuilder")
+            .field("database", &DB::NAME)
+            .field("table", &self.table)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .field("abandoned_after", &self.abandoned_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: SqlDialect> SqlStoreBuilder<DB> {
+    /// The table (default [`DEFAULT_TABLE`]), optionally as `schema.table`: lowercase ASCII
+    /// letters, digits and `_`, checked by [`build`](Self::build).
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Largest output stored (default 1 MiB); a larger one is refused with
+    /// [`StoreError::TooLarge`] before any statement runs, and the executor releases the claim.
+    pub fn max_output_bytes(mut self, limit: usize) -> Self {
+        self.max_output_bytes = limit;
+        self
+    }
+
+    /// How long past its lease an in-progress record is kept before [`SqlStore::purge_expired`]
+    /// may delete it (default 1 h). Until then its owner can still complete it if no one
+    /// took it over.
+    pub fn abandoned_after(mut self, grace: Duration) -> Self {
+        self.abandoned_after = grace;
+        self
+    }
+
+    /// The store, or [`SqlConfigError::InvalidTable`] for a table name that is not a plain
+    /// identifier.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use idempotent_core::store::sql::{sqlx::SqlitePool, SqliteStore};
+    ///
+    /// let pool = SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+    /// let refused = SqliteStore::builder(pool).table("x; drop table x; --").build();
+    /// assert!(refused.unwrap_err().to_string().contains("not a valid table name"));
+    /// # }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
+    pub fn build(self) -> Result<SqlStore<DB>, SqlConfigError> {
+        let table = TableName::parse(&self.table)?;
+        Ok(SqlStore::with(
+            self.pool,
+            table,
+            self.max_output_bytes,
+            self.abandoned_after,
+        ))
+    }
+}
+
+impl<DB: SqlDialect> SqlStore<DB> {
+    /// A store on `pool`, in the default table [`DEFAULT_TABLE`]. Call
+    /// [`migrate`](Self::migrate) once to create it.
+    pub fn new(pool: Pool<DB>) -> SqlStore<DB> {
+        let table = TableName {
+            schema: None,
+            name: DEFAULT_TABLE.to_owned(),
+        };
+        SqlStore::with(
+            pool,
+            table,
+            DEFAULT_MAX_OUTPUT_BYTES,
+            DEFAULT_ABANDONED_AFTER,
+        )
+    }
+
+    /// Configure the table and limits.
+    pub fn builder(pool: Pool<DB>) -> SqlStoreBuilder<DB> {
+        SqlStoreBuilder {
+            pool,
+            table: DEFAULT_TABLE.to_owned(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            abandoned_after: DEFAULT_ABANDONED_AFTER,
+            dialect: PhantomData,
+        }
+    }
+
+    fn with(
+        pool: Pool<DB>,
+        table: TableName,
+        max_output_bytes: usize,
+        abandoned_after: Duration,
+    ) -> SqlStore<DB> {
+        let sql = DB::__statements(&table);
+        SqlStore {
+            inner: Arc::new(Shared {
+                pool,
+                table,
+                sql,
+                max_output_bytes,
+                abandoned_after,
+            }),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.inner.pool
+    }
+
+    /// The table, as configured (`name` or `schema.name`).
+    pub fn table(&self) -> String {
+        self.inner.table.to_string()
+    }
+
+    /// The largest output this store accepts.
+    pub fn max_output_bytes(&self) -> usize {
+        self.inner.max_output_bytes
+    }
+
+    /// The statements [`migrate`](Self::migrate) runs, for a migration tool of your own.
+    pub fn migration(&self) -> &[String] {
+        &self.inner.sql.create
+    }
+
+    /// Creates the table and its index if they do not exist. Safe to run at every start-up,
+    /// from several processes at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__migrate(self, &mut conn).await
+    }
+
+    /// Deletes up to `limit` expired rows (completed past their TTL, in progress past their
+    /// lease plus `abandoned_after`) and returns how many it deleted.
+    pub async fn purge_expired(&self, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__purge(self, &mut conn, limit).await
+    }
+
+    /// Starts a background task that calls [`purge_expired`](Self::purge_expired) every
+    /// `every`, `batch` rows at a time until a batch comes back short. Stop it with
+    /// [`Sweeper::shutdown`] (dropping the handle stops it too).
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use idempotent_core::store::sql::{sqlx::SqlitePool, SqliteStore};
+    ///
+    /// let store = SqliteStore::new(SqlitePool::connect("sqlite::memory:").await?);
+    /// store.migrate().await?;
+    /// let sweeper = store.spawn_sweeper(Duration::from_secs(60), 1000)?;
+    /// // … serve …
+    /// let purged = sweeper.shutdown().await;
+    /// assert_eq!(purged, 0);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
+    pub fn spawn_sweeper(&self, every: Duration, batch: u32) -> Result<Sweeper, SqlConfigError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SqlConfigError::NoRuntime)?;
+        Ok(Sweeper::spawn(&runtime, self.clone(), every, batch))
+    }
+
+    /// A call whose claim and completed record go into the caller's transaction: see
+    /// [`InTransaction`].
+    pub fn in_transaction(&self, key: Key, fingerprint: Fingerprint) -> InTransaction<'_, DB> {
+        InTransaction::new(self, key, fingerprint)
+    }
+
+    pub(crate) fn sql(&self) -> &Statements {
+        &self.inner.sql
+    }
+
+    pub(crate) fn abandoned_after(&self) -> Duration {
+        self.inner.abandoned_after
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn table_name(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    /// `TooLarge` when `output` is over the limit (checked before any statement).
+    pub(crate) fn check_size(&self, output: &[u8]) -> Result<(), StoreError> {
+        let limit = self.inner.max_output_bytes;
+        if output.len() > limit {
+            return Err(StoreError::TooLarge {
+                size: output.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// A pooled connection. Any failure to get one means the database cannot be reached
+    /// (refused, unknown host, a file that cannot be opened, a pool that gave up waiting).
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<DB>, StoreError> {
+        self.inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|error| match error {
+                sqlx::Error::PoolTimedOut => self.error(error),
+                error => StoreError::unavailable(error),
+            })
+    }
+
+    /// Maps a sqlx error to the store's, keeping it as the source.
+    pub(crate) fn error(&self, error: sqlx::Error) -> StoreError {
+        match error {
+            sqlx::Error::PoolTimedOut => {
+                StoreError::Timeout(self.inner.pool.options().get_acquire_timeout())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::unavailable(error),
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. } => StoreError::corrupt(format!(
+                "table `{}` does not hold what this store wrote ({error})",
+                self.inner.table
+            )),
+            error => StoreError::backend(error),
+        }
+    }
+}
+
+#[async_trait]
+impl<DB: SqlDialect> Store for SqlStore<DB> {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__claim(self, &mut conn, key, fingerprint, lease, false).await
+    }
+
+    async fn complete(
+        &self,
+        key: &Key,
+        token: &Token,
+        output: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.check_size(&output)?;
+        let mut conn = self.acquire().await?;
+        DB::__complete(self, &mut conn, key, token, &output, ttl).await
+    }
+
+    async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__release(self, &mut conn, key, token).await
+    }
+
+    async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__renew(self, &mut conn, key, token, lease).await
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__get(self, &mut conn, key).await
+    }
+
+    async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+        let mut conn = self.acquire().await?;
+        DB::__remove(self, &mut conn, key).await
+    }
+}
+
+/// The row id of `key`: SHA-256 of its text form, streamed without building the string. The
+/// text form is unambiguous (the version and the hex digest end it and contain no `:`).
+pub(crate) fn row_id(key: &Key) -> [u8; 32] {
+    struct Hashing(Sha256);
+    impl fmt::Write for Hashing {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    // Writing into a hasher cannot fail.
+    let _ = fmt::write(&mut hashing, format_args!("{key}"));
+    hashing.0.finalize().into()
+}
+
+/// `duration` in microseconds, capped (see [`MAX_MICROS`]).
+pub(crate) fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
+
+/// A lease or TTL's remaining time from a signed count of microseconds (negative: passed).
+pub(crate) fn remaining(micros: i64) -> Duration {
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// A wall-clock time from microseconds since the Unix epoch.
+pub(crate) fn wall_clock(micros: i64) -> SystemTime {
+    match u64::try_from(micros) {
+        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
+        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
+    }
+}
+
+pub(crate) fn token_from(bytes: &[u8]) -> Result<Token, StoreError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(Token::from_bytes)
+        .map_err(|_| StoreError::corrupt(format!("a token of {} bytes, not 16", bytes.len())))
+}
+
+pub(crate) fn fingerprint_from(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Fingerprint::from_bytes)
+        .map_err(|_| StoreError::corrupt(format!("a fingerprint of {} bytes, not 32", bytes.len())))
+}
+
+pub(crate) fn completed_output(output: Option<Vec<u8>>) -> Result<Bytes, StoreError> {
+    output
+        .map(Bytes::from)
+        .ok_or_else(|| StoreError::corrupt("a completed record without an output"))
+}
+
+/// What a read of the current row found (MySQL, SQLite).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) struct Current {
+    pub(crate) completed: bool,
+    pub(crate) fingerprint: Vec<u8>,
+    pub(crate) output: Option<Vec<u8>>,
+    /// Microseconds until the lease (in progress) or the TTL (completed) passes.
+    pub(crate) remaining: i64,
+}
+
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl Current {
+    /// The claim's answer when the record is live, `None` when it may be taken.
+    pub(crate) fn live(self) -> Result<Option<Claim>, StoreError> {
+        if self.remaining <= 0 {
+            return Ok(None);
+        }
+        let fingerprint = fingerprint_from(&self.fingerprint)?;
+        Ok(Some(if self.completed {
+            Claim::Completed {
+                fingerprint,
+                output: completed_output(self.output)?,
+            }
+        } else {
+            Claim::InProgress {
+                fingerprint,
+                lease_remaining: remaining(self.remaining),
+            }
+        }))
+    }
+}
+
+/// The record changed under a claim more often than [`CLAIM_ATTEMPTS`] allows.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+#[derive(Debug, thiserror::Error)]
+#[error("the record changed {CLAIM_ATTEMPTS} times during one claim; try again")]
+pub(crate) struct ClaimContended;
+
+/// A statement that always answers a row answered none.
+#[cfg(feature = "postgres")]
+#[derive(Debug, thiserror::Error)]
+#[error("the claim statement returned no row")]
+pub(crate) struct NoRow;
+
+/// The number of claim attempts (MySQL, SQLite).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) const fn claim_attempts() -> usize {
+    CLAIM_ATTEMPTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for good in ["idempotency", "a", "_x1", "app.records", "s_1.t_2"] {
+            assert!(TableName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a.b.c",
+            "Upper",
+            "1abc",
+            "x; drop table x; --",
+            "x\"",
+            "x`",
+            "a b",
+            "ünï",
+            &"n".repeat(49),
+        ] {
+            let error = TableName::parse(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("not a valid table name"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(TableName::parse(&"n".repeat(48)).is_ok());
+    }
+
+    #[test]
+    fn table_names_are_quoted_per_part() {
+        let table = TableName::parse("app.records").unwrap();
+        assert_eq!(table.quoted('"'), "\"app\".\"records\"");
+        assert_eq!(table.quoted('`'), "`app`.`records`");
+        assert_eq!(table.to_string(), "app.records");
+    }
+
+    #[test]
+    fn row_ids_hash_the_key_text() {
+        let key = Key::derive("ns", 1, &"material").unwrap();
+        let expected: [u8; 32] = Sha256::digest(key.to_string().as_bytes()).into();
+        assert_eq!(row_id(&key), expected);
+        let other = Key::derive("ns", 2, &"material").unwrap();
+        assert_ne!(row_id(&key), row_id(&other));
+    }
+
+    #[test]
+    fn durations_are_capped_microseconds() {
+        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
+        assert_eq!(micros(Duration::MAX), MAX_MICROS);
+        assert_eq!(remaining(-5), Duration::ZERO);
+        assert_eq!(remaining(7), Duration::from_micros(7));
+        assert_eq!(wall_clock(1_000_000), UNIX_EPOCH + Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,366 @@
+//! PostgreSQL: the claim is one statement (a CTE around `INSERT … ON CONFLICT … DO UPDATE`),
+//! times come from the server's `statement_timestamp()`.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Connection as _, Postgres, Row as _};
+
+use super::{
+    NoRow, SqlDialect, SqlStore, Statements, TableName, completed_output, fingerprint_from, micros,
+    remaining, row_id, sealed, token_from, wall_clock,
+};
+use crate::error::StoreError;
+use crate::key::{Fingerprint, Key};
+use crate::record::{Claim, Record, Token};
+
+impl sealed::Sealed for Postgres {}
+
+/// `x` as microseconds since the Unix epoch (`int8`).
+fn epoch_micros(x: &str) -> String {
+    format!("(EXTRACT(EPOCH FROM {x}) * 1000000)::int8")
+}
+
+const NOW: &str = "statement_timestamp()";
+
+// `..Statements::default()` fills the other databases' statements, which exist only when
+// their features are on too.
+#[allow(clippy::needless_update)]
+fn statements(table: &TableName) -> Statements {
+    let t = table.quoted('"');
+    let index = format!("\"{}_expires_at\"", table.name());
+    let after = |param: &str| format!("{NOW} + {param}::int8 * INTERVAL '1 microsecond'");
+    // A row whose lease (in progress) or TTL (completed) has passed may be taken.
+    let until = |row: &str| {
+        format!("(CASE WHEN {row}completed THEN {row}expires_at ELSE {row}lease_until END)")
+    };
+    let free = format!("{} <= {NOW}", until("r."));
+    let keep_or = |column: &str, new: &str| {
+        format!("{column} = CASE WHEN {free} THEN {new} ELSE r.{column} END")
+    };
+    let left = epoch_micros(&format!("(until - {NOW})"));
+
+    let mut create = Vec::new();
+    if let Some(schema) = table.schema() {
+        create.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
+    }
+    create.push(format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+    id          BYTEA PRIMARY KEY,
+    key_text    TEXT NOT NULL,
+    token       BYTEA NOT NULL,
+    fingerprint BYTEA NOT NULL,
+    completed   BOOLEAN NOT NULL,
+    lease_until TIMESTAMPTZ,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    output      BYTEA
+)"
+    ));
+    create.push(format!(
+        "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
+    ));
+
+    Statements {
+        create,
+        // One statement: read the row; only when no live record is there, insert or take it
+        // over (the conditional `DO UPDATE` re-checks under the row lock, and always returns
+        // the row it kept); answer from whichever ran. A replay writes and locks nothing.
+        claim: format!(
+            "WITH cur AS (
+    SELECT completed, fingerprint, output, {until_cur} AS until
+    FROM {t} WHERE id = $1
+), ins AS (
+    INSERT INTO {t} AS r (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
+    SELECT $1, $2, $3, $4, FALSE, {lease}, {expiry}, NULL
+    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.until > {NOW})
+    ON CONFLICT (id) DO UPDATE SET
+        {set_key}, {set_token}, {set_fingerprint}, {set_completed},
+        {set_lease}, {set_expiry}, {set_output}
+    RETURNING r.token = $3 AS acquired, r.completed, r.fingerprint, r.output, {until_r} AS until
+)
+SELECT acquired, completed, fingerprint, output, {left} AS remaining,
+       acquired AND EXISTS (SELECT 1 FROM cur WHERE NOT cur.completed) AS took_over
+FROM ins
+UNION ALL
+SELECT FALSE, completed, fingerprint, output, {left}, FALSE
+FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)",
+            until_cur = until(""),
+            until_r = until("r."),
+            lease = after("$5"),
+            expiry = after("$6"),
+            set_key = keep_or("key_text", "EXCLUDED.key_text"),
+            set_token = keep_or("token", "EXCLUDED.token"),
+            set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
+            set_completed = keep_or("completed", "FALSE"),
+            set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
+            set_expiry = keep_or("expires_at", "EXCLUDED.expires_at"),
+            set_output = keep_or("output", "NULL"),
+        ),
+        // Completed now, or earlier by this token (a retried complete): one statement either
+        // way, the second test reading the snapshot from before the update.
+        complete: format!(
+            "WITH done AS (
+    UPDATE {t} SET completed = TRUE, output = $3, lease_until = NULL, expires_at = {ttl}
+    WHERE id = $1 AND token = $2 AND NOT completed
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM done)
+    OR EXISTS (SELECT 1 FROM {t} WHERE id = $1 AND token = $2 AND completed AND expires_at > {NOW})",
+            ttl = after("$4"),
+        ),
+        release: format!("DELETE FROM {t} WHERE id = $1 AND token = $2 AND NOT completed"),
+        renew: format!(
+            "UPDATE {t} SET lease_until = {lease}, expires_at = {expiry}
+WHERE id = $1 AND token = $2 AND NOT completed",
+            lease = after("$3"),
+            expiry = after("$4"),
+        ),
+        get: format!(
+            "SELECT completed, token, fingerprint, output, {lease}, {expiry}
+FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
+            lease = epoch_micros("lease_until"),
+            expiry = epoch_micros("expires_at"),
+        ),
+        remove: format!("DELETE FROM {t} WHERE id = $1"),
+        purge: format!(
+            "DELETE FROM {t} WHERE id IN (
+    SELECT id FROM {t} WHERE expires_at < {NOW}
+    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)"
+        ),
+        ..Statements::default()
+    }
+}
+
+fn claim_from(row: &PgRow, token: Token) -> Result<Claim, StoreError> {
+    let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
+    let acquired: bool = row.try_get(0).map_err(decode)?;
+    if acquired {
+        return Ok(Claim::Acquired {
+            token,
+            took_over: row.try_get(5).map_err(decode)?,
+        });
+    }
+    let completed: bool = row.try_get(1).map_err(decode)?;
+    let fingerprint: Vec<u8> = row.try_get(2).map_err(decode)?;
+    let output: Option<Vec<u8>> = row.try_get(3).map_err(decode)?;
+    let left: Option<i64> = row.try_get(4).map_err(decode)?;
+    let fingerprint = fingerprint_from(&fingerprint)?;
+    Ok(if completed {
+        Claim::Completed {
+            fingerprint,
+            output: completed_output(output)?,
+        }
+    } else {
+        Claim::InProgress {
+            fingerprint,
+            lease_remaining: remaining(left.unwrap_or(0)),
+        }
+    })
+}
+
+fn record_from(row: &PgRow) -> Result<Record, StoreError> {
+    let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
+    let completed: bool = row.try_get(0).map_err(decode)?;
+    let token: Vec<u8> = row.try_get(1).map_err(decode)?;
+    let fingerprint: Vec<u8> = row.try_get(2).map_err(decode)?;
+    let output: Option<Vec<u8>> = row.try_get(3).map_err(decode)?;
+    let lease_until: Option<i64> = row.try_get(4).map_err(decode)?;
+    let expires_at: i64 = row.try_get(5).map_err(decode)?;
+    let token = token_from(&token)?;
+    let fingerprint = fingerprint_from(&fingerprint)?;
+    Ok(if completed {
+        Record::Completed {
+            token,
+            fingerprint,
+            output: completed_output(output)?,
+            expires_at: wall_clock(expires_at),
+        }
+    } else {
+        Record::InProgress {
+            token,
+            fingerprint,
+            lease_until: wall_clock(lease_until.unwrap_or(expires_at)),
+        }
+    })
+}
+
+fn fenced(rows: u64) -> Result<(), StoreError> {
+    if rows == 0 {
+        Err(StoreError::LeaseLost)
+    } else {
+        Ok(())
+    }
+}
+
+impl SqlDialect for Postgres {
+    fn __statements(table: &TableName) -> Statements {
+        statements(table)
+    }
+
+    fn __claim<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+        _in_transaction: bool,
+    ) -> BoxFuture<'c, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            let token = Token::random();
+            let row = sqlx::query(&store.sql().claim)
+                .bind(&row_id(key)[..])
+                .bind(key.to_string())
+                .bind(&token.as_bytes()[..])
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(micros(lease))
+                .bind(micros(lease.saturating_add(store.abandoned_after())))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?
+                .ok_or_else(|| StoreError::backend(NoRow))?;
+            claim_from(&row, token)
+        })
+    }
+
+    fn __complete<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+        token: &'c Token,
+        output: &'c [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'c, Result<(), StoreError>> {
+        Box::pin(async move {
+            let done: bool = sqlx::query_scalar(&store.sql().complete)
+                .bind(&row_id(key)[..])
+                .bind(&token.as_bytes()[..])
+                .bind(output)
+                .bind(micros(ttl))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            if done {
+                Ok(())
+            } else {
+                Err(StoreError::LeaseLost)
+            }
+        })
+    }
+
+    fn __release<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+        token: &'c Token,
+    ) -> BoxFuture<'c, Result<(), StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(&store.sql().release)
+                .bind(&row_id(key)[..])
+                .bind(&token.as_bytes()[..])
+                .execute(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            fenced(result.rows_affected())
+        })
+    }
+
+    fn __renew<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+        token: &'c Token,
+        lease: Duration,
+    ) -> BoxFuture<'c, Result<(), StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(&store.sql().renew)
+                .bind(&row_id(key)[..])
+                .bind(&token.as_bytes()[..])
+                .bind(micros(lease))
+                .bind(micros(lease.saturating_add(store.abandoned_after())))
+                .execute(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            fenced(result.rows_affected())
+        })
+    }
+
+    fn __get<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+    ) -> BoxFuture<'c, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(&store.sql().get)
+                .bind(&row_id(key)[..])
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            row.as_ref().map(record_from).transpose()
+        })
+    }
+
+    fn __remove<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        key: &'c Key,
+    ) -> BoxFuture<'c, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(&store.sql().remove)
+                .bind(&row_id(key)[..])
+                .execute(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            Ok(result.rows_affected() > 0)
+        })
+    }
+
+    fn __purge<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+        limit: u32,
+    ) -> BoxFuture<'c, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let result = sqlx::query(&store.sql().purge)
+                .bind(i64::from(limit))
+                .execute(&mut *conn)
+                .await
+                .map_err(|error| store.error(error))?;
+            Ok(result.rows_affected())
+        })
+    }
+
+    fn __migrate<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut PgConnection,
+    ) -> BoxFuture<'c, Result<(), StoreError>> {
+        Box::pin(async move {
+            let error = |error| store.error(error);
+            // `CREATE … IF NOT EXISTS` is not safe against a concurrent create of the same
+            // name in PostgreSQL; a transaction-scoped advisory lock serialises migrations.
+            let mut tx = conn.begin().await.map_err(error)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_id(store.table_name()))
+                .execute(&mut *tx)
+                .await
+                .map_err(error)?;
+            for statement in store.migration() {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(error)?;
+            }
+            tx.commit().await.map_err(error)
+        })
+    }
+}
+
+/// An advisory lock id for migrating `table` (FNV-1a of its name).
+fn lock_id(table: &TableName) -> i64 {
+    let text = format!("idempotency-migrate:{table}");
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}

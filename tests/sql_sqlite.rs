@@ -1,0 +1,101 @@
+//! The SQLite store, on a database file (WAL) and in memory: the conformance suite,
+//! transactional mode (commit, rollback, a SIGKILLed writer), exactly once across processes,
+//! outages, hostile input, size limits, expiry and exact statement counts. Needs no server;
+//! every test uses a database file of its own and deletes it.
+
+#![cfg(feature = "sqlite")]
+
+mod sql_support;
+
+mod harness {
+    use std::str::FromStr as _;
+    use std::time::Duration;
+
+    use idempotency::sqlx::Sqlite;
+    use idempotency::sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    };
+
+    use crate::sql_support::{RoundTrips, unique};
+
+    pub(crate) type Db = Sqlite;
+    pub(crate) const ROUND_TRIPS: RoundTrips = RoundTrips {
+        first: 3,
+        replay: 1,
+        failed: 3,
+        tx_first: 2,
+        tx_replay: 2,
+        tx_failed: 2,
+    };
+
+    /// A new database file for one test.
+    pub(crate) async fn fresh(connections: u32) -> Option<(String, SqlitePool)> {
+        let path = std::env::temp_dir().join(format!("{}.sqlite", unique("idempotency")));
+        let url = format!("sqlite://{}", path.display());
+        Some((url.clone(), connect(&url, connections).await))
+    }
+
+    pub(crate) async fn connect(url: &str, connections: u32) -> SqlitePool {
+        let options = SqliteConnectOptions::from_str(url)
+            .expect("a SQLite URL")
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(60));
+        SqlitePoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(60))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .expect("open the SQLite file")
+    }
+
+    /// Deletes the database file (its tables with it).
+    pub(crate) fn cleanup(url: String, _tables: Vec<String>) {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        }
+    }
+
+    pub(crate) fn unreachable() -> SqlitePool {
+        SqlitePoolOptions::new()
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy("sqlite:///nonexistent-idempotency-directory/records.sqlite")
+            .expect("a lazy pool")
+    }
+
+    pub(crate) fn create_orders(table: &str) -> String {
+        format!("CREATE TABLE {table} (client_order_id TEXT NOT NULL, quantity INTEGER NOT NULL)")
+    }
+
+    pub(crate) fn insert_order(table: &str) -> String {
+        format!("INSERT INTO {table} (client_order_id, quantity) VALUES (?, ?)")
+    }
+
+    pub(crate) fn create_plain(table: &str) -> String {
+        format!("CREATE TABLE {table} (id INTEGER)")
+    }
+
+    pub(crate) fn count(table: &str) -> String {
+        format!("SELECT COUNT(*) FROM {table}")
+    }
+}
+
+sql_support::suite::sql_suite!();
+
+/// The conformance suite on an in-memory database (`sqlite::memory:`: one database shared by
+/// the pool's connections, gone with the pool).
+mod in_memory {
+    idempotency::conformance_tests!(|| async {
+        let pool = idempotency::sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        let store = idempotency::SqliteStore::new(pool);
+        store.migrate().await.expect("migrate");
+        Some(store)
+    });
+}
