@@ -17,7 +17,7 @@
 //! The mark is written after the handler returns, so a consumer that crashes between its
 //! effect and the mark runs the effect again on redelivery (after the claim's `lease`). When
 //! the effect is a database write, write the mark in the same transaction instead: see
-//! `inbox` (features `postgres`, `mysql`, `sqlite`).
+//! `consumer::inbox` (features `postgres`, `mysql`, `sqlite`).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,13 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecOp, Error};
 use crate::executor::{Idempotency, InProgressPolicy};
 use crate::key::{Digest, Fingerprint, Key, Namespace};
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+)]
+pub mod inbox;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -160,12 +167,16 @@ impl Consumer {
     /// assert!(key.to_string().starts_with("orders.ship:1:"));
     /// ```
     pub fn key<I: Serialize + ?Sized>(&self, id: &I) -> Result<Key, Error> {
+        Consumer::key_in(&self.name, id)
+    }
+
+    pub(crate) fn key_in<I: Serialize + ?Sized>(name: &Namespace, id: &I) -> Result<Key, Error> {
         let digest = Digest::of(id).map_err(|source| Error::Codec {
             op: CodecOp::HashKey,
             key: None,
             source: Box::new(source),
         })?;
-        Ok(Key::new(self.name.clone(), 1, digest))
+        Ok(Key::new(name.clone(), 1, digest))
     }
 
     /// Runs `handler` for the message `id` unless that id was processed within the window.
