@@ -188,17 +188,21 @@ mod postgres {
             "POSTGRES_URL",
             "postgres://postgres@127.0.0.1:5432/test",
         );
-        let pool = match sqlx::postgres::PgPoolOptions::new()
+        let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
-            .await
-        {
-            Ok(pool) => pool,
-            Err(error) => {
+            .connect_lazy(&url)
+            .expect("a valid url");
+        // Reachable within 5 s, or skipped (failed under IDEMPOTENCY_REQUIRE_SERVICES=1).
+        match tokio::time::timeout(Duration::from_secs(5), pool.acquire()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
                 return idempotency::testing::unreachable("inbox on postgres", &url, &error);
             }
-        };
+            Err(elapsed) => {
+                return idempotency::testing::unreachable("inbox on postgres", &url, &elapsed);
+            }
+        }
         run(pool, &unique("inbox_pg")).await;
     }
 }
@@ -211,15 +215,21 @@ mod mysql {
     async fn the_mark_commits_with_the_handlers_writes_on_mysql() {
         let url =
             idempotency::testing::service_url("MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
-        let pool = match sqlx::mysql::MySqlPoolOptions::new()
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&url)
-            .await
-        {
-            Ok(pool) => pool,
-            Err(error) => return idempotency::testing::unreachable("inbox on mysql", &url, &error),
-        };
+            .connect_lazy(&url)
+            .expect("a valid url");
+        // Reachable within 5 s, or skipped (failed under IDEMPOTENCY_REQUIRE_SERVICES=1).
+        match tokio::time::timeout(Duration::from_secs(5), pool.acquire()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                return idempotency::testing::unreachable("inbox on mysql", &url, &error);
+            }
+            Err(elapsed) => {
+                return idempotency::testing::unreachable("inbox on mysql", &url, &elapsed);
+            }
+        }
         run(pool, &unique("inbox_my")).await;
     }
 }
