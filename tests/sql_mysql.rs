@@ -23,6 +23,7 @@ mod harness {
         tx_first: 2,
         tx_replay: 2,
         tx_failed: 2,
+        insert_first: [2, 2, 2],
     };
 
     fn options(connections: u32) -> MySqlPoolOptions {

@@ -23,6 +23,7 @@ mod harness {
         tx_first: 2,
         tx_replay: 1,
         tx_failed: 2,
+        insert_first: [2, 1, 2],
     };
 
     fn options(connections: u32) -> PgPoolOptions {

@@ -26,6 +26,7 @@ mod harness {
         tx_first: 2,
         tx_replay: 2,
         tx_failed: 2,
+        insert_first: [2, 2, 2],
     };
 
     /// A new database file for one test.
@@ -98,4 +99,77 @@ mod in_memory {
         store.migrate().await.expect("migrate");
         Some(store)
     });
+}
+
+/// `transaction = tx` on a method of an `#[async_trait]` impl.
+mod async_trait_method {
+    use idempotency::sqlx::{self, Sqlite, SqlitePool, Transaction};
+    use idempotency::{SqliteStore, async_trait, idempotent};
+
+    #[derive(Debug, thiserror::Error)]
+    enum ShopError {
+        #[error(transparent)]
+        Idempotency(#[from] idempotency::Error),
+        #[error(transparent)]
+        Database(#[from] sqlx::Error),
+    }
+
+    #[async_trait]
+    trait Orders {
+        async fn create(
+            &self,
+            tx: &mut Transaction<'_, Sqlite>,
+            client_order_id: String,
+        ) -> Result<i64, ShopError>;
+    }
+
+    struct Shop {
+        store: SqliteStore,
+    }
+
+    #[async_trait]
+    impl Orders for Shop {
+        #[idempotent(key = client_order_id, transaction = tx, store = self.store)]
+        async fn create(
+            &self,
+            tx: &mut Transaction<'_, Sqlite>,
+            client_order_id: String,
+        ) -> Result<i64, ShopError> {
+            let id =
+                sqlx::query_scalar("INSERT INTO orders (client_order_id) VALUES (?) RETURNING id")
+                    .bind(&client_order_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            Ok(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn creates_once_across_retries() {
+        let pool = SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, client_order_id TEXT)")
+            .execute(&pool)
+            .await
+            .expect("create orders");
+        let shop = Shop {
+            store: SqliteStore::new(pool.clone()),
+        };
+        shop.store.migrate().await.expect("migrate");
+        for _ in 0..3 {
+            let mut tx = pool.begin().await.expect("begin");
+            let id = shop
+                .create(&mut tx, "client-order-1".to_owned())
+                .await
+                .expect("create");
+            tx.commit().await.expect("commit");
+            assert_eq!(id, 1);
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 1);
+    }
 }

@@ -313,4 +313,6 @@ pub(crate) struct RoundTrips {
     pub(crate) tx_first: usize,
     pub(crate) tx_replay: usize,
     pub(crate) tx_failed: usize,
+    /// With `insert_first(true)` (MySQL, SQLite; PostgreSQL ignores it).
+    pub(crate) insert_first: [usize; 3],
 }

@@ -133,6 +133,22 @@ macro_rules! sql_suite {
             });
         }
 
+        /// The same suite on a store that claims by inserting first (MySQL, SQLite).
+        mod conformance_insert_first {
+            idempotency::conformance_tests!(|| async {
+                let (url, pool) = super::harness::fresh(8).await?;
+                let table = super::unique("conformance_if");
+                let scratch = super::scratch(&url, &[&table]);
+                let store = super::SqlStore::builder(pool)
+                    .table(&table)
+                    .insert_first(true)
+                    .build()
+                    .expect("table");
+                store.migrate().await.expect("migrate");
+                Some(super::Cleaned { store, scratch })
+            });
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn transactional_ok_commits_the_row_and_the_record_together() {
             let Some((url, pool)) = harness::fresh(4).await else {
@@ -788,6 +804,31 @@ macro_rules! sql_suite {
             assert!(matches!(failed, Err(ShopError::Refused)));
             sync().await;
             assert_eq!(counter.take(), expected.failed, "body failed");
+
+            let insert_first = Idempotency::new(
+                SqlStore::builder(pool.clone())
+                    .table(&records)
+                    .insert_first(true)
+                    .build()
+                    .expect("table"),
+            );
+            let [first, replay, failed] = expected.insert_first;
+            let output: Result<u32, Error> =
+                insert_first.run(key(5), fingerprint("a"), || async { Ok(7) }).await;
+            assert_eq!(output.expect("first"), 7);
+            sync().await;
+            assert_eq!(counter.take(), first, "first execution, inserting first");
+            let output: Result<u32, Error> =
+                insert_first.run(key(5), fingerprint("a"), || async { Ok(8) }).await;
+            assert_eq!(output.expect("replay"), 7);
+            sync().await;
+            assert_eq!(counter.take(), replay, "replay, inserting first");
+            let output: Result<u32, ShopError> = insert_first
+                .run(key(6), fingerprint("a"), || async { Err(ShopError::Refused) })
+                .await;
+            assert!(matches!(output, Err(ShopError::Refused)));
+            sync().await;
+            assert_eq!(counter.take(), failed, "body failed, inserting first");
 
             for (n, refuse, expected, what) in [
                 (3, false, expected.tx_first, "first execution in a transaction"),

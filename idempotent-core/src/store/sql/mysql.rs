@@ -193,18 +193,21 @@ impl Claiming<'_> {
         }))
     }
 
-    async fn run(mut self, in_transaction: bool) -> Result<Claim, StoreError> {
+    /// `insert_first`: insert, then read what refused it; otherwise read, then insert or take
+    /// over. A read in a transaction locks the row it reads (MySQL), so that it sees the
+    /// latest committed record and not the transaction's snapshot.
+    async fn run(mut self, in_transaction: bool, insert_first: bool) -> Result<Claim, StoreError> {
         let acquired = Claim::Acquired {
             token: self.token,
             took_over: false,
         };
         for _ in 0..claim_attempts() {
-            if in_transaction {
+            if insert_first {
                 // Insert first: it takes the row lock, or waits for the transaction holding it.
                 if self.insert().await? {
                     return Ok(acquired);
                 }
-                if let Some(current) = self.read(true).await? {
+                if let Some(current) = self.read(in_transaction).await? {
                     if let Some(claim) = self.settle(current).await? {
                         return Ok(claim);
                     }
@@ -260,7 +263,10 @@ impl SqlDialect for MySql {
                 lease: micros(lease),
                 expiry: micros(lease.saturating_add(store.abandoned_after())),
             }
-            .run(in_transaction)
+            .run(
+                in_transaction,
+                in_transaction || store.claims_insert_first(),
+            )
             .await
         })
     }

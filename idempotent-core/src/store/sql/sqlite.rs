@@ -211,14 +211,16 @@ impl Claiming<'_> {
         }))
     }
 
-    async fn run(mut self, in_transaction: bool) -> Result<Claim, StoreError> {
+    /// `insert_first`: insert, then read what refused it; otherwise read, then insert or take
+    /// over.
+    async fn run(mut self, insert_first: bool) -> Result<Claim, StoreError> {
         let acquired = Claim::Acquired {
             token: self.token,
             took_over: false,
         };
         for _ in 0..claim_attempts() {
             let now = now();
-            if in_transaction {
+            if insert_first {
                 // Insert first: it takes the write lock before the transaction reads anything,
                 // so a concurrent writer cannot make its snapshot stale (`SQLITE_BUSY`).
                 if self.insert(now).await? {
@@ -279,7 +281,7 @@ impl SqlDialect for Sqlite {
                 fingerprint,
                 lease,
             }
-            .run(in_transaction)
+            .run(in_transaction || store.claims_insert_first())
             .await
         })
     }
