@@ -55,6 +55,7 @@
 //! | `memory` | yes | [`MemoryStore`], the in-process default store (moka) |
 //! | `tracing` | no | spans and events for claim, replay, execute, release, takeover, store errors |
 //! | `redis` | no | `RedisStore`: Redis and Redis Cluster, Lua-fenced, one key a record |
+//! | `postgres`, `mysql`, `sqlite` | no | `SqlStore` (`PostgresStore`, `MySqlStore`, `SqliteStore`): one table, `migrate()`, expiry by column and sweeper, and the record in the caller's transaction (`transaction = tx`) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -249,15 +250,76 @@ pub use idempotent_core::http;
 /// async fn charge(card: String) -> Result<u64, ChargeError> { Err(ChargeError::Declined) }
 /// ```
 ///
+/// ## `transaction = tx` (features `postgres`, `mysql`, `sqlite`)
+/// `tx` is an argument holding the caller's SQL transaction (`tx: &mut sqlx::Transaction<'_,
+/// DB>`), and `store = …` names the `SqlStore` of the same database. The claim and the
+/// completed record are written in `tx`, next to the body's own writes through `tx`, so they
+/// commit or roll back together: a crash before the commit leaves neither, and the retry runs
+/// the body once. A replay writes nothing; an `Err` deletes the claim in `tx` (drop `tx` to
+/// roll the body's writes back too). `tx` is not hashed. Everything else is as above.
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # mod example {
+/// use idempotency::sqlx::{self, Sqlite, Transaction};
+/// use idempotency::{SqliteStore, idempotent};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum ShopError {
+///     #[error(transparent)]
+///     Idempotency(#[from] idempotency::Error),
+///     #[error(transparent)]
+///     Database(#[from] sqlx::Error),
+/// }
+///
+/// #[idempotent(key = client_order_id, transaction = tx, store = store, skip(store))]
+/// async fn create_order(
+///     tx: &mut Transaction<'_, Sqlite>,
+///     store: &SqliteStore,
+///     client_order_id: &str,
+///     sku: &str,
+/// ) -> Result<i64, ShopError> {
+///     let id = sqlx::query_scalar("INSERT INTO orders (sku) VALUES (?) RETURNING id")
+///         .bind(sku)
+///         .fetch_one(&mut **tx)
+///         .await?;
+///     Ok(id)
+/// }
+///
+/// pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+///     sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, sku TEXT)").execute(&pool).await?;
+///     let store = SqliteStore::new(pool.clone());
+///     store.migrate().await?;
+///     for _retry in 0..3 {
+///         let mut tx = pool.begin().await?;
+///         let id = create_order(&mut tx, &store, "client-order-7", "sku-1").await?;
+///         tx.commit().await?; // the order row and its record, together
+///         assert_eq!(id, 1);
+///     }
+///     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await?;
+///     assert_eq!(orders, 1);
+///     Ok(())
+/// }
+/// # }
+/// # #[cfg(feature = "sqlite")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// #     tokio::runtime::Runtime::new()?.block_on(example::main())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+///
 /// ## `crate = path`
 /// Where `idempotency` is, when it is renamed or re-exported: `crate = ::my_sdk::idempotency`.
 ///
 /// # Errors at compile time
 ///
 /// Unknown or duplicate options, a non-`async` function, `skip` of an argument that does not
-/// exist, a return type that cannot be `Result<T, E>`, an argument that is not `Serialize`
-/// and a `ttl` or `lease` literal that is not a duration are compile errors pointing at the
-/// offending token.
+/// exist, a return type that cannot be `Result<T, E>`, an argument that is not `Serialize`,
+/// a `ttl` or `lease` literal that is not a duration, and a `transaction` that names no
+/// `&mut` argument or comes without `store` are compile errors pointing at the offending
+/// token.
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 #[doc(inline)]
