@@ -37,6 +37,12 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// * A record in progress *outside* any transaction (a non-transactional call with the same
 ///   key): wait for it or reject, per [`InProgressPolicy`].
 ///
+/// Under PostgreSQL's `REPEATABLE READ` or `SERIALIZABLE`, a duplicate whose transaction began
+/// before the first call's commit fails with a serialization error (`could not serialize
+/// access due to concurrent update`) instead of waiting and replaying; retry the transaction,
+/// as those isolation levels require anyway, and the retry replays. `READ COMMITTED` (the
+/// default) waits and replays.
+///
 /// Run it with a closure ([`run`](Self::run)), or in two steps ([`claim`](Self::claim), then
 /// [`Owner::finish`]) when the body borrows from its surroundings — which is what
 /// `#[idempotent(transaction = tx, store = …)]` expands to.
