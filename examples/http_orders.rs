@@ -12,8 +12,10 @@
 //! * `GET /orders/{id}`: the order, or `404`.
 //!
 //! The idempotency records live in the in-process memory store; with `REDIS_URL` (and the
-//! `redis` feature: `--features axum,redis`) in Redis. Keys are scoped per client by the
-//! `Authorization` header (requests without one share the anonymous scope).
+//! `redis` feature: `--features axum,redis`) in Redis; with `POSTGRES_URL` (and the `postgres`
+//! feature: `--features axum,postgres`) in a PostgreSQL table, created at start-up. Keys are
+//! scoped per client by the `Authorization` header (requests without one share the anonymous
+//! scope).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,15 +95,29 @@ async fn read_order(State(orders): State<Orders>, Path(id): Path<String>) -> Res
     }
 }
 
-/// The store: the in-process memory store, or Redis when `REDIS_URL` is set (built with the
-/// `redis` feature). `POSTGRES_URL` is refused until the PostgreSQL store is wired in here,
-/// rather than silently ignored.
+/// The store: the in-process memory store, PostgreSQL when `POSTGRES_URL` is set (built with
+/// the `postgres` feature), or Redis when `REDIS_URL` is set (built with the `redis` feature).
+/// A URL the build cannot use is refused, never silently ignored.
 async fn idempotency() -> Result<(Idempotency, &'static str), Box<dyn std::error::Error>> {
-    if std::env::var_os("POSTGRES_URL").is_some() {
-        return Err(
-            "POSTGRES_URL is set, but this example does not use the PostgreSQL store yet; unset it"
-                .into(),
-        );
+    if let Ok(url) = std::env::var("POSTGRES_URL") {
+        #[cfg(feature = "postgres")]
+        {
+            let pool = idempotency::sqlx::postgres::PgPoolOptions::new()
+                .test_before_acquire(false)
+                .acquire_timeout(std::time::Duration::from_secs(2))
+                .connect(&url)
+                .await?;
+            let store = idempotency::PostgresStore::builder(pool)
+                .table("http_orders_idempotency")
+                .build()?;
+            store.migrate().await?;
+            return Ok((Idempotency::new(store), "PostgreSQL"));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(format!(
+            "POSTGRES_URL is set ({url}), but the example was built without PostgreSQL: add `--features axum,postgres`"
+        )
+        .into());
     }
     if let Ok(url) = std::env::var("REDIS_URL") {
         #[cfg(feature = "redis")]
