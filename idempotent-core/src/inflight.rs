@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::key::{Fingerprint, Key};
@@ -22,12 +22,6 @@ pub(crate) enum Landing {
     Released,
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Running,
-    Landed(Landing),
-}
-
 /// One key being run by a task of this process.
 #[derive(Debug)]
 pub(crate) struct Flight {
@@ -35,27 +29,30 @@ pub(crate) struct Flight {
     /// When the owner's lease passes: a follower stops waiting then and asks the store, which
     /// lets it take over a hung owner.
     pub(crate) lease_until: Instant,
-    state: watch::Sender<State>,
+    /// Set once, when the flight lands.
+    landing: OnceLock<Landing>,
+    /// Wakes the followers waiting for `landing`. (A `watch` channel did the same but wakes
+    /// eight notifiers on every landing, followers or not: a measurable share of a first
+    /// execution.)
+    landed: Notify,
 }
 
 impl Flight {
     /// Waits until the flight lands or `until` passes (`None`).
     pub(crate) async fn wait(&self, until: Instant) -> Option<Landing> {
-        let mut rx = self.state.subscribe();
-        let landed = tokio::time::timeout_at(
-            until,
-            rx.wait_for(|state| matches!(state, State::Landed(_))),
-        )
-        .await;
-        match landed {
-            Ok(Ok(state)) => match &*state {
-                State::Landed(landing) => Some(landing.clone()),
-                State::Running => Some(Landing::Released),
-            },
-            // The sender is gone without landing: treat as released.
-            Ok(Err(_)) => Some(Landing::Released),
-            Err(_) => None,
-        }
+        let landed = async {
+            loop {
+                let notified = self.landed.notified();
+                tokio::pin!(notified);
+                // Registered before the check, so a landing between the two is not missed.
+                notified.as_mut().enable();
+                if let Some(landing) = self.landing.get() {
+                    return landing.clone();
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout_at(until, landed).await.ok()
     }
 }
 
@@ -102,11 +99,11 @@ impl Flights {
         fingerprint: Fingerprint,
         lease_until: Instant,
     ) -> Pilot<'_> {
-        let (state, _) = watch::channel(State::Running);
         let flight = Arc::new(Flight {
             fingerprint,
             lease_until,
-            state,
+            landing: OnceLock::new(),
+            landed: Notify::new(),
         });
         let previous = self.shard(key).insert(key.clone(), Arc::clone(&flight));
         if previous.is_none() {
@@ -151,7 +148,8 @@ impl Pilot<'_> {
                 self.flights.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        self.flight.state.send_replace(State::Landed(landing));
+        let _ = self.flight.landing.set(landing);
+        self.flight.landed.notify_waiters();
     }
 }
 
