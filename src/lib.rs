@@ -44,6 +44,7 @@
 //! | retry while the first still runs | waits for its output (or `InProgress` with `reject`) | — |
 //! | same key, other arguments | [`Error::KeyReused`]; the body does not run | 1 |
 //! | body returned `Err` | that error; nothing stored, a retry runs again | 2 (claim, release) |
+//! | call cancelled mid-body | the claim is kept until its `lease` passes (the effect may have happened) | 1 |
 //! | store unreachable | [`Error::Store`]; the body does not run (fail closed) | — |
 //! | owner crashed | after its `lease`, the next call takes over and runs the body | — |
 //!
@@ -208,6 +209,10 @@ pub use idempotent_core::http;
 /// survive a rename or a move. Bump `version` when the function's meaning or output type
 /// changes, so old records are not replayed. Two functions that end up with the same
 /// namespace and version fail with [`Error::NamespaceCollision`] instead of sharing keys.
+/// The instantiations of a generic function (and a method's, whose impl may be generic) share
+/// one namespace; their output type is part of the fingerprint, so a record written by one
+/// instantiation is refused to another with [`Error::KeyReused`], never replayed as the wrong
+/// type.
 ///
 /// ```
 /// # use idempotency::idempotent;

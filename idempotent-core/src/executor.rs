@@ -238,9 +238,10 @@ macro_rules! call_options {
 impl IdempotencyBuilder {
     call_options!();
 
-    /// Run the body anyway when the store cannot be reached to claim the key (default
-    /// `false`: fail closed with [`Error::Store`]). Opting in trades at-most-once for
-    /// availability during a store outage.
+    /// Run the body anyway when the store cannot be reached to claim the key — it is
+    /// unavailable or does not answer in time (default `false`: fail closed with
+    /// [`Error::Store`]). Any other store error still fails the call. Opting in trades
+    /// at-most-once for availability during a store outage.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.settings.fail_open = fail_open;
         self
@@ -498,7 +499,11 @@ impl Inner {
 
             let claim = match self.store.claim(&key, &fingerprint, settings.lease).await {
                 Ok(claim) => claim,
-                Err(error) if settings.fail_open => {
+                // Only an unreachable or silent store: a corrupt record or any other answer
+                // from a store that is up is not an outage.
+                Err(error @ (StoreError::Unavailable(_) | StoreError::Timeout(_)))
+                    if settings.fail_open =>
+                {
                     let _ = &error;
                     event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
                     return body().await;
@@ -542,7 +547,14 @@ impl Inner {
                         }
                         .into());
                     }
-                    if self.flights.get(&key).is_some() {
+                    // A live local owner appeared meanwhile: follow it. A flight whose lease has
+                    // passed is a hung owner another process took over; following it would
+                    // return at once and spin on the store, so poll with backoff instead.
+                    if self
+                        .flights
+                        .get(&key)
+                        .is_some_and(|flight| flight.lease_until > now)
+                    {
                         continue;
                     }
                     let nap = backoff
@@ -594,7 +606,7 @@ impl Inner {
             store: Arc::clone(&self.store),
             key: key.clone(),
             token,
-            held: true,
+            stage: Stage::Running,
         };
         event!(debug, key = %key, "execute");
         let result = match AssertUnwindSafe(body()).catch_unwind().await {
@@ -636,12 +648,15 @@ impl Inner {
             .into());
         }
         let output = Bytes::from(encoded);
-        match self
-            .complete(&key, &token, output.clone(), settings.ttl)
-            .await
-        {
+        // From here a dropped call (cancelled while `complete` is on its way) still records the
+        // output, in the background: the body ran and succeeded.
+        claim.stage = Stage::Completing {
+            output: output.clone(),
+            ttl: settings.ttl,
+        };
+        match complete(&*self.store, &key, &token, output.clone(), settings.ttl).await {
             Ok(()) => {
-                claim.held = false;
+                claim.stage = Stage::Settled;
                 pilot.land(Landing::Completed(output));
                 result
             }
@@ -653,51 +668,66 @@ impl Inner {
             Err(error) => {
                 // Not released: the body ran, so the claim keeps duplicates out until its lease
                 // passes rather than inviting an immediate second run.
-                claim.held = false;
+                claim.stage = Stage::Settled;
                 pilot.land(Landing::Released);
                 event!(error, key = %key, error = %error, "could not record the output");
                 Err(Error::from_store(StoreOp::Complete, &key, error).into())
             }
         }
     }
+}
 
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut attempt = 1;
-        loop {
-            match self.store.complete(key, token, output.clone(), ttl).await {
-                Err(
-                    error @ (StoreError::Unavailable(_)
-                    | StoreError::Timeout(_)
-                    | StoreError::Backend(_)),
-                ) if attempt < COMPLETE_ATTEMPTS => {
-                    event!(warn, key = %key, error = %error, attempt, "complete failed; retrying");
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(25) * 4u32.pow(attempt - 1)).await;
-                    attempt += 1;
-                }
-                other => return other,
+/// `complete`, retried on transient errors: the body already ran, so recording its output is
+/// worth a retry, and `complete` is idempotent for the same token.
+async fn complete(
+    store: &dyn Store,
+    key: &Key,
+    token: &Token,
+    output: Bytes,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match store.complete(key, token, output.clone(), ttl).await {
+            Err(
+                error @ (StoreError::Unavailable(_)
+                | StoreError::Timeout(_)
+                | StoreError::Backend(_)),
+            ) if attempt < COMPLETE_ATTEMPTS => {
+                event!(warn, key = %key, error = %error, attempt, "complete failed; retrying");
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(25) * 4u32.pow(attempt - 1)).await;
+                attempt += 1;
             }
+            other => return other,
         }
     }
 }
 
-/// A claim the owner still holds. Released on drop (a cancelled call) in the background.
+/// Where the owner's call is, which decides what dropping it (a cancelled call) does.
+enum Stage {
+    /// The body is running. A drop keeps the claim: the body may already have had its effect,
+    /// so the key stays claimed until its lease passes instead of inviting an immediate
+    /// second run.
+    Running,
+    /// The body succeeded and its output is encoded. A drop completes in the background.
+    Completing { output: Bytes, ttl: Duration },
+    /// Completed, released, or left to its lease: a drop does nothing.
+    Settled,
+}
+
+/// The claim the owner holds while its call runs.
 struct HeldClaim {
     store: Arc<dyn Store>,
     key: Key,
     token: Token,
-    held: bool,
+    stage: Stage,
 }
 
 impl HeldClaim {
+    /// Releases the claim (the body failed or panicked, or its output cannot be stored).
     async fn release(&mut self) {
-        self.held = false;
+        self.stage = Stage::Settled;
         match self.store.release(&self.key, &self.token).await {
             Ok(()) => {}
             Err(error) => {
@@ -710,19 +740,23 @@ impl HeldClaim {
 
 impl Drop for HeldClaim {
     fn drop(&mut self) {
-        if !self.held {
-            return;
-        }
-        // The owner's future was dropped mid-body. Release in the background so a retry need
-        // not wait for the lease; without a runtime the lease frees the key.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            let key = self.key.clone();
-            let token = self.token;
-            event!(debug, key = %key, "call cancelled; releasing the claim");
-            runtime.spawn(async move {
-                let _ = store.release(&key, &token).await;
-            });
+        match std::mem::replace(&mut self.stage, Stage::Settled) {
+            Stage::Running => {
+                event!(warn, key = %self.key, "call cancelled while its body ran; the key stays claimed until its lease passes");
+            }
+            Stage::Completing { output, ttl } => {
+                // Without a runtime the lease frees the key, as for a crash.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let store = Arc::clone(&self.store);
+                    let key = self.key.clone();
+                    let token = self.token;
+                    event!(debug, key = %key, "call cancelled after its body succeeded; completing in the background");
+                    runtime.spawn(async move {
+                        let _ = complete(&*store, &key, &token, output, ttl).await;
+                    });
+                }
+            }
+            Stage::Settled => {}
         }
     }
 }

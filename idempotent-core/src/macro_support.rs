@@ -95,18 +95,26 @@ pub fn prepare<'a>(
     idempotency: Result<&'a Idempotency, Error>,
     arguments: Result<Digest, CanonicalError>,
     key: Option<Result<Digest, CanonicalError>>,
+    output_type: Option<&'static str>,
 ) -> Result<Call<'a>, Error> {
     site.check()?;
     let idempotency = idempotency?;
-    let (key, fingerprint) = identify(site, arguments, key)?;
+    let (key, fingerprint) = identify(site, arguments, key, output_type)?;
     Ok(idempotency.call(key, fingerprint))
 }
 
 /// The call's key and fingerprint, from the hashed arguments and the `key = …` material.
+///
+/// `output_type` is the instantiated output type of a generic function (or of a method, whose
+/// impl may be generic): every instantiation shares the function's namespace, so the type goes
+/// into the fingerprint, and a record written by another instantiation is refused as a reused
+/// key instead of being replayed as the wrong type. It stays out of the key, so if a compiler
+/// ever names a type differently, the worst case is a refusal, never a second run.
 fn identify(
     site: &'static Site,
     arguments: Result<Digest, CanonicalError>,
     key: Option<Result<Digest, CanonicalError>>,
+    output_type: Option<&'static str>,
 ) -> Result<(Key, Fingerprint), Error> {
     let arguments = arguments.map_err(|source| Error::Codec {
         op: CodecOp::HashArguments,
@@ -129,7 +137,17 @@ fn identify(
         site.version,
         material,
     );
-    Ok((key, Fingerprint::from_digest(arguments)))
+    let fingerprint = match output_type {
+        None => arguments,
+        Some(output_type) => {
+            Digest::of(&(arguments.as_bytes(), output_type)).map_err(|source| Error::Codec {
+                op: CodecOp::HashArguments,
+                key: None,
+                source: Box::new(source),
+            })?
+        }
+    };
+    Ok((key, Fingerprint::from_digest(fingerprint)))
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -144,9 +162,10 @@ pub fn prepare_in_transaction<'s, DB: SqlDialect>(
     store: &'s SqlStore<DB>,
     arguments: Result<Digest, CanonicalError>,
     key: Option<Result<Digest, CanonicalError>>,
+    output_type: Option<&'static str>,
 ) -> Result<InTransaction<'s, DB>, Error> {
     site.check()?;
-    let (key, fingerprint) = identify(site, arguments, key)?;
+    let (key, fingerprint) = identify(site, arguments, key, output_type)?;
     Ok(store.in_transaction(key, fingerprint))
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) output: &'a Type,
     /// `T` and `E` when `R` is written `Result<T, E>`.
     pub(crate) result_parts: Option<(&'a Type, &'a Type)>,
+    /// The function has type or const parameters, or a receiver (its impl may be generic):
+    /// the output type can differ between instantiations that share the namespace.
+    pub(crate) output_may_vary: bool,
 }
 
 pub(crate) fn check<'a>(
@@ -266,6 +269,13 @@ pub(crate) fn check<'a>(
         shape,
         output,
         result_parts,
+        output_may_vary: function
+            .sig
+            .generics
+            .params
+            .iter()
+            .any(|param| !matches!(param, syn::GenericParam::Lifetime(_)))
+            || function.sig.receiver().is_some(),
     })
 }
 

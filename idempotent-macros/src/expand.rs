@@ -99,6 +99,13 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
         quote!(#ok_check #err_check)
     });
 
+    // Instantiations of a generic function (or of a method in a possibly generic impl) share
+    // one namespace: their output type goes into the fingerprint (see `__private::identify`).
+    let output_type = if plan.output_may_vary {
+        quote!(::core::option::Option::Some(::core::any::type_name::<#output>()))
+    } else {
+        quote!(::core::option::Option::None)
+    };
     let prelude = quote! {
         static __IDEMPOTENCY_SITE: #private::Site = #private::Site::new(#namespace, #version);
         #result_check
@@ -118,6 +125,7 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                     #store,
                     __idempotency_args.finish(),
                     #key,
+                    #output_type,
                 ) {
                     ::core::result::Result::Ok(__idempotency_call) => __idempotency_call #options,
                     ::core::result::Result::Err(__idempotency_error) => {
@@ -148,6 +156,7 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                 #executor,
                 __idempotency_args.finish(),
                 #key,
+                #output_type,
             ) {
                 ::core::result::Result::Ok(__idempotency_call) => __idempotency_call,
                 ::core::result::Result::Err(__idempotency_error) => {
