@@ -86,6 +86,26 @@ async fn large(State(app): State<App>) -> Response {
     (StatusCode::CREATED, body).into_response()
 }
 
+/// `n` bytes that are not UTF-8 (stored as base64).
+async fn bytes(State(app): State<App>, Path(n): Path<usize>) -> Response {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, vec![0xffu8; n]).into_response()
+}
+
+/// A response whose body fails after its first bytes.
+async fn broken(State(app): State<App>) -> Response {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"{\"id\":")),
+        Err(std::io::Error::other("the database went away mid-stream")),
+    ];
+    (
+        StatusCode::CREATED,
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
 async fn binary(State(app): State<App>) -> Response {
     let n = app.runs.fetch_add(1, Ordering::SeqCst) as u8;
     (
@@ -105,6 +125,8 @@ fn routes(app: App) -> Router {
         .route("/status/{code}", post(status))
         .route("/large", post(large))
         .route("/binary", post(binary))
+        .route("/bytes/{n}", post(bytes))
+        .route("/broken", post(broken))
         .with_state(app)
 }
 
@@ -591,22 +613,155 @@ async fn a_body_over_the_limit_is_413_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-async fn a_response_over_the_limit_is_sent_whole_but_not_stored() {
+async fn a_response_over_the_limit_is_sent_whole_and_a_retry_gets_a_problem_not_a_second_run() {
     let server = serve(App::default(), layer().max_response_bytes(4096)).await;
-    for run in 1..=2 {
-        let reply = send(client().post(server.url("/large")).header(KEY, "k")).await;
-        assert_eq!(reply.status, StatusCode::CREATED);
-        assert_eq!(reply.body.len(), 8000);
-        assert_eq!(reply.text(), format!("{run:>8}").repeat(1000));
-        assert!(!reply.replayed());
+    let first = send(client().post(server.url("/large")).header(KEY, "k")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.body.len(), 8000);
+    assert_eq!(first.text(), format!("{:>8}", 1).repeat(1000));
+    assert!(!first.replayed());
+    for _ in 0..2 {
+        let retry = send(client().post(server.url("/large")).header(KEY, "k")).await;
+        assert!(retry.replayed());
+        // The first response's status: the request succeeded.
+        let detail = retry.problem(201, "response-too-large");
+        assert!(detail.contains("processed"), "{detail}");
+        assert!(detail.contains("4096 bytes"), "{detail}");
     }
-    assert_eq!(server.runs(), 2);
+    assert_eq!(server.runs(), 1, "the handler ran once");
+
+    // The stand-in keeps the `Location` of the created resource.
+    let orders = serve(App::default(), layer().max_response_bytes(64)).await;
+    let first = post_order(&orders, "k", r#"{"item":"book"}"#).await;
+    assert_eq!(first.json()["id"], "ord_1");
+    let retry = post_order(&orders, "k", r#"{"item":"book"}"#).await;
+    retry.problem(201, "response-too-large");
+    assert_eq!(retry.headers[header::LOCATION], "/orders/ord_1");
+    assert!(!retry.headers.contains_key("x-order-id"));
+    // Another request with the key is still a reuse.
+    post_order(&orders, "k", "{}")
+        .await
+        .problem(422, "key-reused");
+    assert_eq!(orders.runs(), 1);
 
     let roomy = serve(App::default(), layer()).await;
     let first = send(client().post(roomy.url("/large")).header(KEY, "k")).await;
     let retry = send(client().post(roomy.url("/large")).header(KEY, "k")).await;
     assert!(retry.replayed());
     assert_eq!(retry.body, first.body);
+}
+
+/// The reviewer's case: an 800 KiB binary body is under 1 MiB, but its stored record (base64)
+/// is not. The layer measures the record, so it never hands the executor one it refuses.
+#[tokio::test]
+async fn a_binary_response_is_measured_as_stored_and_never_run_twice() {
+    let (store, counts) = Recording::new(MemoryStore::new());
+    let server = serve(
+        App::default(),
+        IdempotencyLayer::new(Idempotency::new(store)),
+    )
+    .await;
+
+    let url = server.url(&format!("/bytes/{}", 800 * 1024));
+    let first = send(client().post(&url).header(KEY, "pdf")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(first.body.len() == 800 * 1024 && first.body.iter().all(|&b| b == 0xff));
+    let retry = send(client().post(&url).header(KEY, "pdf")).await;
+    assert!(retry.replayed());
+    retry.problem(201, "response-too-large");
+    assert_eq!(server.runs(), 1);
+
+    // 700 KiB encodes to about 933 KiB: stored and replayed byte for byte.
+    let url = server.url(&format!("/bytes/{}", 700 * 1024));
+    let first = send(client().post(&url).header(KEY, "smaller")).await;
+    let retry = send(client().post(&url).header(KEY, "smaller")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(server.runs(), 2);
+    assert_eq!(
+        counts.release.load(Ordering::SeqCst),
+        0,
+        "no claim released"
+    );
+}
+
+/// Around the limit, byte by byte: with the layer's and the executor's limits equal, every
+/// response is either stored whole or stood in for, never released and run again.
+#[tokio::test]
+async fn the_layer_and_the_executor_agree_on_the_limit_to_the_byte() {
+    let (store, counts) = Recording::new(MemoryStore::new());
+    let idempotency = Idempotency::builder(store).max_output_bytes(1000).build();
+    let layer = IdempotencyLayer::new(idempotency).max_response_bytes(1000);
+    let server = serve(App::default(), layer).await;
+    let client = client();
+    let (mut stored, mut stood_in) = (0, 0);
+    // `n` bytes take 4 * ceil(n / 3) in base64, plus about 70 bytes of record.
+    for n in 660..=720usize {
+        let url = server.url(&format!("/bytes/{n}"));
+        let key = format!("k-{n}");
+        let first = send(client.post(&url).header(KEY, &key)).await;
+        assert_eq!(first.body.len(), n);
+        let retry = send(client.post(&url).header(KEY, &key)).await;
+        assert!(retry.replayed(), "{n}");
+        if retry.headers[header::CONTENT_TYPE] == "application/problem+json" {
+            retry.problem(201, "response-too-large");
+            stood_in += 1;
+        } else {
+            assert_eq!(retry.body, first.body, "{n}");
+            assert_eq!(stood_in, 0, "{n}: stored after a larger one was not");
+            stored += 1;
+        }
+    }
+    assert!(
+        stored > 0 && stood_in > 0,
+        "{stored} stored, {stood_in} stood in"
+    );
+    assert_eq!(server.runs(), 61);
+    assert_eq!(
+        counts.release.load(Ordering::SeqCst),
+        0,
+        "no claim released"
+    );
+}
+
+/// The executor's limit under the layer's (a misconfiguration): the executor refuses the
+/// record and releases the claim; the layer stores the problem in its place at once, and
+/// measures later responses against the executor's limit.
+#[tokio::test]
+async fn a_store_limit_under_the_layers_still_never_runs_the_handler_twice() {
+    let (store, counts) = Recording::new(MemoryStore::new());
+    let idempotency = Idempotency::builder(store).max_output_bytes(2048).build();
+    let server = serve(App::default(), IdempotencyLayer::new(idempotency)).await;
+    for key in ["k-1", "k-2"] {
+        let first = send(client().post(server.url("/large")).header(KEY, key)).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_eq!(first.body.len(), 8000);
+        let retry = send(client().post(server.url("/large")).header(KEY, key)).await;
+        assert!(retry.replayed());
+        let detail = retry.problem(201, "response-too-large");
+        assert!(detail.contains("2048 bytes"), "{detail}");
+    }
+    assert_eq!(server.runs(), 2);
+    assert_eq!(
+        counts.release.load(Ordering::SeqCst),
+        1,
+        "released once, before the layer knew the executor's limit"
+    );
+}
+
+#[tokio::test]
+async fn a_response_whose_body_fails_is_a_problem_stored_in_its_place() {
+    let server = serve(App::default(), layer()).await;
+    let first = send(client().post(server.url("/broken")).header(KEY, "k")).await;
+    assert!(!first.replayed());
+    let detail = first.problem(500, "response-failed");
+    assert!(detail.contains("processed"), "{detail}");
+    let retry = send(client().post(server.url("/broken")).header(KEY, "k")).await;
+    assert!(retry.replayed());
+    retry.problem(500, "response-failed");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(server.runs(), 1, "the handler ran once");
 }
 
 #[tokio::test]
@@ -1001,5 +1156,142 @@ async fn the_layer_wraps_any_tower_service_over_http_types() {
     )
     .await;
     reused.problem(422, "key-reused");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Signals when the request's future is dropped (completed or cancelled by the server).
+struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A client that gives up (its timeout) while the handler runs: the server drops the
+/// request's future, but the handler runs on in its own task and its response is stored. The
+/// client's retry gets 409 while it runs, then the replay; the handler runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_handler_gets_the_replay_not_a_second_run() {
+    let (entered, mut entries) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        entered,
+        permits: Semaphore::new(0),
+    });
+    let app = App {
+        gate: Some(Arc::clone(&gate)),
+        ..App::default()
+    };
+    let runs = Arc::clone(&app.runs);
+    let (dropped, mut drops) = mpsc::unbounded_channel::<tokio::sync::oneshot::Receiver<()>>();
+    let router = routes(app)
+        .layer(layer().require_key(true))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let (done, gone) = tokio::sync::oneshot::channel();
+                let _ = dropped.send(gone);
+                async move {
+                    let _guard = Dropped(Some(done));
+                    next.run(request).await
+                }
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let order = |client: &reqwest::Client| {
+        client
+            .post(format!("{base}/orders"))
+            .header(KEY, "order-1")
+            .body(r#"{"cents":1999}"#)
+    };
+
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let first = tokio::spawn(order(&impatient).send());
+    entries.recv().await.unwrap(); // the handler runs, held by the gate
+    assert!(first.await.unwrap().unwrap_err().is_timeout());
+    // The server noticed the disconnect and dropped the request's future.
+    let gone = drops.recv().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the server drops the request of a client that went away")
+        .unwrap();
+
+    let client = client();
+    let retry = send(order(&client)).await;
+    retry.problem(409, "in-progress");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    gate.permits.add_permits(1);
+    let mut replay = None;
+    for _ in 0..200 {
+        let retry = send(order(&client)).await;
+        if retry.status != StatusCode::CONFLICT {
+            replay = Some(retry);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let replay = replay.expect("the first request finishes and is stored");
+    assert_eq!(replay.status, StatusCode::CREATED, "{}", replay.text());
+    assert!(replay.replayed());
+    assert_eq!(replay.json()["id"], "ord_1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+}
+
+/// A client value that cannot be encoded.
+#[derive(Clone)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this subject cannot be encoded"))
+    }
+}
+
+#[tokio::test]
+async fn a_client_scope_that_fails_refuses_the_request() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let app = App {
+        runs: Arc::clone(&runs),
+        ..App::default()
+    };
+    let router = routes(app)
+        .layer(layer().scope(ClientScope::extension::<Unencodable>()))
+        .layer(axum::middleware::from_fn(
+            |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+                if request.headers().contains_key("x-user") {
+                    request.extensions_mut().insert(Unencodable);
+                }
+                next.run(request).await
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = client();
+    let order = || {
+        client
+            .post(format!("{base}/orders"))
+            .header(KEY, "k")
+            .body("{}")
+    };
+
+    // Never the shared anonymous scope: refused, and the handler does not run.
+    for _ in 0..2 {
+        let reply = send(order().header("x-user", "ann")).await;
+        let detail = reply.problem(500, "scope-failed");
+        assert!(detail.contains("not processed"), "{detail}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    // Without the extension the request is anonymous, as documented.
+    let anonymous = send(order()).await;
+    assert_eq!(anonymous.status, StatusCode::CREATED);
+    assert!(send(order()).await.replayed());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -120,11 +121,27 @@ pub(crate) struct Config {
     pub(crate) on_in_progress: InProgressPolicy,
     pub(crate) namespace: Namespace,
     pub(crate) version: u32,
+    /// The smallest limit the executor or the store reported when it refused a stored
+    /// response (`usize::MAX` until one does). Shared by every layer built from one `new`,
+    /// which all use the same executor.
+    pub(crate) refused_over: Arc<AtomicUsize>,
 }
 
 impl Config {
     pub(crate) fn applies_to(&self, method: &Method) -> bool {
         self.methods.iter().any(|m| m == method)
+    }
+
+    /// The largest stored record: `max_response_bytes`, or less once the executor or the
+    /// store refused a record under it.
+    pub(crate) fn response_limit(&self) -> usize {
+        self.max_response_bytes
+            .min(self.refused_over.load(Ordering::Relaxed))
+    }
+
+    /// The executor or the store refused a record over `limit` bytes.
+    pub(crate) fn refused(&self, limit: usize) {
+        self.refused_over.fetch_min(limit, Ordering::Relaxed);
     }
 }
 
@@ -181,6 +198,7 @@ impl IdempotencyLayer {
                 on_in_progress: InProgressPolicy::Reject,
                 namespace: Namespace::from_static("http"),
                 version: 1,
+                refused_over: Arc::new(AtomicUsize::new(usize::MAX)),
             }),
         }
     }
@@ -237,8 +255,17 @@ impl IdempotencyLayer {
         self.with(|c| c.max_body_bytes = limit)
     }
 
-    /// The largest response body stored (default 1 MiB). A larger response is sent to the
-    /// client as it comes, not stored, and its claim released.
+    /// The largest response stored, measured as the record the store receives: status,
+    /// headers and the body (as JSON text, or base64 when it is not UTF-8, which takes 4/3 of
+    /// its size) in the executor's encoding (default 1 MiB, the default `max_output_bytes` of
+    /// the executor and of the Redis and SQL stores). Keep it at most the executor's and the
+    /// store's limit.
+    ///
+    /// A larger response is still sent to the first client, whole, but not stored: the key
+    /// records a small problem in its place, so a retry gets `response-too-large` (with the
+    /// first response's status) and the handler does not run again. If the executor or the
+    /// store refuses a response under this limit (theirs is lower), the layer stores that
+    /// problem instead too and measures later responses against their limit.
     pub fn max_response_bytes(self, limit: usize) -> Self {
         self.with(|c| c.max_response_bytes = limit)
     }

@@ -44,10 +44,13 @@
 //! | key empty, over 255 characters, not printable ASCII, repeated, bad quoting | `400` [malformed-key](#malformed-key) |
 //! | body over `max_body_bytes` | `413` [body-too-large](#body-too-large), nothing stored |
 //! | first request with this key | the handler's response; stored if its status is (see [`StoredStatuses`]) |
+//! | the client goes away (disconnects, times out) while the handler runs | nothing to the client; the handler finishes and its response is stored |
 //! | same key and request, first finished | the stored status, headers and body, plus `Idempotent-Replayed: true` |
+//! | same key and request, first's response too large to store | the first's status with a [response-too-large](#response-too-large) problem, `Idempotent-Replayed: true`; the handler does not run again |
 //! | same key and request, first still running | `409` [in-progress](#in-progress) with `Retry-After`; with [`InProgressPolicy::Wait`](crate::InProgressPolicy::Wait) the replay once the first finishes |
 //! | same key, another method, path, query, body or fingerprinted header | `422` [key-reused](#key-reused) |
 //! | the store cannot be reached | `503` [store-unavailable](#store-unavailable); the handler does **not** run |
+//! | the [`ClientScope`] cannot tell the client (its value fails to serialize) | `500` [scope-failed](#scope-failed); the handler does **not** run |
 //!
 //! The key is accepted in the draft's structured-field string form (`Idempotency-Key:
 //! "8e03…"`) and in the bare form most clients send (`Idempotency-Key: 8e03…`): both name the
@@ -56,9 +59,37 @@
 //!
 //! A response is not stored when its status is `5xx`, `408`, `409`, `425` or `429` (the
 //! default; [`StoredStatuses`] changes it): the claim is released and a retry runs the handler
-//! again. Neither is a response whose body is over `max_response_bytes` (it streams to the
-//! client as it comes). If the handler ran but the store then failed to record its response,
-//! the client still gets that response.
+//! again.
+//!
+//! A handler whose response has a stored status never runs again because that response could
+//! not be stored. The response's record (status, headers, and the body as JSON text or base64,
+//! in the executor's encoding) is measured against
+//! [`max_response_bytes`](IdempotencyLayer::max_response_bytes): 1 MiB by default, like the
+//! `max_output_bytes` of the executor and of the Redis and SQL stores, so what the layer
+//! decides to store fits (keep it at most theirs if you lower them). A larger response is sent
+//! to the first client whole (streamed as it comes), and a small
+//! [response-too-large](#response-too-large) problem is stored in its place; a response whose
+//! body fails while the layer reads it is answered and stored as
+//! [response-failed](#response-failed). Either way the handler ran: a retry gets the problem,
+//! not a second run. If the handler ran but the store then failed to record its response, the
+//! client still gets that response (and the key stays claimed until its lease passes).
+//!
+//! # The handler runs in its own task
+//!
+//! The claim, the handler and the storing of its response run in a task of their own
+//! (`tokio::spawn`), which the request's future awaits. A client that disconnects or times
+//! out drops the request's future, not that task: the handler runs to its end, its response is
+//! stored, and the client's retry with the same key gets `409` while it runs and the replay
+//! after. The request body is read before, in the request's future: a client that goes away
+//! while sending it has nothing claimed and nothing run. Requests the layer lets through run
+//! in the request's future, as without the layer.
+//!
+//! This asks of the inner service what axum's handlers and `tower::service_fn` with an
+//! `async` block already give: `Send + 'static` futures, bodies and errors (the bounds of
+//! [`IdempotencyService`]'s `Service` impl). Task-local values of the request's task are not
+//! seen by the handler (the current `tracing` span is carried over with the `tracing`
+//! feature), and a panicking handler's panic resumes in the request's future as before.
+//! Outside a Tokio runtime the call runs in the request's future.
 //!
 //! Replays carry the stored headers except hop-by-hop ones, `Date` and `Content-Length`
 //! (recomputed). Response trailers are not stored. Bodies are stored as text when they are
@@ -108,8 +139,24 @@
 //! damaged). The handler did not run.
 //!
 //! ### response-failed
-//! `500`: the handler's response body failed while the layer read it. Nothing was stored; a
-//! retry runs the handler again.
+//! `500`: the handler ran, but its response body failed while the layer read it, so there is
+//! no response to send. This problem is stored in the response's place: a retry with the key
+//! gets it again (`Idempotent-Replayed: true`) and the handler does not run again. Do not send
+//! the request again under a new key: it was processed. (Also, not stored, when the server
+//! shuts down while the handler runs: retry with the same key.)
+//!
+//! ### response-too-large
+//! The handler ran and its response was sent to the first client, but its record was over
+//! `max_response_bytes` (or over the store's limit), so it was not stored. This problem is
+//! stored in its place and replayed to every retry with the key, with the **first response's
+//! status** (a `201` stays a `201`: the request succeeded) and its `Location` header, if it
+//! had one; the handler does not run again. Do not send the request again under a new key:
+//! read the result another way (its `Location`), or raise the limits.
+//!
+//! ### scope-failed
+//! `500`: the layer's [`ClientScope`] could not identify the client (with
+//! [`ClientScope::extension`], the extension's value failed to serialize), so the request was
+//! not processed: it is never put in the anonymous scope instead. The handler did not run.
 
 mod body;
 mod header;

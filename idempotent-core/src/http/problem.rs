@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
+use super::stored::StoredResponse;
 
 /// Where the problem types are described (the `http` module's docs, one heading per type).
 const TYPE_BASE: &str = "https://docs.rs/idempotency/latest/idempotency/http/index.html#";
@@ -24,9 +25,14 @@ pub(crate) enum Kind {
     StoreUnavailable,
     StoredResponseUnreadable,
     ResponseFailed,
+    /// Stands in for a response too large to store: replayed with that response's status.
+    ResponseTooLarge,
+    ScopeFailed,
 }
 
 impl Kind {
+    /// The problem's own status (`response-too-large` takes the status of the response it
+    /// stands in for: see [`stand_in`]).
     fn status(self) -> StatusCode {
         match self {
             Kind::MissingKey | Kind::MalformedKey | Kind::UnreadableBody => StatusCode::BAD_REQUEST,
@@ -34,9 +40,10 @@ impl Kind {
             Kind::InProgress => StatusCode::CONFLICT,
             Kind::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::StoredResponseUnreadable | Kind::ResponseFailed => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Kind::StoredResponseUnreadable
+            | Kind::ResponseFailed
+            | Kind::ResponseTooLarge
+            | Kind::ScopeFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -51,6 +58,8 @@ impl Kind {
             Kind::StoreUnavailable => "store-unavailable",
             Kind::StoredResponseUnreadable => "stored-response-unreadable",
             Kind::ResponseFailed => "response-failed",
+            Kind::ResponseTooLarge => "response-too-large",
+            Kind::ScopeFailed => "scope-failed",
         }
     }
 
@@ -65,6 +74,8 @@ impl Kind {
             Kind::StoreUnavailable => "idempotency store unavailable",
             Kind::StoredResponseUnreadable => "stored response unreadable",
             Kind::ResponseFailed => "response failed",
+            Kind::ResponseTooLarge => "response too large to replay",
+            Kind::ScopeFailed => "client scope failed",
         }
     }
 }
@@ -85,15 +96,7 @@ pub(crate) fn response<B>(
     retry_after: Option<Duration>,
 ) -> Response<ResponseBody<B>> {
     let status = kind.status();
-    let body = Body {
-        kind: format!("{TYPE_BASE}{}", kind.slug()),
-        title: kind.title(),
-        status: status.as_u16(),
-        detail,
-    };
-    // Serializing strings and a number into a Vec cannot fail.
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    let mut response = Response::new(ResponseBody::full(body(kind, status, detail)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -105,4 +108,44 @@ pub(crate) fn response<B>(
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
     response
+}
+
+/// A problem stored in place of a response the handler gave but the layer cannot store, so
+/// that a retry gets it instead of running the handler again: `response-failed` (its own
+/// `500`), or `response-too-large` with `status`, the status of the response it stands in
+/// for, and that response's `Location` (where the created resource can be read).
+pub(crate) fn stand_in(
+    kind: Kind,
+    status: StatusCode,
+    location: Option<&HeaderValue>,
+    detail: &str,
+) -> StoredResponse {
+    let status = match kind {
+        Kind::ResponseTooLarge => status,
+        _ => kind.status(),
+    };
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(location) = location {
+        headers.insert(LOCATION, location.clone());
+    }
+    StoredResponse {
+        status,
+        headers,
+        body: body(kind, status, detail),
+    }
+}
+
+fn body(kind: Kind, status: StatusCode, detail: &str) -> Bytes {
+    let body = Body {
+        kind: format!("{TYPE_BASE}{}", kind.slug()),
+        title: kind.title(),
+        status: status.as_u16(),
+        detail,
+    };
+    // Serializing strings and a number into a Vec cannot fail.
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -47,7 +47,7 @@ impl fmt::Debug for ClientId {
     }
 }
 
-type Extract = dyn Fn(&Parts) -> Option<ClientId> + Send + Sync;
+type Extract = dyn Fn(&Parts) -> Result<Option<ClientId>, CanonicalError> + Send + Sync;
 
 /// How the layer tells clients apart (see [`IdempotencyLayer::scope`](super::IdempotencyLayer::scope)).
 ///
@@ -96,16 +96,21 @@ impl ClientScope {
 
     /// Clients are told apart by the request extension of type `T` (an authenticated user or
     /// tenant that your authentication middleware inserted), hashed canonically.
+    ///
+    /// A request without the extension is in the anonymous scope. A request whose value fails
+    /// to serialize is refused (`500` [scope-failed](super#scope-failed), the handler does
+    /// not run): it is never put in the anonymous scope, where another client could replay
+    /// its response.
     pub fn extension<T>() -> ClientScope
     where
         T: Serialize + Send + Sync + 'static,
     {
-        ClientScope::from_fn(|request| {
-            request
-                .extensions
-                .get::<T>()
-                .and_then(|value| ClientId::of(value).ok())
-        })
+        ClientScope(Kind::Custom(Arc::new(|request: &Parts| {
+            match request.extensions.get::<T>() {
+                Some(value) => ClientId::of(value).map(Some),
+                None => Ok(None),
+            }
+        })))
     }
 
     /// Clients are told apart by `extract`; `None` puts the request in the anonymous scope.
@@ -113,7 +118,9 @@ impl ClientScope {
     where
         F: Fn(&Parts) -> Option<ClientId> + Send + Sync + 'static,
     {
-        ClientScope(Kind::Custom(Arc::new(extract)))
+        ClientScope(Kind::Custom(Arc::new(move |request: &Parts| {
+            Ok(extract(request))
+        })))
     }
 
     /// Every request is in one scope: for a service with a single client (or one that already
@@ -122,18 +129,21 @@ impl ClientScope {
         ClientScope(Kind::Global)
     }
 
-    pub(crate) fn client(&self, request: &Parts) -> Option<ClientId> {
+    /// The request's client: `None` for the anonymous scope, `Err` when it cannot be told.
+    pub(crate) fn client(&self, request: &Parts) -> Result<Option<ClientId>, CanonicalError> {
         match &self.0 {
-            Kind::Global => None,
+            Kind::Global => Ok(None),
             Kind::Header(name) => {
                 let mut values = request.headers.get_all(name).iter().peekable();
-                values.peek()?;
+                if values.peek().is_none() {
+                    return Ok(None);
+                }
                 let mut hasher = Sha256::new();
                 for value in values {
                     hasher.update((value.len() as u64).to_le_bytes());
                     hasher.update(value.as_bytes());
                 }
-                Some(ClientId(Digest::from_bytes(hasher.finalize().into())))
+                Ok(Some(ClientId(Digest::from_bytes(hasher.finalize().into()))))
             }
             Kind::Custom(extract) => extract(request),
         }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Request, Response};
+use http::header::{CONTENT_LENGTH, LOCATION};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
@@ -22,6 +22,7 @@ use super::problem::{self, Kind};
 use super::scope::ClientId;
 use super::stored::{Stored, StoredResponse};
 use crate::error::{BoxError, Error, StoreOp};
+use crate::executor::{Call, InProgressPolicy};
 use crate::key::{Digest, Fingerprint, Key};
 use crate::trace::event;
 
@@ -29,6 +30,12 @@ use crate::trace::event;
 ///
 /// The inner service receives `Request<RequestBody<B>>` and may answer with any body of
 /// [`Bytes`]; axum's `Router::layer` and `route_layer` accept it as is.
+///
+/// For a request the layer makes idempotent, the inner service's call runs in a spawned Tokio
+/// task, so that a client going away cannot cancel a handler halfway (see
+/// [the module docs](super#the-handler-runs-in-its-own-task)): hence the `Send + 'static`
+/// bounds on the service, its future, its error and both bodies, which axum and
+/// `tower::service_fn` over an `async` block meet.
 pub struct IdempotencyService<S> {
     inner: S,
     config: Arc<Config>,
@@ -150,10 +157,8 @@ enum Failure<B, E> {
     Idempotency(Error),
     /// The inner service failed: the error is passed on.
     Service(E),
-    /// A response that is not stored (its status, its size): passed on as is.
+    /// A response whose status is not stored: passed on as is.
     Unstored(Response<ResponseBody<B>>),
-    /// The response body failed while the layer read it.
-    BrokenBody,
 }
 
 impl<B, E> From<Error> for Failure<B, E> {
@@ -164,19 +169,21 @@ impl<B, E> From<Error> for Failure<B, E> {
 
 async fn handle<S, ReqBody, ResBody>(
     config: Arc<Config>,
-    mut inner: S,
+    inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body<Data = Bytes>,
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
 {
     let (parts, body) = request.into_parts();
     let header = &config.header;
-    let key_digest = match parse_key(&parts.headers, header, config.max_key_len) {
-        Ok(Some(key)) => key_digest(config.scope.client(&parts), &key),
+    let key = match parse_key(&parts.headers, header, config.max_key_len) {
+        Ok(Some(key)) => key,
         Ok(None) => {
             let detail = format!(
                 "this endpoint requires an `{header}` header on `{}` requests",
@@ -189,6 +196,16 @@ where
             return Ok(problem::response(Kind::MalformedKey, &detail, None));
         }
     };
+    let client = match config.scope.client(&parts) {
+        Ok(client) => client,
+        Err(error) => {
+            event!(error, error = %error, "the client scope failed; the handler did not run");
+            let _ = error;
+            let detail = "the client of this request could not be identified (its scope value failed to serialize), so the request was not processed";
+            return Ok(problem::response(Kind::ScopeFailed, detail, None));
+        }
+    };
+    let key_digest = key_digest(client, &key);
 
     let limit = config.max_body_bytes;
     let too_large = || {
@@ -202,6 +219,8 @@ where
     if declared.is_some_and(|length| length > limit as u64) {
         return Ok(too_large());
     }
+    // Read in the request's own future: a client that goes away before its body is sent has
+    // nothing claimed and nothing run.
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
@@ -211,30 +230,54 @@ where
         }
     };
 
-    let key = Key::new(config.namespace.clone(), config.version, key_digest);
     let fingerprint = fingerprint(&config, &parts, &body);
     let request = Request::from_parts(parts, RequestBody::buffered(body));
+    let run = execute(config, inner, key_digest, fingerprint, request);
+    #[cfg(feature = "tracing")]
+    let run = tracing::Instrument::in_current_span(run);
+    // The claim, the handler and the storing of its response run in a task of their own: a
+    // client that disconnects drops this future, not the handler, which finishes and stores
+    // its response for the client's retry.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => match runtime.spawn(run).await {
+            Ok(response) => response,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down.
+                Err(_) => {
+                    let detail = "the server shut down while the request was processed; retry with the same key";
+                    Ok(problem::response(Kind::ResponseFailed, detail, None))
+                }
+            },
+        },
+        // No Tokio runtime: the call runs in the request's future.
+        Err(_) => run.await,
+    }
+}
 
-    let mut call = config
-        .idempotency
-        .call(key, fingerprint)
-        .on_in_progress(config.on_in_progress);
-    if let Some(ttl) = config.ttl {
-        call = call.ttl(ttl);
-    }
-    if let Some(lease) = config.lease {
-        call = call.lease(lease);
-    }
-    if let Some(wait) = config.wait_timeout {
-        call = call.wait_timeout(wait);
-    }
+/// Claims the key, runs the handler once, stores its response (or a problem standing in for
+/// it) and answers.
+async fn execute<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    key_digest: Digest,
+    fingerprint: Fingerprint,
+    request: Request<RequestBody<ReqBody>>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+{
+    let key = Key::new(config.namespace.clone(), config.version, key_digest);
+    let call = configure(&config, config.idempotency.call(key, fingerprint));
 
-    // The response as the handler gave it, when it ran in this call: sent as is (with its own
-    // headers), while its replayable part is stored.
-    let mut first: Option<(http::response::Parts, Bytes)> = None;
+    // The response for the client, when the handler ran in this call: the handler's own (with
+    // its own headers, streamed if too large to store), while its replayable part, or the
+    // problem standing in for it, is stored.
+    let mut first: Option<Response<ResponseBody<ResBody>>> = None;
     let slot = &mut first;
     let stored_statuses = config.stored;
-    let response_limit = config.max_response_bytes;
+    let limit = config.response_limit();
     let outcome: Result<Stored, Failure<ResBody, S::Error>> = call
         .run(|| async move {
             let response = inner.call(request).await.map_err(Failure::Service)?;
@@ -245,44 +288,116 @@ where
                     ResponseBody::stream(body),
                 )));
             }
-            let body = match collect_up_to(body, response_limit).await {
-                Collected::Whole(bytes) => bytes,
-                Collected::OverLimit(read, rest) => {
-                    return Err(Failure::Unstored(Response::from_parts(
-                        parts,
-                        ResponseBody::prefixed(read, rest),
-                    )));
+            // From here the handler ran and answered with a status that is stored: whatever
+            // happens to its body, the key records something, so a retry never runs it again.
+            let (stored, response) = match collect_up_to(body, limit).await {
+                Collected::Whole(bytes) => {
+                    let stored = Stored(Arc::new(StoredResponse {
+                        status: parts.status,
+                        headers: replayable(&parts.headers),
+                        body: bytes.clone(),
+                    }));
+                    let stored = if stored.fits(limit) {
+                        stored
+                    } else {
+                        too_large(parts.status, &parts.headers, limit)
+                    };
+                    (stored, Response::from_parts(parts, ResponseBody::full(bytes)))
                 }
-                Collected::Failed(_) => return Err(Failure::BrokenBody),
+                Collected::OverLimit(read, rest) => (
+                    too_large(parts.status, &parts.headers, limit),
+                    Response::from_parts(parts, ResponseBody::prefixed(read, rest)),
+                ),
+                Collected::Failed(_) => {
+                    let stored = Stored(Arc::new(problem::stand_in(
+                        Kind::ResponseFailed,
+                        parts.status,
+                        None,
+                        "the request was processed, but its response failed before the end, so it cannot be sent or replayed; do not send it again under a new key",
+                    )));
+                    (stored.clone(), answer(&stored, false))
+                }
             };
-            let stored = Stored(Arc::new(StoredResponse {
-                status: parts.status,
-                headers: replayable(&parts.headers),
-                body: body.clone(),
-            }));
-            *slot = Some((parts, body));
+            *slot = Some(response);
             Ok(stored)
         })
         .await;
 
     match (outcome, first) {
-        (Ok(_), Some((parts, body))) => Ok(Response::from_parts(parts, ResponseBody::full(body))),
-        (Ok(stored), None) => Ok(replay(&stored)),
+        (Ok(_), Some(response)) => Ok(response),
+        (Ok(stored), None) => Ok(answer(&stored, true)),
         (Err(Failure::Unstored(response)), _) => Ok(response),
         (Err(Failure::Service(error)), _) => Err(error),
-        (Err(Failure::BrokenBody), _) => {
-            let detail =
-                "the handler's response body failed; nothing was stored, a retry runs again";
-            Ok(problem::response(Kind::ResponseFailed, detail, None))
+        // The executor or the store refused the record under the layer's limit (theirs is
+        // lower): the claim is released. Keep a retry from running the handler again.
+        (Err(Failure::Idempotency(Error::OutputTooLarge { limit, .. })), Some(response)) => {
+            config.refused(limit);
+            let stand_in = too_large(response.status(), response.headers(), limit);
+            store_stand_in(&config, key_digest, fingerprint, stand_in).await;
+            Ok(response)
         }
         // The handler ran but its response could not be stored (store failure on `complete`,
-        // over the store's size limit, lease lost): the client still gets it.
-        (Err(Failure::Idempotency(error)), Some((parts, body))) => {
+        // lease lost): the client still gets it.
+        (Err(Failure::Idempotency(error)), Some(response)) => {
             event!(warn, error = %error, "the response was sent but not stored");
             let _ = error;
-            Ok(Response::from_parts(parts, ResponseBody::full(body)))
+            Ok(response)
         }
         (Err(Failure::Idempotency(error)), None) => Ok(refusal(&config, error)),
+    }
+}
+
+fn configure<'a>(config: &Config, mut call: Call<'a>) -> Call<'a> {
+    call = call.on_in_progress(config.on_in_progress);
+    if let Some(ttl) = config.ttl {
+        call = call.ttl(ttl);
+    }
+    if let Some(lease) = config.lease {
+        call = call.lease(lease);
+    }
+    if let Some(wait) = config.wait_timeout {
+        call = call.wait_timeout(wait);
+    }
+    call
+}
+
+/// The problem stored in place of a response too large to store.
+fn too_large(status: StatusCode, headers: &HeaderMap, limit: usize) -> Stored {
+    let detail = format!(
+        "the request was processed, but its response was too large to store (over {limit} bytes), so it cannot be replayed; do not send the request again under a new key"
+    );
+    Stored(Arc::new(problem::stand_in(
+        Kind::ResponseTooLarge,
+        status,
+        headers.get(LOCATION),
+        &detail,
+    )))
+}
+
+/// After the executor released a response the store refused: claims the key again and stores
+/// the problem standing in for the response. A duplicate that claimed the key in between has
+/// already run the handler again; nothing is left to prevent then.
+async fn store_stand_in(
+    config: &Config,
+    key_digest: Digest,
+    fingerprint: Fingerprint,
+    stand_in: Stored,
+) {
+    let key = Key::new(config.namespace.clone(), config.version, key_digest);
+    let call = configure(config, config.idempotency.call(key, fingerprint))
+        .on_in_progress(InProgressPolicy::Reject);
+    let stored: Result<Stored, Error> = call.run(|| async { Ok(stand_in) }).await;
+    match stored {
+        Ok(_) => {
+            event!(
+                warn,
+                "a response was over the store's limit; a problem stands in for it (lower `max_response_bytes`)"
+            );
+        }
+        Err(error) => {
+            event!(error, error = %error, "a response was over the store's limit and nothing could be stored in its place; a retry runs the handler again");
+            let _ = error;
+        }
     }
 }
 
@@ -323,7 +438,8 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
     }
 }
 
-fn replay<B>(stored: &Stored) -> Response<ResponseBody<B>> {
+/// A stored response as the client gets it; a replay carries `Idempotent-Replayed: true`.
+fn answer<B>(stored: &Stored, replayed: bool) -> Response<ResponseBody<B>> {
     let stored = &*stored.0;
     let mut response = Response::new(ResponseBody::full(stored.body.clone()));
     *response.status_mut() = stored.status;
@@ -332,7 +448,9 @@ fn replay<B>(stored: &Stored) -> Response<ResponseBody<B>> {
     for (name, value) in &stored.headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     response
 }
 

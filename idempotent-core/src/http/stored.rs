@@ -4,7 +4,12 @@
 //! `{"s":201,"h":[["content-type","application/json"]],"t":"{\"id\":\"ord_1\"}"}`. A body that is
 //! UTF-8 is kept as text (`t`), any other body as base64 (`b`); header values that are not
 //! UTF-8 go to `hb`, base64-encoded. Never an array of numbers.
+//!
+//! The store receives that JSON behind the executor's one-byte `O` tag; [`Stored::fits`]
+//! measures exactly that record, so the layer's limit and the executor's and store's
+//! `max_output_bytes` count the same bytes.
 
+use std::io;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -24,6 +29,52 @@ pub(crate) struct StoredResponse {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+}
+
+/// The executor's tag in front of the JSON (`O` for an `Ok` output).
+const TAG_LEN: usize = 1;
+
+impl Stored {
+    /// Whether the record the store receives for this response (the executor's tag and the
+    /// compact JSON) is at most `limit` bytes. A cheap bound first; the JSON is measured only
+    /// when the bound is over the limit.
+    pub(crate) fn fits(&self, limit: usize) -> bool {
+        self.bound() <= limit || self.record_len() <= limit
+    }
+
+    /// At least the record's length: every byte of a header value or of the body takes at most
+    /// 6 bytes in JSON (`\u001f`) and base64 takes fewer; the fixed fields take 31 bytes, a
+    /// header's brackets, quotes and comma 8.
+    fn bound(&self) -> usize {
+        let response = &*self.0;
+        let headers = response.headers.iter().fold(0usize, |sum, (name, value)| {
+            sum.saturating_add(8 + name.as_str().len())
+                .saturating_add(value.len().saturating_mul(6))
+        });
+        (TAG_LEN + 40)
+            .saturating_add(headers)
+            .saturating_add(response.body.len().saturating_mul(6))
+    }
+
+    /// The record's exact length.
+    pub(crate) fn record_len(&self) -> usize {
+        struct Count(usize);
+        impl io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Our `Serialize` never fails, and neither does the counter.
+        match serde_json::to_writer(&mut count, self) {
+            Ok(()) => TAG_LEN + count.0,
+            Err(_) => usize::MAX,
+        }
+    }
 }
 
 struct TextHeaders<'a>(&'a HeaderMap);
@@ -179,6 +230,42 @@ mod tests {
         );
         assert_eq!(back.headers, headers);
         assert_eq!(back.body, body);
+    }
+
+    #[test]
+    fn the_measured_length_is_the_executors_record() {
+        use crate::executor::{DropErrors, OutputMode};
+
+        let mut headers = HeaderMap::new();
+        headers.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        headers.insert("x-tab", HeaderValue::from_static("a\tb\"c\\"));
+        headers.insert(http::header::LOCATION, HeaderValue::from_static("/o/1"));
+        let bodies: [&[u8]; 6] = [
+            b"",
+            b"plain text",
+            b"\x00\x01\x1f\"\\\n control and escapes",
+            "caf\u{e9} \u{1f980}".as_bytes(),
+            &[0xff; 1],
+            &[0xff, 0, 1, 2, 3, 4, 5, 6],
+        ];
+        for headers in [HeaderMap::new(), headers] {
+            for body in bodies {
+                let stored = Stored(Arc::new(StoredResponse {
+                    status: StatusCode::CREATED,
+                    headers: headers.clone(),
+                    body: Bytes::copy_from_slice(body),
+                }));
+                let record =
+                    <DropErrors as OutputMode<Stored, crate::Error>>::encode(&Ok(stored.clone()))
+                        .unwrap()
+                        .unwrap();
+                let len = record.len();
+                assert_eq!(stored.record_len(), len, "{body:?}");
+                assert!(stored.bound() >= len, "{body:?}");
+                assert!(stored.fits(len));
+                assert!(!stored.fits(len - 1));
+            }
+        }
     }
 
     #[test]
