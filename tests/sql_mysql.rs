@@ -25,6 +25,12 @@ mod harness {
         tx_failed: 2,
         insert_first: [2, 2, 2],
     };
+    /// A claim in a transaction that finds the key in progress on the pool answers in progress
+    /// at once (its refused insert holds a shared lock on the row the owner must update).
+    pub(crate) const TX_WAITS_FOR_POOL_OWNER: bool = false;
+    /// A claim on the pool that gives up waiting for an uncommitted transaction's row lock
+    /// (`innodb_lock_wait_timeout`) answers in progress.
+    pub(crate) const POOL_LOCK_WAIT_IS_IN_PROGRESS: bool = true;
 
     fn options(connections: u32) -> MySqlPoolOptions {
         MySqlPoolOptions::new()
@@ -47,6 +53,23 @@ mod harness {
                 None
             }
         }
+    }
+
+    /// A pool whose claims give up a lock wait after 1 s: MySQL has no per-statement bound,
+    /// so the sessions of a pool of the store's own get a short `innodb_lock_wait_timeout`.
+    pub(crate) async fn lock_bounded(url: &str) -> MySqlPool {
+        options(2)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(url)
+            .await
+            .expect("connect to MySQL")
     }
 
     pub(crate) async fn connect(url: &str, connections: u32) -> MySqlPool {

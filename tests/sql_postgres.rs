@@ -25,6 +25,12 @@ mod harness {
         tx_failed: 2,
         insert_first: [2, 1, 2],
     };
+    /// A claim in a transaction that finds the key in progress on the pool waits for it (its
+    /// read locks nothing the owner needs).
+    pub(crate) const TX_WAITS_FOR_POOL_OWNER: bool = true;
+    /// A claim on the pool that gives up waiting for an uncommitted transaction's row lock
+    /// answers in progress.
+    pub(crate) const POOL_LOCK_WAIT_IS_IN_PROGRESS: bool = true;
 
     fn options(connections: u32) -> PgPoolOptions {
         PgPoolOptions::new()
@@ -49,6 +55,12 @@ mod harness {
                 None
             }
         }
+    }
+
+    /// A pool whose claims give up a lock wait quickly: the store's own `lock_timeout`
+    /// bounds it on PostgreSQL, so any pool.
+    pub(crate) async fn lock_bounded(url: &str) -> PgPool {
+        connect(url, 2).await
     }
 
     pub(crate) async fn connect(url: &str, connections: u32) -> PgPool {

@@ -28,6 +28,12 @@ mod harness {
         tx_failed: 2,
         insert_first: [2, 2, 2],
     };
+    /// A claim in a transaction that finds the key in progress on the pool answers in progress
+    /// at once (its insert took the database's write lock, which the owner needs).
+    pub(crate) const TX_WAITS_FOR_POOL_OWNER: bool = false;
+    /// A claim on the pool waits for the write lock of an uncommitted transaction up to the
+    /// busy timeout, then fails with a store error (the lock is the whole database's).
+    pub(crate) const POOL_LOCK_WAIT_IS_IN_PROGRESS: bool = false;
 
     /// A new database file for one test.
     pub(crate) async fn fresh(connections: u32) -> Option<(String, SqlitePool)> {
@@ -37,11 +43,20 @@ mod harness {
     }
 
     pub(crate) async fn connect(url: &str, connections: u32) -> SqlitePool {
+        connect_waiting(url, connections, Duration::from_secs(60)).await
+    }
+
+    /// A pool whose statements wait for the write lock 300 ms at most.
+    pub(crate) async fn lock_bounded(url: &str) -> SqlitePool {
+        connect_waiting(url, 2, Duration::from_millis(300)).await
+    }
+
+    async fn connect_waiting(url: &str, connections: u32, busy: Duration) -> SqlitePool {
         let options = SqliteConnectOptions::from_str(url)
             .expect("a SQLite URL")
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(60));
+            .busy_timeout(busy);
         SqlitePoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(60))

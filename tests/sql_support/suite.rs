@@ -6,8 +6,11 @@
 //!     pub(crate) type Db;                                   // sqlx::Postgres, …
 //!     pub(crate) const SUITE: &str;
 //!     pub(crate) const ROUND_TRIPS: RoundTrips;             // what the module docs promise
+//!     pub(crate) const TX_WAITS_FOR_POOL_OWNER: bool;       // tx claim vs pool owner: wait, or InProgress at once
+//!     pub(crate) const POOL_LOCK_WAIT_IS_IN_PROGRESS: bool; // pool claim vs uncommitted tx: InProgress, or a store error
 //!     pub(crate) async fn fresh(connections: u32) -> Option<(String, Pool<Db>)>;
 //!     pub(crate) async fn connect(url: &str, connections: u32) -> Pool<Db>;
+//!     pub(crate) async fn lock_bounded(url: &str) -> Pool<Db>; // claims give up a lock wait within ~1 s
 //!     pub(crate) fn cleanup(url: String, tables: Vec<String>);
 //!     pub(crate) fn unreachable() -> Pool<Db>;             // acquire_timeout of 1 s
 //!     pub(crate) fn create_orders(table: &str) -> String;  // (client_order_id, quantity)
@@ -330,6 +333,342 @@ macro_rules! sql_suite {
             assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
             assert!(outputs.iter().all(|output| *output == outputs[0]));
             assert_eq!(rows(&pool, &orders).await, 1);
+        }
+
+        /// What a transactional duplicate answers for a key a pool call is running: on
+        /// PostgreSQL it waits and replays (its claim locks nothing); on MySQL and SQLite it
+        /// is in progress at once (its insert holds a lock the owner's `complete` needs). Either
+        /// way the owner completes within its lease, and a caller that rolls back and retries
+        /// replays the owner's output: the body runs once, whatever the lease.
+        async fn transactional_duplicate_of_a_pool_owner(lease: Duration) {
+            let Some((url, pool)) = harness::fresh(4).await else {
+                return;
+            };
+            let records = unique("mixed_tx");
+            let _scratch = scratch(&url, &[&records]);
+            let store = store_on(&pool, &records).await;
+            let idempotency = Idempotency::builder(store.clone()).lease(lease).build();
+            let key = Key::derive("sql::mixed", 1, &unique("order")).expect("key");
+            let runs = std::sync::Arc::new(AtomicUsize::new(0));
+
+            let started = std::time::Instant::now();
+            let owner = {
+                let (idempotency, key, runs) =
+                    (idempotency.clone(), key.clone(), std::sync::Arc::clone(&runs));
+                tokio::spawn(async move {
+                    let output: Result<String, Error> = idempotency
+                        .run(key, fingerprint("a"), || async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Ok("first".to_owned())
+                        })
+                        .await;
+                    (output, started.elapsed())
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+
+            // The duplicate, in a transaction, with a bound well past the owner's body.
+            let wait = Duration::from_secs(3);
+            let asked = std::time::Instant::now();
+            let mut tx = pool.begin().await.expect("begin");
+            let claimed = store
+                .in_transaction(key.clone(), fingerprint("a"))
+                .lease(lease)
+                .wait_timeout(wait)
+                .claim::<String, Error>(&mut tx)
+                .await;
+            let answered = asked.elapsed();
+            if harness::TX_WAITS_FOR_POOL_OWNER {
+                match claimed {
+                    Ok(Claimed::Replayed(Ok(output))) => assert_eq!(output, "first"),
+                    other => panic!("expected the owner's output, replayed: {other:?}"),
+                }
+            } else {
+                assert!(
+                    matches!(claimed, Err(Error::InProgress { .. })),
+                    "expected InProgress: {claimed:?}"
+                );
+                assert!(answered < wait / 2, "in progress at once, not after waiting: {answered:?}");
+            }
+            drop(tx); // what the caller's `?` does: roll back (the error asks for it)
+
+            let (output, took) = owner.await.expect("owner task");
+            assert_eq!(output.expect("the owner records its output"), "first");
+            assert!(took < lease, "the owner completed within its lease: {took:?}");
+
+            // The caller retries in new transactions (bounded) until it gets an answer.
+            let mut replayed = None;
+            for _ in 0..100 {
+                let mut tx = pool.begin().await.expect("begin");
+                let claimed = store
+                    .in_transaction(key.clone(), fingerprint("a"))
+                    .lease(lease)
+                    .claim::<String, Error>(&mut tx)
+                    .await;
+                match claimed {
+                    Ok(Claimed::Replayed(output)) => {
+                        replayed = Some(output.expect("a stored Ok"));
+                        break;
+                    }
+                    Err(Error::InProgress { .. }) => {
+                        drop(tx);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("expected a replay: {other:?}"),
+                }
+            }
+            assert_eq!(replayed.as_deref(), Some("first"), "the retry replays the owner's output");
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+            assert!(matches!(
+                store.get(&key).await.expect("get"),
+                Some(Record::Completed { .. })
+            ));
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_transactional_duplicate_never_keeps_a_pool_owner_from_completing() {
+            transactional_duplicate_of_a_pool_owner(Duration::from_secs(30)).await;
+        }
+
+        /// The reviewed failure: with a lease shorter than the duplicate's wait, a duplicate
+        /// that held the owner's lock while waiting outlived the lease and ran the body again.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_transactional_duplicate_with_a_short_lease_does_not_run_the_body_again() {
+            transactional_duplicate_of_a_pool_owner(Duration::from_secs(2)).await;
+        }
+
+        /// A pool call meeting a key claimed in a transaction that has not committed: it
+        /// never runs the body; with `reject` it answers within the lock-wait bound (in
+        /// progress, or on SQLite a store error after the busy timeout); with `wait` it replays
+        /// the transaction's output once it commits.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_pool_call_meeting_an_uncommitted_transactional_owner_is_bounded() {
+            let Some((url, pool)) = harness::fresh(4).await else {
+                return;
+            };
+            let records = unique("mixed_pool");
+            let _scratch = scratch(&url, &[&records]);
+            let store = store_on(&pool, &records).await;
+            let key = Key::derive("sql::mixed", 1, &unique("order")).expect("key");
+            let runs = std::sync::Arc::new(AtomicUsize::new(0));
+
+            let mut tx = pool.begin().await.expect("begin");
+            let owner = match store
+                .in_transaction(key.clone(), fingerprint("a"))
+                .claim::<String, Error>(&mut tx)
+                .await
+            {
+                Ok(Claimed::Owned(owner)) => owner,
+                other => panic!("expected to own the key: {other:?}"),
+            };
+
+            let bounded = SqlStore::builder(harness::lock_bounded(&url).await)
+                .table(&records)
+                .lock_timeout(Duration::from_millis(300))
+                .build()
+                .expect("table");
+            let rejecting = Idempotency::builder(bounded)
+                .on_in_progress(idempotency::InProgressPolicy::Reject)
+                .build();
+            let asked = std::time::Instant::now();
+            let rejected: Result<String, Error> = tokio::time::timeout(
+                Duration::from_secs(30),
+                rejecting.run(key.clone(), fingerprint("a"), || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok("pool".to_owned())
+                }),
+            )
+            .await
+            .expect("the claim gives up its lock wait");
+            let answered = asked.elapsed();
+            if harness::POOL_LOCK_WAIT_IS_IN_PROGRESS {
+                assert!(
+                    matches!(rejected, Err(Error::InProgress { .. })),
+                    "expected InProgress: {rejected:?}"
+                );
+            } else {
+                assert!(
+                    matches!(rejected, Err(Error::Store { op: StoreOp::Claim, .. })),
+                    "expected a store error on claim: {rejected:?}"
+                );
+            }
+            assert!(answered < Duration::from_secs(10), "answered within the bound: {answered:?}");
+
+            // Waiting (the default store, its default bound): replays once the owner commits.
+            let waiting = {
+                let idempotency = Idempotency::builder(store.clone())
+                    .wait_timeout(Duration::from_secs(60))
+                    .build();
+                let (key, runs) = (key.clone(), std::sync::Arc::clone(&runs));
+                tokio::spawn(async move {
+                    let output: Result<String, Error> = idempotency
+                        .run(key, fingerprint("a"), || async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            Ok("pool".to_owned())
+                        })
+                        .await;
+                    output
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert!(!waiting.is_finished(), "the pool call waits for the commit");
+            let output = owner
+                .finish(&mut tx, Ok::<_, Error>("transaction".to_owned()))
+                .await
+                .expect("finish");
+            tx.commit().await.expect("commit");
+            assert_eq!(output, "transaction");
+            let replayed = tokio::time::timeout(Duration::from_secs(60), waiting)
+                .await
+                .expect("the pool call answers after the commit")
+                .expect("task");
+            assert_eq!(replayed.expect("replay"), "transaction");
+            assert_eq!(runs.load(Ordering::SeqCst), 0, "the pool body never ran");
+        }
+
+        /// A claim on the pool that waited for a transaction's uncommitted claim, whose lease
+        /// passed meanwhile, takes it over once it commits, and says so (`took_over`), though
+        /// the row was not there when its statement began.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_claim_that_waited_for_a_transaction_reports_its_takeover() {
+            let Some((url, pool)) = harness::fresh(4).await else {
+                return;
+            };
+            let records = unique("mixed_takeover");
+            let _scratch = scratch(&url, &[&records]);
+            let store = SqlStore::builder(pool.clone())
+                .table(&records)
+                .lock_timeout(Duration::from_secs(20))
+                .build()
+                .expect("table");
+            store.migrate().await.expect("migrate");
+            let key = Key::derive("sql::mixed", 1, &unique("order")).expect("key");
+
+            let mut tx = pool.begin().await.expect("begin");
+            match store
+                .in_transaction(key.clone(), fingerprint("a"))
+                .lease(Duration::from_millis(200))
+                .claim::<String, Error>(&mut tx)
+                .await
+            {
+                Ok(Claimed::Owned(owner)) => drop(owner), // commits the claim, unfinished
+                other => panic!("expected to own the key: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await; // the lease passes
+
+            let claim = {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move {
+                    store
+                        .claim(&key, &fingerprint("a"), Duration::from_secs(30))
+                        .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.commit().await.expect("commit");
+            let claim = tokio::time::timeout(Duration::from_secs(30), claim)
+                .await
+                .expect("the claim answers after the commit")
+                .expect("task");
+            match claim {
+                Ok(idempotency::Claim::Acquired { took_over, .. }) => {
+                    assert!(took_over, "a takeover of an in-progress record says so");
+                }
+                other => panic!("expected the expired claim taken over: {other:?}"),
+            }
+        }
+
+        /// Calls on the pool and in transactions, all at once on one key, the transactional
+        /// ones retrying on `InProgress` as told: one execution, one effect, one output.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn pool_and_transactional_calls_on_one_key_run_the_body_once() {
+            const EACH: usize = 6;
+            let Some((url, pool)) = harness::fresh(16).await else {
+                return;
+            };
+            let (records, orders) = (unique("mixed_once"), unique("mixed_once_orders"));
+            let _scratch = scratch(&url, &[&records, &orders]);
+            let store = store_on(&pool, &records).await;
+            create(&pool, harness::create_orders(&orders)).await;
+            let idempotency = Idempotency::builder(store.clone())
+                .wait_timeout(Duration::from_secs(120))
+                .build();
+            let key = Key::derive("sql::mixed", 1, &unique("order")).expect("key");
+            let runs = std::sync::Arc::new(AtomicUsize::new(0));
+            let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * EACH));
+
+            let mut calls = Vec::new();
+            for n in 0..2 * EACH {
+                let (pool, store, idempotency, key, runs, start, orders) = (
+                    pool.clone(),
+                    store.clone(),
+                    idempotency.clone(),
+                    key.clone(),
+                    std::sync::Arc::clone(&runs),
+                    std::sync::Arc::clone(&start),
+                    orders.clone(),
+                );
+                calls.push(tokio::spawn(async move {
+                    let insert = harness::insert_order(&orders);
+                    let output = format!("call {n}");
+                    start.wait().await;
+                    if n % 2 == 0 {
+                        return idempotency
+                            .run(key, fingerprint("a"), || async move {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                sqlx::query(&insert)
+                                    .bind(output.as_str())
+                                    .bind(1i64)
+                                    .execute(&pool)
+                                    .await?;
+                                Ok::<_, ShopError>(output)
+                            })
+                            .await;
+                    }
+                    for _ in 0..2000 {
+                        let mut tx = pool.begin().await?;
+                        let (insert, output, runs) =
+                            (insert.clone(), output.clone(), std::sync::Arc::clone(&runs));
+                        let done = store
+                            .in_transaction(key.clone(), fingerprint("a"))
+                            .wait_timeout(Duration::from_secs(120))
+                            .run(&mut tx, |tx| {
+                                Box::pin(async move {
+                                    runs.fetch_add(1, Ordering::SeqCst);
+                                    sqlx::query(&insert)
+                                        .bind(output.as_str())
+                                        .bind(1i64)
+                                        .execute(&mut **tx)
+                                        .await?;
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    Ok::<_, ShopError>(output)
+                                })
+                            })
+                            .await;
+                        match done {
+                            Err(ShopError::Idempotency(Error::InProgress { .. })) => {
+                                drop(tx); // roll back, then retry
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            done => {
+                                let output = done?;
+                                tx.commit().await?;
+                                return Ok(output);
+                            }
+                        }
+                    }
+                    panic!("still in progress after 2000 attempts");
+                }));
+            }
+            let mut outputs = Vec::new();
+            for call in calls {
+                outputs.push(call.await.expect("task").expect("call"));
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once: {outputs:?}");
+            assert!(outputs.iter().all(|output| *output == outputs[0]), "{outputs:?}");
+            assert_eq!(rows(&pool, &orders).await, 1, "one effect");
         }
 
         #[test]

@@ -128,13 +128,15 @@ impl<DB: SqlDialect> Inbox<DB> {
         self
     }
 
-    /// How long a delivery waits for a mark in progress outside a transaction.
+    /// How long a delivery waits for a mark in progress outside a transaction (PostgreSQL;
+    /// MySQL and SQLite answer in progress at once, see [`InTransaction`]).
     pub fn wait_timeout(mut self, wait: Duration) -> Self {
         self.wait_timeout = Some(wait);
         self
     }
 
-    /// Wait for, or refuse at once, a mark in progress outside a transaction.
+    /// Wait for, or refuse at once, a mark in progress outside a transaction (PostgreSQL;
+    /// MySQL and SQLite refuse at once, see [`InTransaction`]).
     pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
         self.on_in_progress = Some(policy);
         self

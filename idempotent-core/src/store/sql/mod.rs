@@ -51,7 +51,8 @@
 //! dominate). In transactional mode they
 //! insert first instead: the insert takes the row lock that makes a concurrent duplicate wait
 //! for the caller's commit, without the gap locks (MySQL) or read snapshot (SQLite) a read
-//! would take first.
+//! would take first (which is also why they never wait for a key in progress on the pool: see
+//! [below](#transactional-and-pool-calls-on-one-key)).
 //!
 //! In a race for a free or expired key (claims that meet an insert not yet visible to their
 //! snapshot, such as a transactional duplicate waiting on the owner's row lock), the
@@ -63,6 +64,39 @@
 //! budget (a dead connection then fails one call with [`StoreError::Unavailable`] instead).
 //! sqlx also pings a connection as it goes back to the pool, in the background, off the
 //! caller's path.
+//!
+//! # Transactional and pool calls on one key
+//!
+//! Calls in a transaction ([`SqlStore::in_transaction`]) and calls on the pool (the [`Store`]
+//! methods, through the executor) may claim one key at the same time. No claim waits while
+//! holding a lock that the key's owner needs to record its result, so an owner is never kept
+//! from completing into losing its lease, and no body runs twice while a claim is live:
+//!
+//! * **A transaction meets the key in progress on the pool** (a call outside any transaction
+//!   is running the body). On PostgreSQL the claim's read locks nothing, so it waits in the
+//!   transaction for the owner's result and replays it, per
+//!   [`on_in_progress`](InTransaction::on_in_progress) and
+//!   [`wait_timeout`](InTransaction::wait_timeout) (under `REPEATABLE READ` or `SERIALIZABLE`
+//!   the transaction's snapshot never shows the result: expect [`Error::InProgress`] or a
+//!   serialization error, and retry the transaction). On MySQL and SQLite the claim's insert
+//!   has already locked what the owner's `complete` must write: InnoDB keeps a shared lock on
+//!   the duplicate row, and SQLite the database's write lock, until the transaction ends (a
+//!   rollback to a savepoint releases neither). There the claim answers
+//!   [`Error::InProgress`] at once, whatever the policy: **roll the transaction back (dropping
+//!   it does) before retrying**, since the owner's `complete` waits until then.
+//! * **The pool meets a key claimed in a transaction that has not committed.** The record is
+//!   not visible yet, so the claim's insert waits for that transaction's row lock, then replays
+//!   its result (or runs, if it rolled back). PostgreSQL bounds the wait by
+//!   [`lock_timeout`](SqlStoreBuilder::lock_timeout) (default 1 s), MySQL by the session's
+//!   `innodb_lock_wait_timeout`; a claim that gives up answers [`Claim::InProgress`] (with the
+//!   caller's own fingerprint and no lease hint: the owner's are not visible before its
+//!   commit), so `reject` answers [`Error::InProgress`] and `wait` claims again until its
+//!   `wait_timeout`. SQLite waits up to the connection's busy timeout, then fails the claim
+//!   with a store error; the body does not run.
+//! * **Two transactions with one key**: the second waits on the first's row lock until it
+//!   commits, then replays (or runs, if the first rolled back), on every database.
+//!
+//! [`Error::InProgress`]: crate::Error::InProgress
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -118,6 +152,9 @@ pub const DEFAULT_TABLE: &str = "idempotency_records";
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// How long an in-progress record whose lease passed is kept before the sweeper may purge it.
 pub const DEFAULT_ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
+/// How long a PostgreSQL claim on the pool waits for a key claimed by an uncommitted
+/// transaction (see [`SqlStoreBuilder::lock_timeout`]).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest table or schema name accepted: 63 bytes (PostgreSQL's limit) minus the suffix of
 /// the index name derived from it.
@@ -157,6 +194,13 @@ mod sealed {
 /// A database the SQL store runs on: `sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite`
 /// (features `postgres`, `mysql`, `sqlite`). Sealed: the statements are written per database.
 pub trait SqlDialect: Database + sealed::Sealed {
+    /// Whether a claim in a transaction may wait for a key in progress outside it: only where
+    /// the claim holds no lock the owner's `complete` needs (PostgreSQL). MySQL's refused
+    /// insert keeps a shared lock on the row and SQLite's the write lock until the transaction
+    /// ends, so there the claim answers in progress at once.
+    #[doc(hidden)]
+    const __WAITS_IN_TRANSACTION: bool;
+
     #[doc(hidden)]
     fn __statements(table: &TableName) -> Statements;
 
@@ -309,6 +353,9 @@ pub struct Statements {
     pub(crate) create: Vec<String>,
     /// PostgreSQL: the whole claim. MySQL, SQLite: the read of the current row.
     pub(crate) claim: String,
+    /// PostgreSQL: the claim on the pool, its lock wait bounded by a bound `lock_timeout`.
+    #[cfg(feature = "postgres")]
+    pub(crate) claim_bounded: String,
     /// MySQL: the same read with a shared lock (transactional mode).
     #[cfg(feature = "mysql")]
     pub(crate) claim_locked: String,
@@ -366,6 +413,7 @@ struct Shared<DB: Database> {
     max_output_bytes: usize,
     abandoned_after: Duration,
     insert_first: bool,
+    lock_timeout: Duration,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -384,6 +432,7 @@ impl<DB: Database> fmt::Debug for SqlStore<DB> {
             .field("max_output_bytes", &self.inner.max_output_bytes)
             .field("abandoned_after", &self.inner.abandoned_after)
             .field("insert_first", &self.inner.insert_first)
+            .field("lock_timeout", &self.inner.lock_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -395,6 +444,7 @@ pub struct SqlStoreBuilder<DB: Database> {
     max_output_bytes: usize,
     abandoned_after: Duration,
     insert_first: bool,
+    lock_timeout: Duration,
     dialect: PhantomData<DB>,
 }
 
@@ -406,6 +456,7 @@ impl<DB: Database> fmt::Debug for SqlStoreBuilder<DB> {
             .field("max_output_bytes", &self.max_output_bytes)
             .field("abandoned_after", &self.abandoned_after)
             .field("insert_first", &self.insert_first)
+            .field("lock_timeout", &self.lock_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -444,6 +495,27 @@ impl<DB: SqlDialect> SqlStoreBuilder<DB> {
         self
     }
 
+    /// PostgreSQL: how long a claim on the pool waits for a row lock held by another
+    /// transaction (a key claimed in a transaction that has not committed yet) before it
+    /// answers [`Claim::InProgress`], so that `on_in_progress = reject` and the executor's
+    /// `wait_timeout` apply (waiting claims again until its bound). Default
+    /// [`DEFAULT_LOCK_TIMEOUT`]; set for the claim statement alone
+    /// (`set_config('lock_timeout', …, true)`); [`Duration::ZERO`] leaves the session's own
+    /// `lock_timeout` in force (PostgreSQL's default: no bound). Claims in the caller's
+    /// transaction are not bounded by it, so transactional duplicates still wait for each
+    /// other's commit.
+    ///
+    /// MySQL / MariaDB have no portable per-statement bound: a claim waits up to the session's
+    /// `innodb_lock_wait_timeout` (50 s by default), then answers in progress; lower it on a
+    /// pool of the store's own (`MySqlPoolOptions::after_connect` running
+    /// `SET SESSION innodb_lock_wait_timeout = 2`). SQLite waits for the database's write lock
+    /// up to the connection's busy timeout, then fails the claim with a store error. See
+    /// [transactional and pool calls on one key](self#transactional-and-pool-calls-on-one-key).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// The store, or [`SqlConfigError::InvalidTable`] for a table name that is not a plain
     /// identifier.
     ///
@@ -469,6 +541,7 @@ impl<DB: SqlDialect> SqlStoreBuilder<DB> {
             max_output_bytes: self.max_output_bytes,
             abandoned_after: self.abandoned_after,
             insert_first: self.insert_first,
+            lock_timeout: self.lock_timeout,
         }))
     }
 }
@@ -488,6 +561,7 @@ impl<DB: SqlDialect> SqlStore<DB> {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             abandoned_after: DEFAULT_ABANDONED_AFTER,
             insert_first: false,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         })
     }
 
@@ -499,6 +573,7 @@ impl<DB: SqlDialect> SqlStore<DB> {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             abandoned_after: DEFAULT_ABANDONED_AFTER,
             insert_first: false,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             dialect: PhantomData,
         }
     }
@@ -583,6 +658,12 @@ impl<DB: SqlDialect> SqlStore<DB> {
 
     pub(crate) fn abandoned_after(&self) -> Duration {
         self.inner.abandoned_after
+    }
+
+    /// How long a claim on the pool waits for a row lock (PostgreSQL).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.inner.lock_timeout
     }
 
     /// Whether a claim on the pool inserts first (MySQL, SQLite).
@@ -771,6 +852,18 @@ impl Current {
                 lease_remaining: remaining(self.remaining),
             }
         }))
+    }
+}
+
+/// The answer of a claim that gave up waiting for a row lock held by another transaction
+/// (PostgreSQL's `lock_timeout`, MySQL's `innodb_lock_wait_timeout`): the key is in progress
+/// there, but its record is not visible before that transaction commits, so the fingerprint is
+/// the caller's own (a key reuse shows after the commit) and the lease is unknown (zero).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn locked_elsewhere(fingerprint: &Fingerprint) -> Claim {
+    Claim::InProgress {
+        fingerprint: *fingerprint,
+        lease_remaining: Duration::ZERO,
     }
 }
 

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::mysql::{MySqlConnection, MySqlRow};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError, MySqlRow};
 use sqlx::{MySql, Row as _};
 
 use super::{
     ClaimContended, Current, SqlDialect, SqlStore, Statements, TableName, claim_attempts,
-    completed_output, fingerprint_from, micros, row_id, sealed, token_from, wall_clock,
+    completed_output, fingerprint_from, locked_elsewhere, micros, row_id, sealed, token_from,
+    wall_clock,
 };
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -18,7 +19,12 @@ use crate::record::{Claim, Record, Token};
 impl sealed::Sealed for MySql {}
 
 const NOW: &str = "UTC_TIMESTAMP(6)";
+/// `ER_LOCK_WAIT_TIMEOUT`: a row lock wait passed `innodb_lock_wait_timeout`.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
 
+// `..Statements::default()` fills the other databases' statements, which exist only when
+// their features are on too.
+#[allow(clippy::needless_update)]
 fn statements(table: &TableName) -> Statements {
     let t = table.quoted('`');
     let index = format!("`{}_expires_at`", table.name());
@@ -75,6 +81,7 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
         ),
         remove: format!("DELETE FROM {t} WHERE id = ?"),
         purge: format!("DELETE FROM {t} WHERE expires_at < {NOW} ORDER BY expires_at LIMIT ?"),
+        ..Statements::default()
     }
 }
 
@@ -129,21 +136,36 @@ struct Claiming<'c> {
     fingerprint: &'c Fingerprint,
     lease: i64,
     expiry: i64,
+    /// A statement gave up waiting for a row lock held by another transaction.
+    lock_timed_out: bool,
 }
 
 impl Claiming<'_> {
+    /// The store's error for a failed statement, noting a lock wait that timed out.
+    fn fail(&mut self, error: sqlx::Error) -> StoreError {
+        if let sqlx::Error::Database(database) = &error {
+            if database
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|error| error.number() == LOCK_WAIT_TIMEOUT)
+            {
+                self.lock_timed_out = true;
+            }
+        }
+        self.store.error(error)
+    }
+
     async fn read(&mut self, locked: bool) -> Result<Option<Current>, StoreError> {
-        let sql = self.store.sql();
+        let store = self.store;
         let statement = if locked {
-            &sql.claim_locked
+            &store.sql().claim_locked
         } else {
-            &sql.claim
+            &store.sql().claim
         };
-        let row = sqlx::query(statement)
+        let read = sqlx::query(statement)
             .bind(&self.id[..])
             .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(|error| self.store.error(error))?;
+            .await;
+        let row = read.map_err(|error| self.fail(error))?;
         row.as_ref().map(current_from).transpose()
     }
 
@@ -161,13 +183,13 @@ impl Claiming<'_> {
         match inserted {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
-            Err(error) => Err(self.store.error(error)),
+            Err(error) => Err(self.fail(error)),
         }
     }
 
     /// `true` when the expired row was taken over (re-checked under the row lock).
     async fn take_over(&mut self) -> Result<bool, StoreError> {
-        let result = sqlx::query(&self.store.sql().take_over)
+        let updated = sqlx::query(&self.store.sql().take_over)
             .bind(self.key_text.as_str())
             .bind(&self.token.as_bytes()[..])
             .bind(&self.fingerprint.as_bytes()[..])
@@ -175,8 +197,8 @@ impl Claiming<'_> {
             .bind(self.expiry)
             .bind(&self.id[..])
             .execute(&mut *self.conn)
-            .await
-            .map_err(|error| self.store.error(error))?;
+            .await;
+        let result = updated.map_err(|error| self.fail(error))?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -195,8 +217,10 @@ impl Claiming<'_> {
 
     /// `insert_first`: insert, then read what refused it; otherwise read, then insert or take
     /// over. A read in a transaction locks the row it reads (MySQL), so that it sees the
-    /// latest committed record and not the transaction's snapshot.
-    async fn run(mut self, in_transaction: bool, insert_first: bool) -> Result<Claim, StoreError> {
+    /// latest committed record and not the transaction's snapshot. (The refused insert holds a
+    /// shared lock on that row until the transaction ends, which is why a transactional claim
+    /// never waits for a record in progress: its owner could not complete.)
+    async fn run(&mut self, in_transaction: bool, insert_first: bool) -> Result<Claim, StoreError> {
         let acquired = Claim::Acquired {
             token: self.token,
             took_over: false,
@@ -240,6 +264,8 @@ fn fenced(rows: u64) -> Result<(), StoreError> {
 }
 
 impl SqlDialect for MySql {
+    const __WAITS_IN_TRANSACTION: bool = false;
+
     fn __statements(table: &TableName) -> Statements {
         statements(table)
     }
@@ -253,7 +279,7 @@ impl SqlDialect for MySql {
         in_transaction: bool,
     ) -> BoxFuture<'c, Result<Claim, StoreError>> {
         Box::pin(async move {
-            Claiming {
+            let mut claiming = Claiming {
                 store,
                 conn,
                 id: row_id(key),
@@ -262,12 +288,15 @@ impl SqlDialect for MySql {
                 fingerprint,
                 lease: micros(lease),
                 expiry: micros(lease.saturating_add(store.abandoned_after())),
+                lock_timed_out: false,
+            };
+            let insert_first = in_transaction || store.claims_insert_first();
+            match claiming.run(in_transaction, insert_first).await {
+                // Another transaction holds the row (a claim not committed yet) past the
+                // session's `innodb_lock_wait_timeout`: the key is in progress there.
+                Err(_) if claiming.lock_timed_out => Ok(locked_elsewhere(fingerprint)),
+                answer => answer,
             }
-            .run(
-                in_transaction,
-                in_transaction || store.claims_insert_first(),
-            )
-            .await
         })
     }
 

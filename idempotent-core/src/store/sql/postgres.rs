@@ -8,8 +8,8 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection as _, Postgres, Row as _};
 
 use super::{
-    NoRow, SqlDialect, SqlStore, Statements, TableName, completed_output, fingerprint_from, micros,
-    remaining, row_id, sealed, token_from, wall_clock,
+    NoRow, SqlDialect, SqlStore, Statements, TableName, completed_output, fingerprint_from,
+    locked_elsewhere, micros, remaining, row_id, sealed, token_from, wall_clock,
 };
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -40,6 +40,60 @@ fn statements(table: &TableName) -> Statements {
         format!("{column} = CASE WHEN {free} THEN {new} ELSE r.{column} END")
     };
     let left = epoch_micros(&format!("(until - {NOW})"));
+    // A takeover of an in-progress record sets its `expires_at` one microsecond past the new
+    // claim's (invisible to readers: it only delays a purge), so that the claim can tell a
+    // takeover from the row it returns even when the old row was not in the statement's
+    // snapshot (inserted by a transaction that committed while the claim waited for it).
+    let expiry = after("$6");
+    let set_expiry = keep_or(
+        "expires_at",
+        "EXCLUDED.expires_at + CASE WHEN r.completed THEN INTERVAL '0' ELSE INTERVAL '1 microsecond' END",
+    );
+    // One statement: read the row; only when no live record is there, insert or take it over
+    // (the conditional `DO UPDATE` re-checks under the row lock, and always returns the row it
+    // kept); answer from whichever ran. A replay writes and locks nothing. `bound` adds a
+    // `lock_timeout` for this statement alone (`set_config(…, true)` lasts until the end of the
+    // implicit transaction of a statement on the pool); the insert reads its row from that
+    // CTE, so the setting is in force before the insert can wait on a lock.
+    let claim = |bound: bool| {
+        let (setting, from) = if bound {
+            (
+                "cfg AS (SELECT set_config('lock_timeout', $7, true)\n), ",
+                "\n    FROM cfg",
+            )
+        } else {
+            ("", "")
+        };
+        format!(
+            "WITH {setting}cur AS (
+    SELECT completed, fingerprint, output, {until_cur} AS until
+    FROM {t} WHERE id = $1
+), ins AS (
+    INSERT INTO {t} AS r (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
+    SELECT $1, $2, $3, $4, FALSE, {lease}, {expiry}, NULL{from}
+    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.until > {NOW})
+    ON CONFLICT (id) DO UPDATE SET
+        {set_key}, {set_token}, {set_fingerprint}, {set_completed},
+        {set_lease}, {set_expiry}, {set_output}
+    RETURNING r.token = $3 AS acquired, r.completed, r.fingerprint, r.output, {until_r} AS until,
+        r.expires_at <> {expiry} AS took_over
+)
+SELECT acquired, completed, fingerprint, output, {left} AS remaining, acquired AND took_over
+FROM ins
+UNION ALL
+SELECT FALSE, completed, fingerprint, output, {left}, FALSE
+FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)",
+            until_cur = until(""),
+            until_r = until("r."),
+            lease = after("$5"),
+            set_key = keep_or("key_text", "EXCLUDED.key_text"),
+            set_token = keep_or("token", "EXCLUDED.token"),
+            set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
+            set_completed = keep_or("completed", "FALSE"),
+            set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
+            set_output = keep_or("output", "NULL"),
+        )
+    };
 
     let mut create = Vec::new();
     if let Some(schema) = table.schema() {
@@ -63,40 +117,8 @@ fn statements(table: &TableName) -> Statements {
 
     Statements {
         create,
-        // One statement: read the row; only when no live record is there, insert or take it
-        // over (the conditional `DO UPDATE` re-checks under the row lock, and always returns
-        // the row it kept); answer from whichever ran. A replay writes and locks nothing.
-        claim: format!(
-            "WITH cur AS (
-    SELECT completed, fingerprint, output, {until_cur} AS until
-    FROM {t} WHERE id = $1
-), ins AS (
-    INSERT INTO {t} AS r (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-    SELECT $1, $2, $3, $4, FALSE, {lease}, {expiry}, NULL
-    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.until > {NOW})
-    ON CONFLICT (id) DO UPDATE SET
-        {set_key}, {set_token}, {set_fingerprint}, {set_completed},
-        {set_lease}, {set_expiry}, {set_output}
-    RETURNING r.token = $3 AS acquired, r.completed, r.fingerprint, r.output, {until_r} AS until
-)
-SELECT acquired, completed, fingerprint, output, {left} AS remaining,
-       acquired AND EXISTS (SELECT 1 FROM cur WHERE NOT cur.completed) AS took_over
-FROM ins
-UNION ALL
-SELECT FALSE, completed, fingerprint, output, {left}, FALSE
-FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)",
-            until_cur = until(""),
-            until_r = until("r."),
-            lease = after("$5"),
-            expiry = after("$6"),
-            set_key = keep_or("key_text", "EXCLUDED.key_text"),
-            set_token = keep_or("token", "EXCLUDED.token"),
-            set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
-            set_completed = keep_or("completed", "FALSE"),
-            set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
-            set_expiry = keep_or("expires_at", "EXCLUDED.expires_at"),
-            set_output = keep_or("output", "NULL"),
-        ),
+        claim: claim(false),
+        claim_bounded: claim(true),
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
         complete: format!(
@@ -132,6 +154,9 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
         ..Statements::default()
     }
 }
+
+/// SQLSTATE of a lock wait that passed `lock_timeout` (or met `NOWAIT`).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 fn claim_from(row: &PgRow, token: Token) -> Result<Claim, StoreError> {
     let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
@@ -195,6 +220,8 @@ fn fenced(rows: u64) -> Result<(), StoreError> {
 }
 
 impl SqlDialect for Postgres {
+    const __WAITS_IN_TRANSACTION: bool = true;
+
     fn __statements(table: &TableName) -> Statements {
         statements(table)
     }
@@ -205,21 +232,43 @@ impl SqlDialect for Postgres {
         key: &'c Key,
         fingerprint: &'c Fingerprint,
         lease: Duration,
-        _in_transaction: bool,
+        in_transaction: bool,
     ) -> BoxFuture<'c, Result<Claim, StoreError>> {
         Box::pin(async move {
             let token = Token::random();
-            let row = sqlx::query(&store.sql().claim)
-                .bind(&row_id(key)[..])
-                .bind(key.to_string())
-                .bind(&token.as_bytes()[..])
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(micros(lease))
-                .bind(micros(lease.saturating_add(store.abandoned_after())))
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?
-                .ok_or_else(|| StoreError::backend(NoRow))?;
+            // On the pool, bound the wait for a row lock held by an uncommitted transaction;
+            // in the caller's transaction a `set_config(…, true)` would outlive the claim.
+            let lock_timeout = store.lock_timeout();
+            let bound = !in_transaction && !lock_timeout.is_zero();
+            let sql = store.sql();
+            let id = row_id(key);
+            let query = sqlx::query(if bound {
+                &sql.claim_bounded
+            } else {
+                &sql.claim
+            })
+            .bind(&id[..])
+            .bind(key.to_string())
+            .bind(&token.as_bytes()[..])
+            .bind(&fingerprint.as_bytes()[..])
+            .bind(micros(lease))
+            .bind(micros(lease.saturating_add(store.abandoned_after())));
+            let query = if bound {
+                // Whole milliseconds, at least one (`0` would mean no bound).
+                let millis = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
+                query.bind(millis.to_string())
+            } else {
+                query
+            };
+            let row = match query.fetch_optional(&mut *conn).await {
+                Ok(row) => row.ok_or_else(|| StoreError::backend(NoRow))?,
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                {
+                    return Ok(locked_elsewhere(fingerprint));
+                }
+                Err(error) => return Err(store.error(error)),
+            };
             claim_from(&row, token)
         })
     }

@@ -259,6 +259,8 @@ fn fenced(rows: u64) -> Result<(), StoreError> {
 }
 
 impl SqlDialect for Sqlite {
+    const __WAITS_IN_TRANSACTION: bool = false;
+
     fn __statements(table: &TableName) -> Statements {
         statements(table)
     }

@@ -31,11 +31,19 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 ///   and its `Ok` output is written into the claimed row in the same transaction. Until the
 ///   caller commits, no one else sees the record: a concurrent duplicate's claim waits on the
 ///   row lock and then replays the output (or, if the transaction rolled back, runs the body
-///   itself). A crash before the commit leaves neither the body's writes nor the record.
+///   itself); a duplicate on the pool waits only up to a bound (PostgreSQL: the store's
+///   [`lock_timeout`](super::SqlStoreBuilder::lock_timeout)), then finds it in progress. A
+///   crash before the commit leaves neither the body's writes nor the record.
 /// * **`Err`** (not stored): the claim is deleted again in the transaction and the error
 ///   returned; roll the transaction back (dropping it does) so the body's writes go too.
-/// * A record in progress *outside* any transaction (a non-transactional call with the same
-///   key): wait for it or reject, per [`InProgressPolicy`].
+/// * A record in progress under another owner (a call on the pool with the same key, or a
+///   transaction that committed its claim without finishing it): on PostgreSQL, wait for it
+///   and replay its output, or reject, per [`InProgressPolicy`]; on MySQL and SQLite,
+///   [`Error::InProgress`] at once, whatever the policy, because the claim's insert already
+///   holds a lock the owner needs to complete (InnoDB's shared lock on the duplicate row,
+///   SQLite's write lock) until the transaction ends. **Roll the transaction back (dropping it
+///   does) before retrying**: until then the owner's `complete` waits for it. See
+///   [transactional and pool calls on one key](super#transactional-and-pool-calls-on-one-key).
 ///
 /// Under PostgreSQL's `REPEATABLE READ` or `SERIALIZABLE`, a duplicate whose transaction began
 /// before the first call's commit fails with a serialization error (`could not serialize
@@ -152,13 +160,16 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
         self
     }
 
-    /// How long to wait for a record in progress outside any transaction (default 30 s).
+    /// How long to wait for a record in progress under another owner (default 30 s).
+    /// PostgreSQL only: on MySQL and SQLite such a claim answers [`Error::InProgress`] at once
+    /// (see [`InTransaction`]).
     pub fn wait_timeout(mut self, wait: Duration) -> Self {
         self.wait_timeout = wait;
         self
     }
 
-    /// What to do when the key is in progress outside any transaction.
+    /// What to do when the key is in progress under another owner. PostgreSQL only: on MySQL
+    /// and SQLite such a claim answers [`Error::InProgress`] at once (see [`InTransaction`]).
     pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
         self.on_in_progress = policy;
         self
@@ -255,7 +266,15 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
                     }
                     let now = Instant::now();
                     let deadline = *deadline.get_or_insert(now + self.wait_timeout);
-                    if self.on_in_progress == InProgressPolicy::Reject || now >= deadline {
+                    // Waiting here keeps the transaction's locks: only PostgreSQL's claim took
+                    // none that the owner needs. A lease of zero leaves nothing to wait for: a
+                    // lock wait that timed out (the owner is another transaction; PostgreSQL
+                    // aborted this one) or a lease passing now (a retry takes the key over).
+                    if self.on_in_progress == InProgressPolicy::Reject
+                        || !DB::__WAITS_IN_TRANSACTION
+                        || lease_remaining.is_zero()
+                        || now >= deadline
+                    {
                         return Err(Error::InProgress {
                             key: self.key,
                             retry_after: lease_remaining,
