@@ -22,7 +22,6 @@
 use std::fmt::{self, Display, Write as _};
 
 use serde::ser::{self, Serialize};
-use sha2::{Digest as _, Sha256};
 
 /// A value's `Serialize` impl failed while it was being hashed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,8 +62,8 @@ mod tag {
     pub(super) const STRUCT_VARIANT: u8 = 0x13;
 }
 
-/// Where the encoding goes: SHA-256 directly (its own block buffer makes small writes cheap).
-pub(crate) type Sink = Sha256;
+/// Where the encoding goes: SHA-256 directly, through a sink built for small writes.
+pub(crate) use crate::sink::Sink;
 
 /// Streams the canonical encoding of `value` into `sink`.
 pub(crate) fn hash_into<T: Serialize + ?Sized>(
@@ -78,54 +77,36 @@ pub(crate) fn hash_into<T: Serialize + ?Sized>(
 pub(crate) fn digest<T: Serialize + ?Sized>(value: &T) -> Result<[u8; 32], CanonicalError> {
     let mut sink = Sink::new();
     hash_into(&mut sink, value)?;
-    Ok(sink.finalize().into())
+    Ok(sink.finalize())
 }
 
 /// Start of a tuple of values hashed one by one (the arguments of a call).
 pub(crate) fn begin_tuple(sink: &mut Sink) {
-    sink.update([tag::SEQ]);
+    sink.byte(tag::SEQ);
 }
 
 /// End of a tuple started with [`begin_tuple`].
 pub(crate) fn end_tuple(sink: &mut Sink) {
-    sink.update([tag::END]);
+    sink.byte(tag::END);
 }
 
 struct Canon<'a> {
     h: &'a mut Sink,
 }
 
-/// Unsigned LEB128: seven bits a byte, high bit set on every byte but the last.
-fn write_varint(h: &mut Sink, mut value: u64) {
-    let mut out = [0u8; 10];
-    let mut len = 0;
-    loop {
-        let low = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out[len] = low;
-            len += 1;
-            break;
-        }
-        out[len] = low | 0x80;
-        len += 1;
-    }
-    h.update(&out[..len]);
-}
-
 impl Canon<'_> {
     fn int(self, v: i64) {
-        self.h.update([tag::INT64]);
+        self.h.byte(tag::INT64);
         // Zigzag: small magnitudes of either sign stay short.
-        write_varint(self.h, ((v << 1) ^ (v >> 63)) as u64);
+        self.h.varint(((v << 1) ^ (v >> 63)) as u64);
     }
 
     fn int128(self, v: i128) {
         match i64::try_from(v) {
             Ok(small) => self.int(small),
             Err(_) => {
-                self.h.update([tag::INT128]);
-                self.h.update(v.to_le_bytes());
+                self.h.byte(tag::INT128);
+                self.h.bytes(&v.to_le_bytes());
             }
         }
     }
@@ -134,17 +115,18 @@ impl Canon<'_> {
         match i128::try_from(v) {
             Ok(signed) => self.int128(signed),
             Err(_) => {
-                self.h.update([tag::UINT128]);
-                self.h.update(v.to_le_bytes());
+                self.h.byte(tag::UINT128);
+                self.h.bytes(&v.to_le_bytes());
             }
         }
     }
 }
 
+#[inline]
 fn write_str(h: &mut Sink, s: &str) {
-    h.update([tag::STR]);
-    write_varint(h, s.len() as u64);
-    h.update(s.as_bytes());
+    h.byte(tag::STR);
+    h.varint(s.len() as u64);
+    h.bytes(s.as_bytes());
 }
 
 /// Counts the bytes a `Display` impl writes (first pass of `collect_str`).
@@ -162,7 +144,7 @@ struct HashingWriter<'a>(&'a mut Sink);
 
 impl fmt::Write for HashingWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.update(s.as_bytes());
+        self.0.bytes(s.as_bytes());
         Ok(())
     }
 }
@@ -179,7 +161,7 @@ impl<'a> ser::Serializer for Canon<'a> {
     type SerializeStructVariant = Compound<'a>;
 
     fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
-        self.h.update([if v { tag::TRUE } else { tag::FALSE }]);
+        self.h.byte(if v { tag::TRUE } else { tag::FALSE });
         Ok(())
     }
 
@@ -245,14 +227,14 @@ impl<'a> ser::Serializer for Canon<'a> {
         } else {
             v
         };
-        self.h.update([tag::FLOAT]);
-        self.h.update(canonical.to_bits().to_le_bytes());
+        self.h.byte(tag::FLOAT);
+        self.h.bytes(&canonical.to_bits().to_le_bytes());
         Ok(())
     }
 
     fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
-        self.h.update([tag::CHAR]);
-        self.h.update(u32::from(v).to_le_bytes());
+        self.h.byte(tag::CHAR);
+        self.h.bytes(&u32::from(v).to_le_bytes());
         Ok(())
     }
 
@@ -262,24 +244,24 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
 
     fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
-        self.h.update([tag::BYTES]);
-        write_varint(self.h, v.len() as u64);
-        self.h.update(v);
+        self.h.byte(tag::BYTES);
+        self.h.varint(v.len() as u64);
+        self.h.bytes(v);
         Ok(())
     }
 
     fn serialize_none(self) -> Result<(), CanonicalError> {
-        self.h.update([tag::NONE]);
+        self.h.byte(tag::NONE);
         Ok(())
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), CanonicalError> {
-        self.h.update([tag::SOME]);
+        self.h.byte(tag::SOME);
         value.serialize(self)
     }
 
     fn serialize_unit(self) -> Result<(), CanonicalError> {
-        self.h.update([tag::UNIT]);
+        self.h.byte(tag::UNIT);
         Ok(())
     }
 
@@ -293,7 +275,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         _index: u32,
         variant: &'static str,
     ) -> Result<(), CanonicalError> {
-        self.h.update([tag::UNIT_VARIANT]);
+        self.h.byte(tag::UNIT_VARIANT);
         write_str(self.h, variant);
         Ok(())
     }
@@ -313,13 +295,13 @@ impl<'a> ser::Serializer for Canon<'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), CanonicalError> {
-        self.h.update([tag::NEWTYPE_VARIANT]);
+        self.h.byte(tag::NEWTYPE_VARIANT);
         write_str(self.h, variant);
         value.serialize(self)
     }
 
     fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, CanonicalError> {
-        self.h.update([tag::SEQ]);
+        self.h.byte(tag::SEQ);
         Ok(Compound { h: self.h })
     }
 
@@ -342,7 +324,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.update([tag::TUPLE_VARIANT]);
+        self.h.byte(tag::TUPLE_VARIANT);
         write_str(self.h, variant);
         Ok(Compound { h: self.h })
     }
@@ -361,7 +343,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         _name: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.update([tag::STRUCT]);
+        self.h.byte(tag::STRUCT);
         Ok(Compound { h: self.h })
     }
 
@@ -372,7 +354,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.update([tag::STRUCT_VARIANT]);
+        self.h.byte(tag::STRUCT_VARIANT);
         write_str(self.h, variant);
         Ok(Compound { h: self.h })
     }
@@ -382,8 +364,8 @@ impl<'a> ser::Serializer for Canon<'a> {
     fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result<(), CanonicalError> {
         let mut counter = CountingWriter(0);
         write!(counter, "{value}").map_err(ser::Error::custom)?;
-        self.h.update([tag::STR]);
-        write_varint(self.h, counter.0 as u64);
+        self.h.byte(tag::STR);
+        self.h.varint(counter.0 as u64);
         write!(HashingWriter(self.h), "{value}").map_err(ser::Error::custom)?;
         Ok(())
     }
@@ -409,7 +391,7 @@ impl Compound<'_> {
     }
 
     fn finish(self) -> Result<(), CanonicalError> {
-        self.h.update([tag::END]);
+        self.h.byte(tag::END);
         Ok(())
     }
 }
@@ -470,7 +452,7 @@ struct MapState<'a> {
 
 impl MapState<'_> {
     fn add_entry(&mut self) {
-        let digest: [u8; 32] = self.entry.finalize_reset().into();
+        let digest: [u8; 32] = self.entry.finalize_reset();
         let mut carry = false;
         for (limb, chunk) in self.sum.iter_mut().zip(digest.chunks_exact(8)) {
             let mut bytes = [0u8; 8];
@@ -499,10 +481,10 @@ impl ser::SerializeMap for MapState<'_> {
     }
 
     fn end(self) -> Result<(), CanonicalError> {
-        self.parent.update([tag::MAP]);
-        write_varint(self.parent, self.count);
+        self.parent.byte(tag::MAP);
+        self.parent.varint(self.count);
         for limb in self.sum {
-            self.parent.update(limb.to_le_bytes());
+            self.parent.bytes(&limb.to_le_bytes());
         }
         Ok(())
     }

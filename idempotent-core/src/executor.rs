@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 use crate::error::{CodecOp, Error, StoreError, StoreOp};
 use crate::inflight::{Flights, Landing};
 use crate::key::{Fingerprint, Key};
+use crate::output::{self, OutputError};
 use crate::record::{Claim, Token};
 use crate::store::Store;
 use crate::trace::event;
@@ -290,21 +293,21 @@ mod sealed {
 pub trait OutputMode<T, E>: sealed::Sealed {
     /// `None` when the result is not stored.
     #[doc(hidden)]
-    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>>;
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>>;
     /// Decodes what `encode` stored.
     #[doc(hidden)]
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError>;
 }
 
-/// Stored outputs are one tag byte and the value's JSON: `O{"charge_id":…}` for `Ok`,
-/// `E{…}` for a stored `Err`. Readable in a store's CLI, and decoded without an enum wrapper.
-const TAG_OK: u8 = b'O';
-const TAG_ERR: u8 = b'E';
+/// Stored outputs are one mark byte, then the value in the [output encoding](crate::output):
+/// `0xB0` for an `Ok` output, `0xB1` for a stored `Err`.
+pub(crate) const MARK_OK: u8 = 0xB0;
+pub(crate) const MARK_ERR: u8 = 0xB1;
 
-fn encode_tagged<V: Serialize + ?Sized>(tag: u8, value: &V) -> Result<Vec<u8>, serde_json::Error> {
+fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(128);
-    out.push(tag);
-    serde_json::to_writer(&mut out, value)?;
+    out.push(mark);
+    output::encode_into(&mut out, value)?;
     Ok(out)
 }
 
@@ -312,34 +315,31 @@ fn encode_tagged<V: Serialize + ?Sized>(tag: u8, value: &V) -> Result<Vec<u8>, s
 enum StoredOutputError {
     #[error("the stored output is an error, but this call does not use `store_errors`")]
     ErrorNotExpected,
-    #[error("the stored output has no `O`/`E` tag (first byte {0:?})")]
-    UnknownTag(Option<u8>),
+    #[error("the stored output does not start with an `Ok`/`Err` mark (first byte {0:?})")]
+    UnknownMark(Option<u8>),
 }
 
-/// Splits a stored output into its tag and its JSON text, checking UTF-8 once for the whole
-/// text (serde_json then skips its per-string checks).
-fn untag(bytes: &[u8]) -> Result<(u8, &str), crate::BoxError> {
+/// Splits a stored output into its mark and its value.
+fn unmark(bytes: &[u8]) -> Result<(u8, &[u8]), crate::BoxError> {
     match bytes.split_first() {
-        Some((&tag, json)) if tag == TAG_OK || tag == TAG_ERR => {
-            Ok((tag, std::str::from_utf8(json)?))
-        }
-        other => Err(Box::new(StoredOutputError::UnknownTag(
-            other.map(|(tag, _)| *tag),
+        Some((&mark, value)) if mark == MARK_OK || mark == MARK_ERR => Ok((mark, value)),
+        other => Err(Box::new(StoredOutputError::UnknownMark(
+            other.map(|(mark, _)| *mark),
         ))),
     }
 }
 
 impl<T: Serialize + DeserializeOwned, E> OutputMode<T, E> for DropErrors {
-    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>> {
         match result {
-            Ok(value) => Some(encode_tagged(TAG_OK, value)),
+            Ok(value) => Some(encode_marked(MARK_OK, value)),
             Err(_) => None,
         }
     }
 
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
-        match untag(bytes)? {
-            (TAG_OK, json) => Ok(Ok(serde_json::from_str(json)?)),
+        match unmark(bytes)? {
+            (MARK_OK, value) => Ok(Ok(output::decode(value)?)),
             _ => Err(Box::new(StoredOutputError::ErrorNotExpected)),
         }
     }
@@ -350,17 +350,17 @@ where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned,
 {
-    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, serde_json::Error>> {
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>> {
         Some(match result {
-            Ok(value) => encode_tagged(TAG_OK, value),
-            Err(error) => encode_tagged(TAG_ERR, error),
+            Ok(value) => encode_marked(MARK_OK, value),
+            Err(error) => encode_marked(MARK_ERR, error),
         })
     }
 
     fn decode(bytes: &[u8]) -> Result<Result<T, E>, crate::BoxError> {
-        match untag(bytes)? {
-            (TAG_OK, json) => Ok(Ok(serde_json::from_str(json)?)),
-            (_, json) => Ok(Err(serde_json::from_str(json)?)),
+        match unmark(bytes)? {
+            (MARK_OK, value) => Ok(Ok(output::decode(value)?)),
+            (_, value) => Ok(Err(output::decode(value)?)),
         }
     }
 }
@@ -401,10 +401,28 @@ impl<'a, M> Call<'a, M> {
     /// * A record with another fingerprint: [`Error::KeyReused`]; the body does not run.
     /// * Free: the body runs; `Ok` is stored (claim + complete: two round trips), `Err` is
     ///   released and returned (claim + release) unless errors are stored. A panic releases
-    ///   the claim and resumes; a cancelled call releases it in the background.
+    ///   the claim and resumes. A call cancelled while its body runs keeps its claim until the
+    ///   lease passes (the body may have had its effect); one cancelled after its body
+    ///   succeeded records the output in the background.
     /// * In progress: wait or reject, per [`InProgressPolicy`].
     /// * The store fails: [`Error::Store`], and the body does not run (unless `fail_open`).
-    pub async fn run<T, E, F, Fut>(self, body: F) -> Result<T, E>
+    pub fn run<T, E, F, Fut>(self, body: F) -> impl Future<Output = Result<T, E>>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        run_prepared(Ok(self), body)
+    }
+
+    /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
+    /// whole call, boxed.
+    #[allow(clippy::type_complexity)]
+    fn start<T, E, F, Fut>(
+        self,
+        body: F,
+    ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
     where
         M: OutputMode<T, E>,
         E: From<Error>,
@@ -418,22 +436,68 @@ impl<'a, M> Call<'a, M> {
             settings,
             ..
         } = self;
+        let inner = &*idempotency.inner;
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("idempotent", key = %key);
-        let execution =
-            idempotency
-                .inner
-                .execute::<M, T, E, F, Fut>(settings, key, fingerprint, body);
+        let first = {
+            #[cfg(feature = "tracing")]
+            let _entered = span.enter();
+            match inner.claim_now(&settings, &key, &fingerprint) {
+                Some(Ok(Claim::Completed {
+                    fingerprint: stored,
+                    output,
+                })) => {
+                    if stored != fingerprint {
+                        return Ok(Err(Error::KeyReused { key }.into()));
+                    }
+                    event!(debug, key = %key, "replay");
+                    return Ok(decode::<M, T, E>(key, &output));
+                }
+                other => other,
+            }
+        };
+        let execution = inner.execute::<M, T, E, F, Fut>(settings, key, fingerprint, body, first);
         #[cfg(feature = "tracing")]
-        {
-            use tracing::Instrument as _;
-            execution.instrument(span).await
-        }
-        #[cfg(not(feature = "tracing"))]
-        {
-            execution.await
-        }
+        let execution = tracing::Instrument::instrument(execution, span);
+        Err(Box::pin(execution))
     }
+}
+
+/// [`Call::run`] of a call still being prepared: a preparation error (from `#[idempotent]`'s
+/// hashing, say) comes out of the same future, so generated code builds no call of its own.
+///
+/// Written by hand rather than as an `async fn`: the future is only the call and the body until
+/// its first poll, which answers a replay from an in-process store at once and otherwise boxes
+/// the whole call. Small futures are cheap to move, and a replay takes a few hundred
+/// nanoseconds, so the bytes moved show.
+pub(crate) fn run_prepared<'a, M, T, E, F, Fut>(
+    call: Result<Call<'a, M>, Error>,
+    body: F,
+) -> impl Future<Output = Result<T, E>>
+where
+    M: OutputMode<T, E>,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut start = Some((call, body));
+    let mut running = None;
+    std::future::poll_fn(move |cx| {
+        if let Some((call, body)) = start.take() {
+            let call = match call {
+                Ok(call) => call,
+                Err(error) => return Poll::Ready(Err(error.into())),
+            };
+            match call.start(body) {
+                Ok(done) => return Poll::Ready(done),
+                Err(execution) => running = Some(execution),
+            }
+        }
+        match running.as_mut() {
+            Some(execution) => Pin::as_mut(execution).poll(cx),
+            None => panic!("`Call::run` polled after it completed"),
+        }
+    })
 }
 
 fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Result<T, E> {
@@ -449,12 +513,31 @@ fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Res
 }
 
 impl Inner {
+    /// The store's immediate answer to the call's first claim, when it has one and nothing
+    /// else needs looking at first (an invalid option, a flight of this process).
+    #[inline]
+    fn claim_now(
+        &self,
+        settings: &Settings,
+        key: &Key,
+        fingerprint: &Fingerprint,
+    ) -> Option<Result<Claim, StoreError>> {
+        if settings.problem().is_some() || self.flights.busy() {
+            return None;
+        }
+        self.store.claim_now(key, fingerprint, settings.lease)
+    }
+
+    /// The whole call. `first` is the answer to the first claim when the store gave it at
+    /// once ([`Store::claim_now`]); the caller checked then that no flight of this process
+    /// ran the key, so it is used as it is.
     async fn execute<M, T, E, F, Fut>(
         &self,
         settings: Settings,
         key: Key,
         fingerprint: Fingerprint,
         body: F,
+        mut first: Option<Result<Claim, StoreError>>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
@@ -470,7 +553,8 @@ impl Inner {
         let mut backoff = POLL_FIRST;
         loop {
             // A task of this process owns the key: wait for its landing, no store traffic.
-            if let Some(flight) = self.flights.get(&key) {
+            // (Not when the store already answered the first claim: that answer is ours.)
+            if let Some(flight) = first.is_none().then(|| self.flights.get(&key)).flatten() {
                 if flight.fingerprint != fingerprint {
                     return Err(Error::KeyReused { key }.into());
                 }
@@ -497,7 +581,11 @@ impl Inner {
                 }
             }
 
-            let claim = match self.store.claim(&key, &fingerprint, settings.lease).await {
+            let claim = match first.take() {
+                Some(claim) => claim,
+                None => self.store.claim(&key, &fingerprint, settings.lease).await,
+            };
+            let claim = match claim {
                 Ok(claim) => claim,
                 // Only an unreachable or silent store: a corrupt record or any other answer
                 // from a store that is up is not an outage.

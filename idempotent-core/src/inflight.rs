@@ -82,9 +82,15 @@ impl Flights {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether a task of this process is running any key.
+    #[inline]
+    pub(crate) fn busy(&self) -> bool {
+        self.live.load(Ordering::Acquire) != 0
+    }
+
     /// The flight running `key` in this process, if any.
     pub(crate) fn get(&self, key: &Key) -> Option<Arc<Flight>> {
-        if self.live.load(Ordering::Acquire) == 0 {
+        if !self.busy() {
             return None;
         }
         self.shard(key).get(key).cloned()

@@ -135,7 +135,7 @@ impl DigestBuilder {
             return Err(error);
         }
         canonical::end_tuple(&mut self.sink);
-        Ok(Digest(self.sink.finalize().into()))
+        Ok(Digest(self.sink.finalize()))
     }
 }
 

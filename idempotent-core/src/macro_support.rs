@@ -88,6 +88,21 @@ pub fn executor(idempotency: &Idempotency) -> Result<&Idempotency, Error> {
     Ok(idempotency)
 }
 
+/// Runs the call that [`prepare`] built, or returns its preparation error, as one future.
+#[inline]
+pub fn run<'a, M, T, E, F, Fut>(
+    call: Result<Call<'a, M>, Error>,
+    body: F,
+) -> impl core::future::Future<Output = Result<T, E>>
+where
+    M: crate::executor::OutputMode<T, E>,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: core::future::Future<Output = Result<T, E>>,
+{
+    crate::executor::run_prepared(call, body)
+}
+
 /// Builds the call: checks the site, takes the fingerprint, derives the key.
 #[inline]
 pub fn prepare<'a>(

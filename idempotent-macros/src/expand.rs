@@ -87,6 +87,13 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
         options.extend(quote!(.store_errors()));
     }
 
+    // Per-call options, applied to the prepared call (nothing when there are none).
+    let configure = if options.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(.map(|__idempotency_call| __idempotency_call #options))
+    };
+
     // Bounds checked where the user wrote the types, so errors point there.
     let result_check = quote_spanned!(output.span()=> #private::assert_result::<#output>(););
     let assertions = plan.result_parts.map(|(ok, err)| {
@@ -106,12 +113,14 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
     } else {
         quote!(::core::option::Option::None)
     };
+    let hashing = quote! {
+        let mut __idempotency_args = #private::DigestBuilder::new();
+        #(#pushes)*
+    };
     let prelude = quote! {
         static __IDEMPOTENCY_SITE: #private::Site = #private::Site::new(#namespace, #version);
         #result_check
         #assertions
-        let mut __idempotency_args = #private::DigestBuilder::new();
-        #(#pushes)*
     };
     let body = |block: TokenStream| match (plan.transaction, plan.store) {
         // The caller's SQL transaction: claim in it, run the body inline (it keeps using the
@@ -120,6 +129,7 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
             let store = quote_spanned!(store.span()=> &(#store));
             quote! {
                 #prelude
+                #hashing
                 let __idempotency_call = match #private::prepare_in_transaction(
                     &__IDEMPOTENCY_SITE,
                     #store,
@@ -149,26 +159,29 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                 __idempotency_owner.finish(&mut *#transaction, __idempotency_output).await
             }
         }
+        // One future from the prepared call (no `Call` local kept beside it in this future).
+        // The hashing happens in a block, so its state is gone before the await and the
+        // function's future holds only the call's.
         _ => quote! {
             #prelude
-            let __idempotency_call = match #private::prepare(
-                &__IDEMPOTENCY_SITE,
-                #executor,
-                __idempotency_args.finish(),
-                #key,
-                #output_type,
-            ) {
-                ::core::result::Result::Ok(__idempotency_call) => __idempotency_call,
-                ::core::result::Result::Err(__idempotency_error) => {
-                    return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
-                }
+            let __idempotency_run = {
+                #hashing
+                #private::run(
+                    #private::prepare(
+                        &__IDEMPOTENCY_SITE,
+                        #executor,
+                        __idempotency_args.finish(),
+                        #key,
+                        #output_type,
+                    )
+                    #configure,
+                    move || async move {
+                        let __idempotency_output: #output = #block;
+                        __idempotency_output
+                    },
+                )
             };
-            __idempotency_call #options
-                .run(move || async move {
-                    let __idempotency_output: #output = #block;
-                    __idempotency_output
-                })
-                .await
+            __idempotency_run.await
         },
     };
 

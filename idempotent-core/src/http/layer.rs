@@ -256,8 +256,8 @@ impl IdempotencyLayer {
     }
 
     /// The largest response stored, measured as the record the store receives: status,
-    /// headers and the body (as JSON text, or base64 when it is not UTF-8, which takes 4/3 of
-    /// its size) in the executor's encoding (default 1 MiB, the default `max_output_bytes` of
+    /// headers and the body, byte for byte, plus a few dozen bytes of framing, in the
+    /// executor's [output encoding](crate::output) (default 1 MiB, the default `max_output_bytes` of
     /// the executor and of the Redis and SQL stores). Keep it at most the executor's and the
     /// store's limit.
     ///

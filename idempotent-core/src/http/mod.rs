@@ -62,8 +62,8 @@
 //! again.
 //!
 //! A handler whose response has a stored status never runs again because that response could
-//! not be stored. The response's record (status, headers, and the body as JSON text or base64,
-//! in the executor's encoding) is measured against
+//! not be stored. The response's record (status, headers and body, bytes as they are, in the
+//! executor's [output encoding](crate::output)) is measured against
 //! [`max_response_bytes`](IdempotencyLayer::max_response_bytes): 1 MiB by default, like the
 //! `max_output_bytes` of the executor and of the Redis and SQL stores, so what the layer
 //! decides to store fits (keep it at most theirs if you lower them). A larger response is sent
@@ -92,8 +92,8 @@
 //! Outside a Tokio runtime the call runs in the request's future.
 //!
 //! Replays carry the stored headers except hop-by-hop ones, `Date` and `Content-Length`
-//! (recomputed). Response trailers are not stored. Bodies are stored as text when they are
-//! UTF-8 and as base64 otherwise, inside the executor's compact JSON record.
+//! (recomputed). Response trailers are not stored. Header values and bodies are stored byte
+//! for byte, text or binary alike, in the executor's [output encoding](crate::output).
 //!
 //! The fingerprint is SHA-256 over the method, path, query, the headers named in
 //! [`IdempotencyLayer::fingerprint_headers`] and the body, each length-prefixed; the request

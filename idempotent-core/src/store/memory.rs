@@ -249,22 +249,24 @@ fn owns(pending: &HashMap<Key, Pending>, key: &Key, token: &Token) -> bool {
     pending.get(key).is_some_and(|p| p.token == *token)
 }
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn claim(
+impl MemoryStore {
+    /// The whole claim: it needs no I/O, so `claim_now` and `claim` both answer with it.
+    fn claim_here(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let now = Instant::now();
-        // Replays take no lock: a live completed record only leaves by expiry or `remove`.
-        if let Some(done) = self.live_completed(key, now) {
+        // Replays take no lock and read no clock of ours: a live completed record only leaves
+        // by expiry or `remove`, and moka's `get` never returns a record past its expiry
+        // (which `PerRecordExpiry` sets to the record's `expires_at`).
+        if let Some(done) = self.inner.completed.get(key) {
             return Ok(Claim::Completed {
                 fingerprint: done.fingerprint,
                 output: done.output.clone(),
             });
         }
+        let now = Instant::now();
         let mut pending = self.shard(key);
         let took_over = match pending.get(key) {
             Some(owner) if owner.lease_until > now => {
@@ -296,6 +298,27 @@ impl Store for MemoryStore {
             },
         );
         Ok(Claim::Acquired { token, took_over })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_here(key, fingerprint, lease)
+    }
+
+    fn claim_now(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        Some(self.claim_here(key, fingerprint, lease))
     }
 
     async fn complete(

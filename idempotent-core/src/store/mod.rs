@@ -152,6 +152,24 @@ pub trait Store: Debug + Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Claim, StoreError>;
 
+    /// [`claim`](Store::claim), answered at once by a store that needs no I/O for it (one
+    /// that keeps its records in this process), or `None` to have the executor await
+    /// [`claim`](Store::claim) instead.
+    ///
+    /// Same contract as `claim` when it answers. The executor asks this first, so an
+    /// in-process store replays without allocating a future. The default is `None`, which
+    /// every remote store keeps; a wrapper that counts or observes claims should keep it too,
+    /// so that every claim goes through `claim`.
+    fn claim_now(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Option<Result<Claim, StoreError>> {
+        let _ = (key, fingerprint, lease);
+        None
+    }
+
     /// Turns the record owned by `token` into `Completed { output, expires_at: now + ttl }`.
     ///
     /// Fenced: succeeds only while the record is in progress under `token` (a lease that
@@ -192,6 +210,10 @@ macro_rules! forward_store {
         impl<S: Store + ?Sized> Store for $ty {
             async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Result<Claim, StoreError> {
                 (**self).claim(key, fingerprint, lease).await
+            }
+
+            fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Option<Result<Claim, StoreError>> {
+                (**self).claim_now(key, fingerprint, lease)
             }
 
             async fn complete(&self, key: &Key, token: &Token, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
