@@ -55,7 +55,7 @@
 //! | `macros` | yes | the `#[idempotent]` attribute |
 //! | `memory` | yes | [`MemoryStore`], the in-process default store (moka) |
 //! | `tracing` | no | spans and events for claim, replay, execute, release, takeover, store errors |
-//! | `redis` | no | `RedisStore`: Redis and Redis Cluster, Lua-fenced, one key a record |
+//! | `redis` | no | `RedisStore`: Redis and Redis Cluster, one-command claims, Lua-fenced completions, one key a record |
 //! | `postgres`, `mysql`, `sqlite` | no | `SqlStore` (`PostgresStore`, `MySqlStore`, `SqliteStore`): one table, `migrate()`, expiry by column and sweeper, and the record in the caller's transaction (`transaction = tx`) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -29,11 +29,12 @@ impl Store for Slow {
         &self,
         k: &Key,
         t: &Token,
+        f: &Fingerprint,
         o: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         tokio::time::sleep(self.complete_delay).await;
-        self.inner.complete(k, t, o, ttl).await
+        self.inner.complete(k, t, f, o, ttl).await
     }
     async fn release(&self, k: &Key, t: &Token) -> Result<(), StoreError> {
         self.inner.release(k, t).await
@@ -170,7 +171,14 @@ impl Store for Damaged {
     async fn claim(&self, _: &Key, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
         Err(StoreError::corrupt("not one of our records"))
     }
-    async fn complete(&self, _: &Key, _: &Token, _: Bytes, _: Duration) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        _: &Key,
+        _: &Token,
+        _: &Fingerprint,
+        _: Bytes,
+        _: Duration,
+    ) -> Result<(), StoreError> {
         Err(StoreError::corrupt("not one of our records"))
     }
     async fn release(&self, _: &Key, _: &Token) -> Result<(), StoreError> {

@@ -824,11 +824,12 @@ impl Store for Damaging {
         &self,
         key: &idempotency::Key,
         token: &idempotency::Token,
+        fingerprint: &idempotency::Fingerprint,
         _output: idempotency::Bytes,
         ttl: Duration,
     ) -> Result<(), idempotency::StoreError> {
         let junk = idempotency::Bytes::from_static(b"O{\"not\":\"a response\"}");
-        self.0.complete(key, token, junk, ttl).await
+        self.0.complete(key, token, fingerprint, junk, ttl).await
     }
     async fn release(
         &self,

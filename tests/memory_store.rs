@@ -31,7 +31,13 @@ async fn in_progress_records_are_never_evicted() {
             panic!("expected Acquired");
         };
         store
-            .complete(&key(n), &token, Bytes::from(vec![7u8; 512]), HOUR)
+            .complete(
+                &key(n),
+                &token,
+                &fingerprint,
+                Bytes::from(vec![7u8; 512]),
+                HOUR,
+            )
             .await
             .unwrap();
     }
@@ -55,7 +61,13 @@ async fn in_progress_records_are_never_evicted() {
     }
     for (n, token) in owners.iter().enumerate() {
         store
-            .complete(&key(n), token, Bytes::from_static(b"ok"), HOUR)
+            .complete(
+                &key(n),
+                token,
+                &fingerprint,
+                Bytes::from_static(b"ok"),
+                HOUR,
+            )
             .await
             .unwrap();
     }
@@ -73,7 +85,13 @@ async fn the_least_recently_used_completed_record_goes_first() {
             panic!("expected Acquired");
         };
         store
-            .complete(&key(n), &token, Bytes::from(vec![1u8; 512]), HOUR)
+            .complete(
+                &key(n),
+                &token,
+                &fingerprint,
+                Bytes::from(vec![1u8; 512]),
+                HOUR,
+            )
             .await
             .unwrap();
     }
@@ -91,7 +109,13 @@ async fn the_least_recently_used_completed_record_goes_first() {
             panic!("expected Acquired");
         };
         store
-            .complete(&key(n), &token, Bytes::from(vec![1u8; 512]), HOUR)
+            .complete(
+                &key(n),
+                &token,
+                &fingerprint,
+                Bytes::from(vec![1u8; 512]),
+                HOUR,
+            )
             .await
             .unwrap();
         store.evicted_before_expiry();
@@ -119,7 +143,13 @@ async fn an_output_larger_than_the_whole_capacity_is_refused() {
         panic!("expected Acquired");
     };
     let refused = store
-        .complete(&key(1), &token, Bytes::from(vec![0u8; 4096]), HOUR)
+        .complete(
+            &key(1),
+            &token,
+            &fingerprint,
+            Bytes::from(vec![0u8; 4096]),
+            HOUR,
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::TooLarge { size: 4096, .. })),

@@ -144,7 +144,11 @@ async fn records_spread_over_every_master_whatever_the_key_text() {
         if sent.by_clients.is_empty() {
             continue;
         }
-        sent.assert(&[("evalsha", 2)], "first execution on the cluster");
+        sent.assert_executed(
+            &[("set", 1), ("evalsha", 1)],
+            &[("set", 2), ("evalsha", 1)],
+            "first execution on the cluster",
+        );
         assert!(owner.replace(node).is_none(), "one node serves the key");
     }
     let owner = owner.expect("a node served the key");
@@ -154,11 +158,7 @@ async fn records_spread_over_every_master_whatever_the_key_text() {
     let replay: Result<u32, Error> = idempotency.run(key, fingerprint, || async { Ok(8) }).await;
     assert_eq!(replay.expect("replay"), 7);
     for (node, counter) in counters.iter_mut().enumerate() {
-        let expected: &[(&str, u64)] = if node == owner {
-            &[("evalsha", 1)]
-        } else {
-            &[]
-        };
+        let expected: &[(&str, u64)] = if node == owner { &[("set", 1)] } else { &[] };
         counter
             .end()
             .await

@@ -29,6 +29,21 @@ mod conformance {
     });
 }
 
+/// The same suite with the claim run as a Lua script, as it is on servers older than Redis 7.
+mod conformance_claim_by_script {
+    idempotency::conformance_tests!(|| async {
+        let (_, connection) =
+            super::redis_support::standalone("redis conformance (claim by script)").await?;
+        Some(
+            idempotency::RedisStore::builder(connection)
+                .prefix(super::redis_support::unique_prefix("claim-by-script"))
+                .claim_by_script(true)
+                .build()
+                .expect("prefix"),
+        )
+    });
+}
+
 /// An application error: the body's own failure, or the SDK's.
 #[derive(Debug, thiserror::Error)]
 enum AppError {
@@ -79,8 +94,9 @@ async fn round_trips_are_exact() {
     let mut counter = RoundTrips::new(&server.url()).await;
     let runs = AtomicUsize::new(0);
 
-    // Loading the scripts ahead of time is 4 SCRIPT LOADs; from then on each operation is one
-    // EVALSHA.
+    // Loading the scripts ahead of time is 4 SCRIPT LOADs (the claim script is only for
+    // servers older than Redis 7); from then on a claim is one SET, and complete, release and
+    // renew one EVALSHA each.
     counter.begin().await;
     store.load_scripts().await.expect("load scripts");
     counter
@@ -93,14 +109,18 @@ async fn round_trips_are_exact() {
     let output = call(&idempotency, &first, &runs, "receipt-1").await;
     let sent = counter.end().await;
     assert_eq!(output.expect("first"), "receipt-1");
-    sent.assert(&[("evalsha", 2)], "first execution = claim + complete");
+    sent.assert_executed(
+        &[("set", 1), ("evalsha", 1)],
+        &[("set", 2), ("evalsha", 1)],
+        "first execution = claim (SET NX GET) + complete (EVALSHA, which SETs inside)",
+    );
 
     counter.begin().await;
     let replayed = call(&idempotency, &first, &runs, "receipt-2").await;
     let sent = counter.end().await;
     assert_eq!(replayed.expect("replay"), "receipt-1");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    sent.assert(&[("evalsha", 1)], "replay = claim");
+    sent.assert(&[("set", 1)], "replay = claim");
 
     let failing = key_of("round-trips", "failing");
     counter.begin().await;
@@ -111,7 +131,10 @@ async fn round_trips_are_exact() {
         .await;
     let sent = counter.end().await;
     assert!(matches!(failed, Err(AppError::Body)), "{failed:?}");
-    sent.assert(&[("evalsha", 2)], "failed body = claim + release");
+    sent.assert(
+        &[("set", 1), ("evalsha", 1)],
+        "failed body = claim + release",
+    );
     assert!(
         store.get(&failing).await.expect("get").is_none(),
         "released"
@@ -128,7 +151,7 @@ async fn round_trips_are_exact() {
         matches!(reused, Err(AppError::Idempotency(Error::KeyReused { .. }))),
         "{reused:?}"
     );
-    sent.assert(&[("evalsha", 1)], "key reuse = claim");
+    sent.assert(&[("set", 1)], "key reuse = claim");
 
     // A server that lost its scripts (restart, SCRIPT FLUSH) gets them back on first use:
     // EVALSHA answers NOSCRIPT, the script is loaded, EVALSHA runs again.
@@ -138,12 +161,17 @@ async fn round_trips_are_exact() {
         .query_async(&mut admin)
         .await
         .expect("SCRIPT FLUSH");
+    let after_flush = key_of("round-trips", "after flush");
     counter.begin().await;
-    let replayed = call(&idempotency, &first, &runs, "receipt-3").await;
+    let output = call(&idempotency, &after_flush, &runs, "receipt-3").await;
     let sent = counter.end().await;
-    assert_eq!(replayed.expect("replay"), "receipt-1");
-    sent.assert(&[("evalsha", 2), ("script|load", 1)], "NOSCRIPT fallback");
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(output.expect("first after the flush"), "receipt-3");
+    sent.assert_executed(
+        &[("set", 1), ("evalsha", 2), ("script|load", 1)],
+        &[("set", 2), ("evalsha", 2), ("script|load", 1)],
+        "NOSCRIPT fallback",
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 
     counter.begin().await;
     assert!(store.get(&first).await.expect("get").is_some());
@@ -206,7 +234,13 @@ async fn values_we_did_not_write_are_corrupt_records_not_panics() {
         assert_corrupt(store.claim(&key, &fingerprint("a"), HOUR).await, what);
         assert_corrupt(
             store
-                .complete(&key, &token, Bytes::from_static(b"x"), HOUR)
+                .complete(
+                    &key,
+                    &token,
+                    &fingerprint("a"),
+                    Bytes::from_static(b"x"),
+                    HOUR,
+                )
                 .await,
             what,
         );
@@ -242,7 +276,9 @@ async fn values_we_did_not_write_are_corrupt_records_not_panics() {
         .expect("HSET");
     assert_corrupt(store.claim(&key, &fingerprint("a"), HOUR).await, "a hash");
     assert_corrupt(
-        store.complete(&key, &token, Bytes::new(), HOUR).await,
+        store
+            .complete(&key, &token, &fingerprint("a"), Bytes::new(), HOUR)
+            .await,
         "a hash",
     );
     assert_corrupt(store.release(&key, &token).await, "a hash");
@@ -347,7 +383,13 @@ async fn outputs_over_the_limit_are_refused_and_the_claim_released() {
         panic!("a fresh key is acquired");
     };
     let refused = store
-        .complete(&other, &token, Bytes::from(vec![0; 1025]), HOUR)
+        .complete(
+            &other,
+            &token,
+            &fingerprint("a"),
+            Bytes::from(vec![0; 1025]),
+            HOUR,
+        )
         .await;
     assert!(
         matches!(
@@ -360,38 +402,118 @@ async fn outputs_over_the_limit_are_refused_and_the_claim_released() {
         "{refused:?}"
     );
     store
-        .complete(&other, &token, Bytes::from(vec![0; 1024]), HOUR)
+        .complete(
+            &other,
+            &token,
+            &fingerprint("a"),
+            Bytes::from(vec![0; 1024]),
+            HOUR,
+        )
         .await
         .expect("at the limit");
 }
 
 #[tokio::test]
-async fn abandoned_in_progress_records_leave_after_the_grace() {
-    let Some((_, connection)) = standalone("redis lease grace").await else {
+async fn abandoned_in_progress_records_leave_with_their_lease() {
+    let Some((_, connection)) = standalone("redis lease expiry").await else {
         return;
     };
     let store = RedisStore::builder(connection)
-        .prefix(unique_prefix("grace"))
-        .lease_grace(Duration::from_millis(300))
+        .prefix(unique_prefix("lease-expiry"))
         .build()
         .expect("prefix");
-    let key = key_of("grace", "abandoned");
-    let Claim::Acquired { token, .. } = store
+    let key = key_of("lease expiry", "abandoned");
+    let Claim::Acquired { .. } = store
         .claim(&key, &fingerprint("a"), Duration::from_millis(200))
         .await
         .expect("claim")
     else {
         panic!("acquired");
     };
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(store.get(&key).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         store.get(&key).await.expect("get").is_none(),
-        "redis dropped the record after lease + grace"
+        "redis dropped the in-progress record when its lease passed"
     );
+}
+
+/// A late owner whose lease passed and whose key nobody claimed still completes; once another
+/// caller has claimed the key, the late owner is fenced out.
+#[tokio::test]
+async fn a_late_owner_completes_unless_taken_over() {
+    let Some(store) = standalone_store("redis late owner").await else {
+        return;
+    };
+    let lease = Duration::from_millis(200);
+    let alone = key_of("late owner", "alone");
+    let Claim::Acquired { token, .. } = store
+        .claim(&alone, &fingerprint("a"), lease)
+        .await
+        .expect("claim")
+    else {
+        panic!("acquired");
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    store
+        .complete(
+            &alone,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"late"),
+            HOUR,
+        )
+        .await
+        .expect("a late owner nobody took over completes");
+    match store.claim(&alone, &fingerprint("a"), HOUR).await {
+        Ok(Claim::Completed {
+            fingerprint: stored,
+            output,
+        }) => {
+            assert_eq!(stored, fingerprint("a"));
+            assert_eq!(&output[..], b"late");
+        }
+        other => panic!("the late owner's output, got {other:?}"),
+    }
+
+    let taken = key_of("late owner", "taken over");
+    let Claim::Acquired { token: old, .. } = store
+        .claim(&taken, &fingerprint("a"), lease)
+        .await
+        .expect("claim")
+    else {
+        panic!("acquired");
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let Claim::Acquired { token: new, .. } = store
+        .claim(&taken, &fingerprint("a"), HOUR)
+        .await
+        .expect("claim")
+    else {
+        panic!("the lease passed: acquired");
+    };
     assert!(matches!(
-        store.complete(&key, &token, Bytes::new(), HOUR).await,
+        store
+            .complete(
+                &taken,
+                &old,
+                &fingerprint("a"),
+                Bytes::from_static(b"late"),
+                HOUR
+            )
+            .await,
         Err(StoreError::LeaseLost)
     ));
+    store
+        .complete(
+            &taken,
+            &new,
+            &fingerprint("a"),
+            Bytes::from_static(b"new"),
+            HOUR,
+        )
+        .await
+        .expect("the new owner completes");
 }
 
 #[tokio::test]
@@ -784,12 +906,98 @@ async fn renew_and_takeover_through_the_store() {
         Ok(Claim::InProgress { .. })
     ));
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    // Redis freed the key when the lease passed: the takeover is a plain claim (it cannot
+    // tell a takeover from a free key, so it reports none).
     match store.claim(&key, &fingerprint("a"), HOUR).await {
-        Ok(Claim::Acquired { took_over, .. }) => assert!(took_over, "a takeover says so"),
+        Ok(Claim::Acquired { took_over, .. }) => assert!(!took_over),
         other => panic!("expected a takeover, got {other:?}"),
     }
     assert!(matches!(
         store.renew(&key, &token, lease).await,
         Err(StoreError::LeaseLost)
     ));
+}
+
+/// A server older than Redis 7 refuses `SET … NX GET` as a syntax error: the store notices on
+/// its first claim, claims with the script instead (the refused command wrote nothing), and
+/// from then on sends the script directly. Played by a fake server on loopback that answers
+/// like Redis 6.2.
+#[tokio::test]
+async fn a_server_older_than_redis_7_gets_the_claim_script() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let commands = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&commands);
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = socket.into_split();
+        let mut read = BufReader::new(read);
+        // A number after a one-byte RESP marker (`*3`, `$69`), up to its CRLF.
+        async fn number(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<usize> {
+            let mut line = Vec::new();
+            if read.read_until(b'\n', &mut line).await.ok()? == 0 {
+                return None;
+            }
+            std::str::from_utf8(&line[1..]).ok()?.trim().parse().ok()
+        }
+        // RESP arrays of bulk strings (arguments may be binary: read them by length).
+        while let Some(count) = number(&mut read).await {
+            let mut args = Vec::with_capacity(count);
+            for _ in 0..count {
+                let length = number(&mut read).await.expect("a bulk length");
+                let mut arg = vec![0u8; length + 2];
+                read.read_exact(&mut arg).await.expect("an argument");
+                arg.truncate(length);
+                args.push(arg);
+            }
+            let name = String::from_utf8_lossy(&args[0]).to_uppercase();
+            seen.lock().expect("lock").push(name.clone());
+            let reply: &[u8] = match name.as_str() {
+                "SET" if args.iter().any(|a| a.eq_ignore_ascii_case(b"GET")) => {
+                    b"-ERR syntax error\r\n"
+                }
+                // The claim script: the key was free.
+                "EVALSHA" => b":0\r\n",
+                _ => b"+OK\r\n",
+            };
+            write.write_all(reply).await.expect("write");
+        }
+    });
+    let connection = redis_support::manager(&format!("redis://{address}"), Duration::from_secs(2))
+        .await
+        .expect("connect to the fake server");
+    let store = RedisStore::builder(connection)
+        .prefix(unique_prefix("old-server"))
+        .build()
+        .expect("prefix");
+    for n in 0..2 {
+        match store
+            .claim(
+                &key_of("old server", &n.to_string()),
+                &fingerprint("a"),
+                HOUR,
+            )
+            .await
+        {
+            Ok(Claim::Acquired { .. }) => {}
+            other => panic!("claim {n} on an old server: {other:?}"),
+        }
+    }
+    let commands = commands.lock().expect("lock").clone();
+    let claims: Vec<&str> = commands
+        .iter()
+        .map(String::as_str)
+        .filter(|c| matches!(*c, "SET" | "EVALSHA"))
+        .collect();
+    assert_eq!(
+        claims,
+        ["SET", "EVALSHA", "EVALSHA"],
+        "one refused SET, then the script for both claims ({commands:?})"
+    );
+    assert!(format!("{store:?}").contains("claim_by_script: true"));
+    server.abort();
 }

@@ -131,7 +131,7 @@ pub async fn complete_then_claim_replays(store: &dyn Store) {
     let token = acquire(store, &key, LONG).await;
     let output = Bytes::from_static(b"{\"Ok\":\"receipt-1\"}");
     store
-        .complete(&key, &token, output.clone(), LONG)
+        .complete(&key, &token, &fingerprint("a"), output.clone(), LONG)
         .await
         .unwrap_or_else(|error| panic!("the owner's complete must succeed: {error}"));
     for _ in 0..2 {
@@ -167,7 +167,13 @@ pub async fn complete_is_fenced(store: &dyn Store) {
     let token = acquire(store, &key, LONG).await;
     assert_lease_lost(
         store
-            .complete(&key, &Token::random(), Bytes::from_static(b"x"), LONG)
+            .complete(
+                &key,
+                &Token::random(),
+                &fingerprint("a"),
+                Bytes::from_static(b"x"),
+                LONG,
+            )
             .await,
         "complete with a foreign token",
     );
@@ -179,6 +185,7 @@ pub async fn complete_is_fenced(store: &dyn Store) {
             .complete(
                 &fresh("complete_is_fenced"),
                 &token,
+                &fingerprint("a"),
                 Bytes::from_static(b"x"),
                 LONG,
             )
@@ -186,7 +193,13 @@ pub async fn complete_is_fenced(store: &dyn Store) {
         "complete of a key never claimed",
     );
     store
-        .complete(&key, &token, Bytes::from_static(b"mine"), LONG)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"mine"),
+            LONG,
+        )
         .await
         .unwrap_or_else(|error| panic!("the owner's complete must succeed: {error}"));
 }
@@ -196,10 +209,18 @@ pub async fn complete_twice_by_the_owner_is_a_no_op(store: &dyn Store) {
     let key = fresh("complete_twice_by_the_owner_is_a_no_op");
     let token = acquire(store, &key, LONG).await;
     let first = Bytes::from_static(b"first");
-    let outcome = store.complete(&key, &token, first.clone(), LONG).await;
+    let outcome = store
+        .complete(&key, &token, &fingerprint("a"), first.clone(), LONG)
+        .await;
     assert!(outcome.is_ok(), "first complete: {outcome:?}");
     let again = store
-        .complete(&key, &token, Bytes::from_static(b"second"), LONG)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"second"),
+            LONG,
+        )
         .await;
     assert!(
         again.is_ok(),
@@ -243,7 +264,13 @@ pub async fn release_is_fenced(store: &dyn Store) {
         Ok(Some(Record::InProgress { .. }))
     ));
     let done = store
-        .complete(&key, &token, Bytes::from_static(b"done"), LONG)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"done"),
+            LONG,
+        )
         .await;
     assert!(done.is_ok(), "{done:?}");
     assert_lease_lost(
@@ -269,7 +296,13 @@ pub async fn lease_passes_then_claim_takes_over(store: &dyn Store) {
     assert_ne!(old, new);
     assert_lease_lost(
         store
-            .complete(&key, &old, Bytes::from_static(b"late"), LONG)
+            .complete(
+                &key,
+                &old,
+                &fingerprint("a"),
+                Bytes::from_static(b"late"),
+                LONG,
+            )
             .await,
         "complete by an owner that was taken over",
     );
@@ -282,7 +315,13 @@ pub async fn lease_passes_then_claim_takes_over(store: &dyn Store) {
         "renew by an owner that was taken over",
     );
     let done = store
-        .complete(&key, &new, Bytes::from_static(b"new owner"), LONG)
+        .complete(
+            &key,
+            &new,
+            &fingerprint("a"),
+            Bytes::from_static(b"new owner"),
+            LONG,
+        )
         .await;
     assert!(done.is_ok(), "{done:?}");
     match store.claim(&key, &fingerprint("a"), LONG).await {
@@ -297,7 +336,13 @@ pub async fn late_complete_without_takeover_succeeds(store: &dyn Store) {
     let token = acquire(store, &key, SHORT).await;
     tokio::time::sleep(PAST_SHORT).await;
     let done = store
-        .complete(&key, &token, Bytes::from_static(b"slow but alone"), LONG)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"slow but alone"),
+            LONG,
+        )
         .await;
     assert!(
         done.is_ok(),
@@ -337,7 +382,13 @@ pub async fn completed_records_expire(store: &dyn Store) {
     let key = fresh("completed_records_expire");
     let token = acquire(store, &key, LONG).await;
     let done = store
-        .complete(&key, &token, Bytes::from_static(b"short-lived"), SHORT)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"short-lived"),
+            SHORT,
+        )
         .await;
     assert!(done.is_ok(), "{done:?}");
     tokio::time::sleep(PAST_SHORT).await;
@@ -361,13 +412,25 @@ pub async fn remove_deletes_any_record(store: &dyn Store) {
     );
     assert_lease_lost(
         store
-            .complete(&key, &token, Bytes::from_static(b"x"), LONG)
+            .complete(
+                &key,
+                &token,
+                &fingerprint("a"),
+                Bytes::from_static(b"x"),
+                LONG,
+            )
             .await,
         "complete of a removed record",
     );
     let token = acquire(store, &key, LONG).await;
     let done = store
-        .complete(&key, &token, Bytes::from_static(b"x"), LONG)
+        .complete(
+            &key,
+            &token,
+            &fingerprint("a"),
+            Bytes::from_static(b"x"),
+            LONG,
+        )
         .await;
     assert!(done.is_ok(), "{done:?}");
     assert!(
@@ -407,7 +470,9 @@ pub async fn outputs_round_trip_byte_exact(store: &dyn Store) {
     for output in [Bytes::new(), Bytes::from(every_byte), Bytes::from(large)] {
         let key = fresh("outputs_round_trip_byte_exact");
         let token = acquire(store, &key, LONG).await;
-        let done = store.complete(&key, &token, output.clone(), LONG).await;
+        let done = store
+            .complete(&key, &token, &fingerprint("a"), output.clone(), LONG)
+            .await;
         assert!(done.is_ok(), "complete of {} bytes: {done:?}", output.len());
         match store.claim(&key, &fingerprint("a"), LONG).await {
             Ok(Claim::Completed { output: back, .. }) => {
@@ -435,7 +500,13 @@ pub async fn odd_namespaces_are_safe(store: &dyn Store) {
         let key = Key::new(name.clone(), 1, Digest::of_bytes(b"material"));
         let token = acquire(store, &key, LONG).await;
         let done = store
-            .complete(&key, &token, Bytes::from(name.clone().into_bytes()), LONG)
+            .complete(
+                &key,
+                &token,
+                &fingerprint("a"),
+                Bytes::from(name.clone().into_bytes()),
+                LONG,
+            )
             .await;
         assert!(done.is_ok(), "complete under an odd namespace: {done:?}");
     }

@@ -456,7 +456,30 @@ impl<'a, M> Call<'a, M> {
                 other => other,
             }
         };
-        let execution = inner.execute::<M, T, E, F, Fut>(settings, key, fingerprint, body, first);
+        let execution = async move {
+            let first = match first {
+                None if inner.claim_first(&settings) => {
+                    // A remote store: its first claim is awaited here, so a replay returns
+                    // without building the whole call's future.
+                    match inner.store.claim(&key, &fingerprint, settings.lease).await {
+                        Ok(Claim::Completed {
+                            fingerprint: stored,
+                            output,
+                        }) => {
+                            if stored != fingerprint {
+                                return Err(Error::KeyReused { key }.into());
+                            }
+                            event!(debug, key = %key, "replay");
+                            return decode::<M, T, E>(key, &output);
+                        }
+                        other => Some(other),
+                    }
+                }
+                first => first,
+            };
+            Box::pin(inner.execute::<M, T, E, F, Fut>(settings, key, fingerprint, body, first))
+                .await
+        };
         #[cfg(feature = "tracing")]
         let execution = tracing::Instrument::instrument(execution, span);
         Err(Box::pin(execution))
@@ -522,10 +545,17 @@ impl Inner {
         key: &Key,
         fingerprint: &Fingerprint,
     ) -> Option<Result<Claim, StoreError>> {
-        if settings.problem().is_some() || self.flights.busy() {
+        if !self.claim_first(settings) {
             return None;
         }
         self.store.claim_now(key, fingerprint, settings.lease)
+    }
+
+    /// Whether the call may start with a claim: no invalid option to report, and no flight
+    /// of this process to follow instead.
+    #[inline]
+    fn claim_first(&self, settings: &Settings) -> bool {
+        settings.problem().is_none() && !self.flights.busy()
     }
 
     /// The whole call. `first` is the answer to the first claim when the store gave it at
@@ -694,6 +724,7 @@ impl Inner {
             store: Arc::clone(&self.store),
             key: key.clone(),
             token,
+            fingerprint,
             stage: Stage::Running,
         };
         event!(debug, key = %key, "execute");
@@ -742,7 +773,16 @@ impl Inner {
             output: output.clone(),
             ttl: settings.ttl,
         };
-        match complete(&*self.store, &key, &token, output.clone(), settings.ttl).await {
+        match complete(
+            &*self.store,
+            &key,
+            &token,
+            &fingerprint,
+            output.clone(),
+            settings.ttl,
+        )
+        .await
+        {
             Ok(()) => {
                 claim.stage = Stage::Settled;
                 pilot.land(Landing::Completed(output));
@@ -771,12 +811,16 @@ async fn complete(
     store: &dyn Store,
     key: &Key,
     token: &Token,
+    fingerprint: &Fingerprint,
     output: Bytes,
     ttl: Duration,
 ) -> Result<(), StoreError> {
     let mut attempt = 1;
     loop {
-        match store.complete(key, token, output.clone(), ttl).await {
+        match store
+            .complete(key, token, fingerprint, output.clone(), ttl)
+            .await
+        {
             Err(
                 error @ (StoreError::Unavailable(_)
                 | StoreError::Timeout(_)
@@ -809,6 +853,7 @@ struct HeldClaim {
     store: Arc<dyn Store>,
     key: Key,
     token: Token,
+    fingerprint: Fingerprint,
     stage: Stage,
 }
 
@@ -837,10 +882,10 @@ impl Drop for HeldClaim {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let store = Arc::clone(&self.store);
                     let key = self.key.clone();
-                    let token = self.token;
+                    let (token, fingerprint) = (self.token, self.fingerprint);
                     event!(debug, key = %key, "call cancelled after its body succeeded; completing in the background");
                     runtime.spawn(async move {
-                        let _ = complete(&*store, &key, &token, output, ttl).await;
+                        let _ = complete(&*store, &key, &token, &fingerprint, output, ttl).await;
                     });
                 }
             }

@@ -81,11 +81,14 @@ impl<S: Store> Store for Recording<S> {
         &self,
         key: &Key,
         token: &Token,
+        fingerprint: &Fingerprint,
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.counts.complete.fetch_add(1, Ordering::SeqCst);
-        self.inner.complete(key, token, output, ttl).await
+        self.inner
+            .complete(key, token, fingerprint, output, ttl)
+            .await
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
@@ -125,7 +128,14 @@ impl Store for Down {
     async fn claim(&self, _: &Key, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
         Err(refused())
     }
-    async fn complete(&self, _: &Key, _: &Token, _: Bytes, _: Duration) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        _: &Key,
+        _: &Token,
+        _: &Fingerprint,
+        _: Bytes,
+        _: Duration,
+    ) -> Result<(), StoreError> {
         Err(refused())
     }
     async fn release(&self, _: &Key, _: &Token) -> Result<(), StoreError> {

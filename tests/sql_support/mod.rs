@@ -269,10 +269,13 @@ impl<S: idempotency::Store> idempotency::Store for Cleaned<S> {
         &self,
         key: &idempotency::Key,
         token: &idempotency::Token,
+        fingerprint: &idempotency::Fingerprint,
         output: idempotency::Bytes,
         ttl: Duration,
     ) -> Result<(), idempotency::StoreError> {
-        self.store.complete(key, token, output, ttl).await
+        self.store
+            .complete(key, token, fingerprint, output, ttl)
+            .await
     }
 
     async fn release(

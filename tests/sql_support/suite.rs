@@ -1075,7 +1075,7 @@ macro_rules! sql_suite {
             for (n, ttl) in [(1, short), (2, short), (3, short), (4, long)] {
                 let (key, token) = claim(n, long).await;
                 store
-                    .complete(&key, &token, idempotency::Bytes::from_static(b"O1"), ttl)
+                    .complete(&key, &token, &fingerprint("a"), idempotency::Bytes::from_static(b"O1"), ttl)
                     .await
                     .expect("complete");
             }
@@ -1091,7 +1091,7 @@ macro_rules! sql_suite {
             for n in 10..15 {
                 let (key, token) = claim(n, long).await;
                 store
-                    .complete(&key, &token, idempotency::Bytes::from_static(b"O1"), Duration::from_millis(50))
+                    .complete(&key, &token, &fingerprint("a"), idempotency::Bytes::from_static(b"O1"), Duration::from_millis(50))
                     .await
                     .expect("complete");
             }

@@ -325,6 +325,7 @@ impl Store for MemoryStore {
         &self,
         key: &Key,
         token: &Token,
+        _fingerprint: &Fingerprint,
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {

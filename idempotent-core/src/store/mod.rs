@@ -81,7 +81,9 @@ pub mod sql;
 ///         Ok(Claim::Acquired { token, took_over })
 ///     }
 ///
-///     async fn complete(&self, key: &Key, token: &Token, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
+///     async fn complete(
+///         &self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration,
+///     ) -> Result<(), StoreError> {
 ///         let mut map = self.0.lock().unwrap();
 ///         if let Some((Record::Completed { token: done_by, .. }, _)) = map.get(key) {
 ///             return if done_by == token { Ok(()) } else { Err(StoreError::LeaseLost) };
@@ -89,8 +91,9 @@ pub mod sql;
 ///         if !owned_by(&map, key, token) {
 ///             return Err(StoreError::LeaseLost);
 ///         }
-///         let fingerprint = *map[key].0.fingerprint();
-///         let record = Record::Completed { token: *token, fingerprint, output, expires_at: SystemTime::now() + ttl };
+///         let record = Record::Completed {
+///             token: *token, fingerprint: *fingerprint, output, expires_at: SystemTime::now() + ttl,
+///         };
 ///         map.insert(key.clone(), (record, Instant::now() + ttl));
 ///         Ok(())
 ///     }
@@ -170,16 +173,24 @@ pub trait Store: Debug + Send + Sync + 'static {
         None
     }
 
-    /// Turns the record owned by `token` into `Completed { output, expires_at: now + ttl }`.
+    /// Turns the record owned by `token` into `Completed { output, fingerprint, expires_at:
+    /// now + ttl }`.
     ///
     /// Fenced: succeeds only while the record is in progress under `token` (a lease that
     /// passed without a takeover still counts as owned). If the record is already completed
     /// by this same `token` it returns `Ok` without changing it (a retried complete whose
     /// first answer was lost). Otherwise [`StoreError::LeaseLost`], and nothing changes.
+    ///
+    /// `fingerprint` is the one the owner claimed with. A store whose in-progress records
+    /// leave by themselves when their lease passes (Redis: the record's own expiry) has
+    /// nothing left to read it from when a late owner completes, yet that owner still owns
+    /// the key if nobody claimed it since; it writes the completed record from these
+    /// arguments. Other stores may ignore it.
     async fn complete(
         &self,
         key: &Key,
         token: &Token,
+        fingerprint: &Fingerprint,
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError>;
@@ -216,8 +227,8 @@ macro_rules! forward_store {
                 (**self).claim_now(key, fingerprint, lease)
             }
 
-            async fn complete(&self, key: &Key, token: &Token, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
-                (**self).complete(key, token, output, ttl).await
+            async fn complete(&self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
+                (**self).complete(key, token, fingerprint, output, ttl).await
             }
 
             async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {

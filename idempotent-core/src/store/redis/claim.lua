@@ -1,42 +1,19 @@
--- Claim a key in one round trip.
+-- Claim a key in one round trip: the script form of `SET key record NX GET PX lease`, for
+-- servers older than Redis 7.0 (which refuse `NX` with `GET`). Same effect, same replies.
 --
 -- KEYS[1]  the record
--- ARGV[1]  the head of a new in-progress record: 'idem1P' .. fresh token (16 bytes) ..
---          the caller's fingerprint (32 bytes)
--- ARGV[2]  lease (ms)
--- ARGV[3]  grace (ms): how long an in-progress record outlives its lease, so a late owner
---          can still complete when nobody took it over
+-- ARGV[1]  a new in-progress record (69 bytes: 'idem1P' token fingerprint lease_until)
+-- ARGV[2]  lease (ms): the record's time to live, so Redis frees the key when it passes
 --
 -- Replies
---   0 / 1               acquired a free key / took over a record whose lease had passed
---   {record, ms}        in progress under a live lease; ms = lease left
---   record (a string)   anything else: a completed record (the replay path: one GET, a
---                       length and a byte test), or a value that is not ours (the client
---                       decodes it and reports a corrupt record)
+--   0                   acquired (the key was free)
+--   record (a string)   the key's record, unchanged (completed or in progress; the client
+--                       decodes it and reports anything that is not ours as corrupt)
 --   -1                  the key holds another Redis type
---
--- Record layout (binary): 'idem1' kind(P|C) token(16) fingerprint(32) time(15 ASCII digits,
--- ms since the epoch by the server's clock: lease_until for P, expires_at for C), then the
--- output (C only). An in-progress record is exactly 69 bytes.
 local record = redis.pcall('GET', KEYS[1])
-local took_over = 0
 if record then
   if type(record) == 'table' then return -1 end
-  -- 80 is 'P'.
-  if #record ~= 69 or string.byte(record, 6) ~= 80 or string.sub(record, 1, 5) ~= 'idem1' then
-    return record
-  end
-  local lease_until = string.sub(record, 55, 69)
-  if not string.find(lease_until, '^%d+$') then return record end
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  local left = tonumber(lease_until) - now
-  if left > 0 then return {record, left} end
-  took_over = 1
+  return record
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1] .. string.format('%015d', now + lease),
-  'PX', lease + tonumber(ARGV[3]))
-return took_over
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 0

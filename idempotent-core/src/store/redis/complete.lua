@@ -2,14 +2,27 @@
 --
 -- KEYS[1]  the record
 -- ARGV[1]  the owner's token (16 bytes)   ARGV[2]  ttl (ms)   ARGV[3]  the output
+-- ARGV[4]  the owner's fingerprint (32 bytes)
+-- ARGV[5]  '1' if the token's lease has passed (the client reads that from the token)
 --
 -- Replies: 1 completed; 2 already completed by this token (a retried complete, unchanged);
---          0 the token does not own the record; -1 the value is not one of our records.
--- A lease that passed without a takeover still counts as owned: the record is kept `grace`
--- past its lease for that reason (see claim.lua).
+--          0 another token holds the record; -1 the value is not one of our records.
+--
+-- No record, for a token whose lease has passed: Redis dropped the in-progress record with the
+-- lease, and nobody claimed the key since (a claim would have written its own record). A lease
+-- that passed without a takeover still counts as owned, so the output is stored. No record
+-- for a token whose lease is still running: the record was removed; the token owns nothing.
 local record = redis.pcall('GET', KEYS[1])
-if not record then return 0 end
-if type(record) == 'table' then return -1 end
+if record and type(record) == 'table' then return -1 end
+local ttl = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local expires_at = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + ttl
+if not record then
+  if ARGV[5] ~= '1' then return 0 end
+  redis.call('SET', KEYS[1],
+    'idem1C' .. ARGV[1] .. ARGV[4] .. string.format('%015d', expires_at) .. ARGV[3], 'PX', ttl)
+  return 1
+end
 local kind = string.sub(record, 1, 6)
 if not ((kind == 'idem1P' and #record == 69) or (kind == 'idem1C' and #record >= 69))
     or not string.find(string.sub(record, 55, 69), '^%d+$') then
@@ -17,10 +30,7 @@ if not ((kind == 'idem1P' and #record == 69) or (kind == 'idem1C' and #record >=
 end
 if string.sub(record, 7, 22) ~= ARGV[1] then return 0 end
 if kind == 'idem1C' then return 2 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1],
-  'idem1C' .. string.sub(record, 7, 54) .. string.format('%015d', now + ttl) .. ARGV[3],
+  'idem1C' .. string.sub(record, 7, 54) .. string.format('%015d', expires_at) .. ARGV[3],
   'PX', ttl)
 return 1

@@ -12,25 +12,34 @@
 //! The namespace is hashed: user text with spaces, newlines, `{}` braces or kilobytes of
 //! characters never reaches Redis as a key, so it can neither form a Cluster hash tag (every
 //! record spreads over all slots) nor make keys long. [`RedisStore::redis_key`] tells which key
-//! holds a record. The value is a small binary header (token, fingerprint, a time by the
-//! Redis server's clock) followed by the output; anything else found under the prefix is
-//! reported as [`StoreError::Corrupt`], never a panic.
+//! holds a record. The value is a small binary header (token, fingerprint, a time) followed by
+//! the output; anything else found under the prefix is reported as [`StoreError::Corrupt`],
+//! never a panic.
 //!
 //! # Round trips
 //!
-//! `claim`, `complete`, `release` and `renew` are Lua scripts run by `EVALSHA` (with the
-//! `NOSCRIPT` fallback: the first use of a script on a server loads it once; call
-//! [`RedisStore::load_scripts`] at start-up to do that ahead of time). Each is one round trip
-//! and atomic, so a replay costs 1 round trip, a first execution 2 (claim, complete) and a
-//! failed body 2 (claim, release). `get` is one `GET`, `remove` one `DEL`.
+//! `claim` is one native command, `SET key <in-progress record> NX GET PX <lease>`: it writes
+//! the in-progress record if the key is free and hands back whatever record is there
+//! otherwise, atomically, so a replay is as cheap for Redis as a `GET`. `complete`, `release`
+//! and `renew` are Lua scripts run by `EVALSHA` (with the `NOSCRIPT` fallback: the first use
+//! of a script on a server loads it once; call [`RedisStore::load_scripts`] at start-up to do
+//! that ahead of time), each atomic and fenced by the owner's token. So a replay costs 1
+//! round trip, a first execution 2 (claim, complete) and a failed body 2 (claim, release).
+//! `get` is one `GET`, `remove` one `DEL`.
 //!
 //! # Leases and clocks
 //!
-//! Lease ends and expiry times come from the Redis server's `TIME`, inside the scripts, so the
-//! clients' clocks do not matter. A completed record lives for its `ttl` (`PX`). An
-//! in-progress record lives for its lease plus [`lease_grace`](RedisStoreBuilder::lease_grace)
-//! (default 60 s): once its lease passes a claim takes it over, but while nobody has, its
-//! owner can still complete it; after the grace Redis drops it.
+//! An in-progress record lives exactly as long as its lease (`PX`), so Redis itself frees a
+//! crashed or hung owner's key when the lease passes, by the server's clock, and the next
+//! claim takes it with the same one command. (Such a takeover looks like a free key:
+//! [`Claim::Acquired`] reports `took_over: false` on Redis.) The owner can still complete
+//! while nobody has taken the key over: a token here is 8 random bytes and the end of its
+//! lease, and a `complete` that finds no record stores the output only for a token whose lease
+//! has passed (its record left with the lease, and a claim since would have written its own);
+//! for any other token a missing record is [`StoreError::LeaseLost`]. A completed record lives
+//! for its `ttl` (`PX`). The times written inside records (the lease's
+//! end, the expiry) are only read back by [`Store::get`] and for the time left on a lease;
+//! the lease end is the claiming client's clock, the expiry the server's.
 //!
 //! # Outages
 //!
@@ -47,8 +56,11 @@
 //! A claim that times out may still have reached Redis, though its body never ran: the key
 //! then reads as in progress until the lease passes and the next claim takes it over.
 //!
-//! Needs Redis 5 or newer (scripts that read `TIME` and then write rely on effect
-//! replication); tested on Redis 7.
+//! The one-command claim needs Redis 7.0 or newer (`SET` with both `NX` and `GET`); on an older
+//! server (5 or newer: the scripts read `TIME` and then write, which relies on effect
+//! replication) the store notices the refusal on its first claim and claims with an
+//! equivalent Lua script from then on ([`claim_by_script`](RedisStoreBuilder::claim_by_script)
+//! chooses it up front). Tested on Redis 7.
 //!
 //! # Example
 //!
@@ -91,8 +103,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
 use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
@@ -111,7 +124,6 @@ use record::{Stored, millis};
 const DEFAULT_PREFIX: &str = "idempotency:";
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
-const DEFAULT_LEASE_GRACE: Duration = Duration::from_secs(60);
 
 struct Scripts {
     claim: Script,
@@ -127,8 +139,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew: Script::new(include_str!("renew.lua")),
 });
 
-/// The store on Redis or Redis Cluster: atomic Lua-scripted claims, fenced by token, one key a
-/// record. See the [module docs](self) for the layout, round trips and outage behaviour.
+/// The store on Redis or Redis Cluster: atomic one-command claims, Lua-scripted completions
+/// fenced by token, one key a record. See the [module docs](self) for the layout, round trips and outage behaviour.
 ///
 /// `C` is the connection: a [`ConnectionManager`] (the default; it reconnects by itself), a
 /// [`ClusterConnection`](::redis::cluster_async::ClusterConnection) (Redis Cluster), or
@@ -165,7 +177,9 @@ struct Config {
     prefix: Box<str>,
     response_timeout: Duration,
     max_output_bytes: usize,
-    lease_grace: Duration,
+    /// Claim with the Lua script instead of `SET … NX GET` (set up front, or on the first
+    /// claim a server older than Redis 7 refused).
+    claim_by_script: AtomicBool,
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -175,7 +189,10 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.config.prefix)
             .field("response_timeout", &self.config.response_timeout)
             .field("max_output_bytes", &self.config.max_output_bytes)
-            .field("lease_grace", &self.config.lease_grace)
+            .field(
+                "claim_by_script",
+                &self.config.claim_by_script.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
@@ -188,7 +205,7 @@ pub struct RedisStoreBuilder<C> {
     prefix: String,
     response_timeout: Duration,
     max_output_bytes: usize,
-    lease_grace: Duration,
+    claim_by_script: bool,
 }
 
 /// A key prefix that [`RedisStoreBuilder::build`] refuses.
@@ -229,10 +246,13 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
-    /// How long an in-progress record is kept after its lease passed (default 60 s): until a
-    /// claim takes it over, its owner may still complete it. Past the grace, Redis drops it.
-    pub fn lease_grace(mut self, grace: Duration) -> Self {
-        self.lease_grace = grace;
+    /// Claim with a Lua script (`EVALSHA`) rather than the native `SET … NX GET` (default
+    /// `false`). Both are one atomic round trip with the same effect; the script is for Redis
+    /// older than 7.0, which refuses `NX` with `GET`. Without this option the store switches
+    /// to the script by itself when a server refuses the native claim, so set it only to skip
+    /// that first refused command, or to test the script.
+    pub fn claim_by_script(mut self, by_script: bool) -> Self {
+        self.claim_by_script = by_script;
         self
     }
 
@@ -261,7 +281,7 @@ impl<C> RedisStoreBuilder<C> {
                 prefix: self.prefix.into_boxed_str(),
                 response_timeout: self.response_timeout,
                 max_output_bytes: self.max_output_bytes,
-                lease_grace: self.lease_grace,
+                claim_by_script: AtomicBool::new(self.claim_by_script),
             }),
         })
     }
@@ -272,7 +292,7 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     /// A store over `connection` with the defaults: prefix `"idempotency:"`, 1 s response
-    /// timeout, outputs up to 1 MiB, 60 s lease grace.
+    /// timeout, outputs up to 1 MiB.
     pub fn new(connection: C) -> RedisStore<C> {
         RedisStore {
             connection,
@@ -280,7 +300,7 @@ where
                 prefix: DEFAULT_PREFIX.into(),
                 response_timeout: DEFAULT_RESPONSE_TIMEOUT,
                 max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-                lease_grace: DEFAULT_LEASE_GRACE,
+                claim_by_script: AtomicBool::new(false),
             }),
         }
     }
@@ -292,7 +312,7 @@ where
             prefix: DEFAULT_PREFIX.to_owned(),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-            lease_grace: DEFAULT_LEASE_GRACE,
+            claim_by_script: false,
         }
     }
 
@@ -366,11 +386,44 @@ where
         command: &Cmd,
     ) -> Result<Value, StoreError> {
         let mut connection = self.connection.clone();
+        let operation = eval_loading(&mut connection, script, command);
+        self.bounded(redis_key, operation).await
+    }
+
+    /// The claim: `SET <key> <record> NX GET PX <lease>`, or its script on a server that
+    /// refuses that (older than Redis 7.0; noticed once, then the script is used directly).
+    async fn claim_reply(
+        &self,
+        redis_key: &str,
+        record: &[u8],
+        lease_ms: u64,
+    ) -> Result<Value, StoreError> {
+        let config = &*self.config;
+        let script = &SCRIPTS.claim;
+        let by_script = || {
+            let mut command = evalsha(script, redis_key, 2, record.len() + 20);
+            command.arg(record).arg(lease_ms);
+            command
+        };
+        if config.claim_by_script.load(Ordering::Relaxed) {
+            return self.eval(script, redis_key, &by_script()).await;
+        }
+        let mut command = Cmd::with_capacity(7, 32 + redis_key.len() + record.len());
+        command
+            .arg("SET")
+            .arg(redis_key)
+            .arg(record)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(lease_ms);
+        let mut connection = self.connection.clone();
         let operation = async {
             match command.query_async::<Value>(&mut connection).await {
-                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut connection).await?;
-                    command.query_async(&mut connection).await
+                // Refused without running: nothing was written, the script does the same.
+                Err(error) if refuses_set_nx_get(&error) => {
+                    config.claim_by_script.store(true, Ordering::Relaxed);
+                    eval_loading(&mut connection, script, &by_script()).await
                 }
                 reply => reply,
             }
@@ -393,6 +446,27 @@ where
             other => Err(unexpected(name, &other)),
         }
     }
+}
+
+/// `EVALSHA`, and on `NOSCRIPT` `SCRIPT LOAD` then `EVALSHA` again.
+async fn eval_loading<C: ConnectionLike>(
+    connection: &mut C,
+    script: &Script,
+    command: &Cmd,
+) -> Result<Value, RedisError> {
+    match command.query_async::<Value>(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(connection).await?;
+            command.query_async(connection).await
+        }
+        reply => reply,
+    }
+}
+
+/// Whether a server refused `SET … NX GET` as a command it does not know (Redis 6.2 refuses
+/// `NX` with `GET`, older versions `GET` itself, both as a syntax error).
+fn refuses_set_nx_get(error: &RedisError) -> bool {
+    error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("syntax error"))
 }
 
 /// `EVALSHA <script> 1 <redis_key>`, ready for `arguments` arguments of about `bytes` bytes in
@@ -468,21 +542,16 @@ where
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let redis_key = self.redis_key(key);
-        let token = Token::random();
-        let script = &SCRIPTS.claim;
-        let mut command = evalsha(script, &redis_key, 3, 100);
-        command
-            .arg(&record::in_progress_head(&token, fingerprint)[..])
-            .arg(millis(lease))
-            .arg(millis(self.config.lease_grace));
-        match self.eval(script, &redis_key, &command).await? {
-            Value::Int(0) => Ok(Claim::Acquired {
+        let lease_ms = millis(lease);
+        let now = SystemTime::now();
+        let lease_until = now + Duration::from_millis(lease_ms);
+        let token = record::token(lease_until);
+        let record = record::in_progress(&token, fingerprint, lease_until);
+        match self.claim_reply(&redis_key, &record, lease_ms).await? {
+            // The key was free (never used, released, expired, or its owner's lease passed).
+            Value::Nil | Value::Int(0) => Ok(Claim::Acquired {
                 token,
                 took_over: false,
-            }),
-            Value::Int(1) => Ok(Claim::Acquired {
-                token,
-                took_over: true,
             }),
             Value::Int(-1) => Err(not_a_record(&redis_key)),
             Value::BulkString(value) => match Stored::decode(&redis_key, Bytes::from(value))? {
@@ -494,23 +563,16 @@ where
                     fingerprint,
                     output,
                 }),
-                // The script only hands back an in-progress record it could not read.
-                Stored::InProgress { .. } => Err(not_a_record(&redis_key)),
-            },
-            Value::Array(items) => match <[Value; 2]>::try_from(items) {
-                Ok([Value::BulkString(value), Value::Int(left)]) => {
-                    match Stored::decode(&redis_key, Bytes::from(value))? {
-                        Stored::InProgress { fingerprint, .. } => Ok(Claim::InProgress {
-                            fingerprint,
-                            lease_remaining: Duration::from_millis(
-                                u64::try_from(left).unwrap_or(0),
-                            ),
-                        }),
-                        Stored::Completed { .. } => Err(not_a_record(&redis_key)),
-                    }
-                }
-                Ok(items) => Err(unexpected("claim", &Value::Array(Vec::from(items)))),
-                Err(items) => Err(unexpected("claim", &Value::Array(items))),
+                Stored::InProgress {
+                    fingerprint,
+                    lease_until,
+                    ..
+                } => Ok(Claim::InProgress {
+                    fingerprint,
+                    // By the owner's clock; zero when that is behind ours (Redis frees the key
+                    // at the lease's end by its own clock).
+                    lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
+                }),
             },
             other => Err(unexpected("claim", &other)),
         }
@@ -520,6 +582,7 @@ where
         &self,
         key: &Key,
         token: &Token,
+        fingerprint: &Fingerprint,
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
@@ -531,11 +594,14 @@ where
         }
         let redis_key = self.redis_key(key);
         let script = &SCRIPTS.complete;
-        let mut command = evalsha(script, &redis_key, 3, 40 + output.len());
+        let mut command = evalsha(script, &redis_key, 5, 80 + output.len());
+        let lease_passed = record::lease_passed(token, SystemTime::now());
         command
             .arg(&token.as_bytes()[..])
             .arg(millis(ttl))
-            .arg(&output[..]);
+            .arg(&output[..])
+            .arg(&fingerprint.as_bytes()[..])
+            .arg(if lease_passed { "1" } else { "0" });
         self.fenced("complete", script, &redis_key, &command).await
     }
 
@@ -550,11 +616,8 @@ where
     async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
         let redis_key = self.redis_key(key);
         let script = &SCRIPTS.renew;
-        let mut command = evalsha(script, &redis_key, 3, 60);
-        command
-            .arg(&token.as_bytes()[..])
-            .arg(millis(lease))
-            .arg(millis(self.config.lease_grace));
+        let mut command = evalsha(script, &redis_key, 2, 40);
+        command.arg(&token.as_bytes()[..]).arg(millis(lease));
         self.fenced("renew", script, &redis_key, &command).await
     }
 

@@ -11,10 +11,9 @@
 //! client and refuses anything else as corrupt.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::StoreError;
@@ -32,6 +31,8 @@ pub(super) const HEADER: usize = TIME_AT + TIME_DIGITS;
 /// Longest duration sent to a script, in milliseconds (about 31 years): keeps `now + ttl`
 /// within the 15 digits of the layout and exact in Lua's doubles.
 const MAX_MILLIS: u64 = 1_000_000_000_000;
+/// Largest time the 15 digits hold.
+const MAX_TIME: u64 = 999_999_999_999_999;
 
 /// Bytes of the namespace's SHA-256 kept in the Redis key (128 bits).
 const NAMESPACE_HASH_BYTES: usize = 16;
@@ -46,21 +47,70 @@ pub(super) fn redis_key(prefix: &str, key: &Key) -> String {
     let mut out = String::with_capacity(prefix.len() + namespace_hex.len() + 12 + 64);
     out.push_str(prefix);
     out.push_str(std::str::from_utf8(&namespace_hex).unwrap_or_default());
-    // Writing to a `String` cannot fail.
-    let _ = write!(out, ":{}:", key.version());
+    out.push(':');
+    push_decimal(&mut out, key.version());
+    out.push(':');
     out.push_str(key.digest().hex().as_str());
     out
 }
 
-/// `'idem1P' token fingerprint`: a new in-progress record without its time, which the claim
-/// script appends from the server's clock.
-pub(super) fn in_progress_head(token: &Token, fingerprint: &Fingerprint) -> [u8; TIME_AT] {
-    let mut head = [0u8; TIME_AT];
-    head[..MAGIC.len()].copy_from_slice(MAGIC);
-    head[MAGIC.len()] = b'P';
-    head[TOKEN_AT..FINGERPRINT_AT].copy_from_slice(token.as_bytes());
-    head[FINGERPRINT_AT..TIME_AT].copy_from_slice(fingerprint.as_bytes());
-    head
+/// `n` in decimal (what `write!` would give, without its formatting machinery).
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
+/// A fresh token for a claim whose lease ends at `lease_until`: 8 random bytes, then that end
+/// (milliseconds since the Unix epoch, big-endian), so `complete` can tell an owner whose
+/// lease passed (its record left with the lease) from one whose record was removed.
+pub(super) fn token(lease_until: SystemTime) -> Token {
+    let mut bytes = *Token::random().as_bytes();
+    bytes[8..].copy_from_slice(&epoch_millis(lease_until).to_be_bytes());
+    Token::from_bytes(bytes)
+}
+
+/// Whether the lease that `token` (from [`token`]) was issued for has passed at `now`.
+pub(super) fn lease_passed(token: &Token, now: SystemTime) -> bool {
+    let mut end = [0u8; 8];
+    end.copy_from_slice(&token.as_bytes()[8..]);
+    u64::from_be_bytes(end) <= epoch_millis(now)
+}
+
+fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// A new in-progress record: `'idem1P' token fingerprint lease_until`, the lease's end by the
+/// claiming client's clock (only reported back, as the time left; Redis frees the key by the
+/// record's own time to live).
+pub(super) fn in_progress(
+    token: &Token,
+    fingerprint: &Fingerprint,
+    lease_until: SystemTime,
+) -> [u8; HEADER] {
+    let mut record = [0u8; HEADER];
+    record[..MAGIC.len()].copy_from_slice(MAGIC);
+    record[MAGIC.len()] = b'P';
+    record[TOKEN_AT..FINGERPRINT_AT].copy_from_slice(token.as_bytes());
+    record[FINGERPRINT_AT..TIME_AT].copy_from_slice(fingerprint.as_bytes());
+    let mut rest = epoch_millis(lease_until).min(MAX_TIME);
+    for digit in record[TIME_AT..HEADER].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    record
 }
 
 type NamespaceHex = [u8; 2 * NAMESPACE_HASH_BYTES];
@@ -143,10 +193,10 @@ pub(super) enum Stored {
 impl Stored {
     /// Parses a value read from `redis_key`; anything not in the layout is corrupt.
     pub(super) fn decode(redis_key: &str, value: Bytes) -> Result<Stored, StoreError> {
+        let len = value.len();
         let corrupt = || {
             StoreError::corrupt(format!(
-                "redis key `{redis_key}` holds {} bytes that are not an idempotency record",
-                value.len()
+                "redis key `{redis_key}` holds {len} bytes that are not an idempotency record"
             ))
         };
         if value.len() < HEADER || &value[..MAGIC.len()] != MAGIC {
@@ -171,7 +221,13 @@ impl Stored {
                 token,
                 fingerprint,
                 expires_at: time,
-                output: value.slice(HEADER..),
+                // Advanced rather than sliced: the reply's buffer is not shared yet, and
+                // slicing it would allocate to share it.
+                output: {
+                    let mut output = value;
+                    output.advance(HEADER);
+                    output
+                },
             }),
             _ => Err(corrupt()),
         }
@@ -263,20 +319,47 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_head_is_an_in_progress_record_without_its_time() {
+    fn versions_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 1234, u32::MAX] {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
+
+    #[test]
+    fn tokens_carry_their_lease_end() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_795_434_931_530);
+        let token = token(now + Duration::from_secs(30));
+        assert!(!lease_passed(&token, now));
+        assert!(!lease_passed(&token, now + Duration::from_millis(29_999)));
+        assert!(lease_passed(&token, now + Duration::from_secs(30)));
+        assert_ne!(
+            token.as_bytes()[..8],
+            super::token(now + Duration::from_secs(30)).as_bytes()[..8]
+        );
+    }
+
+    #[test]
+    fn a_new_claim_is_an_in_progress_record() {
         let token = Token::random();
         let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-        let mut value = in_progress_head(&token, &fingerprint).to_vec();
-        value.extend_from_slice(b"001795434931530");
-        assert_eq!(value.len(), HEADER);
+        let lease_until = UNIX_EPOCH + Duration::from_millis(1_795_434_931_530);
+        let value = in_progress(&token, &fingerprint, lease_until);
         assert_eq!(
-            Bytes::from(value.clone()),
+            Bytes::copy_from_slice(&value),
             encode(b'P', &token, &fingerprint, 1_795_434_931_530, b"")
         );
         assert!(matches!(
-            Stored::decode("k", Bytes::from(value)),
-            Ok(Stored::InProgress { token: t, .. }) if t == token
+            Stored::decode("k", Bytes::copy_from_slice(&value)),
+            Ok(Stored::InProgress { token: t, lease_until: l, .. }) if t == token && l == lease_until
         ));
+        let far = in_progress(
+            &token,
+            &fingerprint,
+            UNIX_EPOCH + Duration::from_secs(1 << 40),
+        );
+        assert_eq!(&far[TIME_AT..], b"999999999999999");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 -- Extend the lease of the in-progress record owned by a token to now + lease.
 --
 -- KEYS[1]  the record
--- ARGV[1]  the owner's token (16 bytes)   ARGV[2]  lease (ms)   ARGV[3]  grace (ms)
+-- ARGV[1]  the owner's token (16 bytes)   ARGV[2]  lease (ms)
 --
--- Replies: 1 renewed; 0 the token does not own an in-progress record; -1 the value is not
---          one of our records.
+-- Replies: 1 renewed; 0 the token does not own an in-progress record (or its lease passed and
+--          Redis dropped it: renew before the lease ends); -1 the value is not one of our
+--          records.
 local record = redis.pcall('GET', KEYS[1])
 if not record then return 0 end
 if type(record) == 'table' then return -1 end
@@ -18,5 +19,5 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.sub(record, 1, 54) .. string.format('%015d', now + lease),
-  'PX', lease + tonumber(ARGV[3]))
+  'PX', lease)
 return 1

@@ -740,6 +740,7 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
         &self,
         key: &Key,
         token: &Token,
+        _fingerprint: &Fingerprint,
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
