@@ -315,6 +315,13 @@ async fn prepare<DB: SqlDialect>(
         format!("DROP TABLE IF EXISTS {table}"),
         format!("DROP TABLE IF EXISTS {raw_table}"),
     ];
+    if DB::NAME == "PostgreSQL" {
+        // Each store's table comes with its claim function.
+        for name in [&table, &raw_table] {
+            raw.drop
+                .push(format!("DROP FUNCTION IF EXISTS \"{name}_claim\""));
+        }
+    }
     // The raw SELECT reads the same bytes the replay reads: the record, copied across.
     raw.copy = format!(
         "INSERT INTO {raw_table} SELECT * FROM {table} WHERE id = {}",

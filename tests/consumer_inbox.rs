@@ -174,6 +174,15 @@ macro_rules! inbox_suite {
                 .execute(&pool)
                 .await
                 .expect("database step");
+            if <$db as sqlx::Database>::NAME == "PostgreSQL" {
+                // The store's table comes with its claim function.
+                sqlx::query(&format!(
+                    "DROP FUNCTION IF EXISTS \"{prefix}_records_claim\""
+                ))
+                .execute(&pool)
+                .await
+                .expect("database step");
+            }
         }
     };
 }

@@ -77,6 +77,14 @@ mod harness {
                     let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                         .execute(&pool)
                         .await;
+                    // A store's table comes with its claim function.
+                    let function = match table.split_once('.') {
+                        Some((schema, name)) => format!("\"{schema}\".\"{name}_claim\""),
+                        None => format!("\"{table}_claim\""),
+                    };
+                    let _ = sqlx::query(&format!("DROP FUNCTION IF EXISTS {function}"))
+                        .execute(&pool)
+                        .await;
                 }
                 pool.close().await;
             }

@@ -41,9 +41,11 @@
 //! | first execution, transactional | 2 (claim, complete) | 2 (insert, complete) | 2 (insert, complete) |
 //! | replay, transactional | 1 | 2 (insert refused, read) | 2 (insert refused, read) |
 //!
-//! PostgreSQL claims in one statement: a CTE reads the row and, only when no live record is
-//! there, runs `INSERT … ON CONFLICT (id) DO UPDATE` to create or take over the record; a
-//! replay writes nothing and locks nothing. MySQL has no `RETURNING` for an insert that met
+//! PostgreSQL claims in one statement: it reads the row by primary key and, only when no live
+//! record is there, calls the table's claim function (`{table}_claim`, which
+//! [`migrate`](SqlStore::migrate) creates), whose `INSERT … ON CONFLICT (id) DO UPDATE`
+//! creates or takes over the record; a replay is a plain read that writes and locks nothing,
+//! and the server never sets up the insert for it. MySQL has no `RETURNING` for an insert that met
 //! a duplicate (so it cannot hand back the stored output), and SQLite's upsert returns no row
 //! when it leaves the existing one alone, so both read first (one statement for the replay,
 //! the common retry) and insert only when no live record is there
@@ -57,7 +59,10 @@
 //! In a race for a free or expired key (claims that meet an insert not yet visible to their
 //! snapshot, such as a transactional duplicate waiting on the owner's row lock), the
 //! PostgreSQL claim's `DO UPDATE` rewrites the row it keeps unchanged, under the row lock, so
-//! that it still answers in one statement; uncontended claims and replays never do.
+//! that it still answers in one statement; uncontended claims and replays never do. A claim in
+//! the caller's transaction that kept another owner's in-progress record that way holds that
+//! row's lock until the transaction ends, so it answers [`Error::InProgress`] at once (roll
+//! back and retry) instead of waiting for an owner that cannot complete meanwhile.
 //!
 //! Counts are statements; a pool with `test_before_acquire(true)` (sqlx's default) adds a
 //! ping to every acquisition. Build the pool with `test_before_acquire(false)` to keep to the
@@ -353,9 +358,6 @@ pub struct Statements {
     pub(crate) create: Vec<String>,
     /// PostgreSQL: the whole claim. MySQL, SQLite: the read of the current row.
     pub(crate) claim: String,
-    /// PostgreSQL: the claim on the pool, its lock wait bounded by a bound `lock_timeout`.
-    #[cfg(feature = "postgres")]
-    pub(crate) claim_bounded: String,
     /// MySQL: the same read with a shared lock (transactional mode).
     #[cfg(feature = "mysql")]
     pub(crate) claim_locked: String,
@@ -604,8 +606,10 @@ impl<DB: SqlDialect> SqlStore<DB> {
         &self.inner.sql.create
     }
 
-    /// Creates the table and its index if they do not exist. Safe to run at every start-up,
-    /// from several processes at once.
+    /// Creates the table and its index if they do not exist, and on PostgreSQL (re)creates the
+    /// table's claim function `{table}_claim` beside it (drop it with the table). Safe to run
+    /// at every start-up, from several processes at once; run it after every upgrade of this
+    /// crate, as the claim function may change with it.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.acquire().await?;
         DB::__migrate(self, &mut conn).await

@@ -1,5 +1,6 @@
-//! PostgreSQL: the claim is one statement (a CTE around `INSERT … ON CONFLICT … DO UPDATE`),
-//! times come from the server's `statement_timestamp()`.
+//! PostgreSQL: the claim is one statement (a read by primary key, and only without a live
+//! record the table's claim function, around `INSERT … ON CONFLICT … DO UPDATE`); times come
+//! from the server's `statement_timestamp()`.
 
 use std::time::Duration;
 
@@ -39,61 +40,83 @@ fn statements(table: &TableName) -> Statements {
     let keep_or = |column: &str, new: &str| {
         format!("{column} = CASE WHEN {free} THEN {new} ELSE r.{column} END")
     };
-    let left = epoch_micros(&format!("(until - {NOW})"));
-    // A takeover of an in-progress record sets its `expires_at` one microsecond past the new
+    // The claim is one statement that reads the row and, only when no live record is there,
+    // calls the table's claim function (created by `migrate`), which inserts or takes the
+    // row over. Both branches see the statement's snapshot, so exactly one answers. A replay
+    // is then a plain read by primary key: the function is never entered (its scan sits under
+    // a one-time filter), so nothing is written or locked, and the server sets up no insert.
+    // `locked` says the function ran: its `DO UPDATE` locked the row even where it kept
+    // another owner's record (a claim committed after this statement's snapshot), and in the
+    // caller's transaction that lock lasts until the transaction ends.
+    let function = match table.schema() {
+        Some(schema) => format!("\"{schema}\".\"{}_claim\"", table.name()),
+        None => format!("\"{}_claim\"", table.name()),
+    };
+    let live = format!("{} > {NOW}", until(""));
+    // Time left on an in-progress lease; a completed record's is not needed (0), which keeps
+    // replays from computing it.
+    let left = |row: &str| {
+        format!(
+            "CASE WHEN {row}completed THEN 0::int8 ELSE {} END",
+            epoch_micros(&format!("({row}lease_until - {NOW})"))
+        )
+    };
+    let claim = format!(
+        "SELECT FALSE AS acquired, completed, fingerprint, output, {left_cur} AS remaining,
+    FALSE AS took_over, FALSE AS locked
+FROM {t} WHERE id = $1 AND {live}
+UNION ALL
+SELECT f.acquired, f.completed, f.fingerprint, f.output, f.remaining, f.took_over, TRUE
+FROM {function}($1, $2, $3, $4, $5, $6, $7) AS f
+WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE id = $1 AND {live})",
+        left_cur = left(""),
+    );
+    // The function: insert, or take over a row whose lease or TTL has passed (the conditional
+    // `DO UPDATE` re-checks under the row lock, and always returns the row it kept). A
+    // takeover of an in-progress record sets its `expires_at` one microsecond past the new
     // claim's (invisible to readers: it only delays a purge), so that the claim can tell a
     // takeover from the row it returns even when the old row was not in the statement's
     // snapshot (inserted by a transaction that committed while the claim waited for it).
-    let expiry = after("$6");
+    // `p_lock`, when not NULL, bounds the insert's lock wait for the rest of the statement's
+    // implicit transaction (`set_config(…, true)`): on the pool only, since in the caller's
+    // transaction it would outlive the claim.
+    let expiry = after("p_expiry");
     let set_expiry = keep_or(
         "expires_at",
         "EXCLUDED.expires_at + CASE WHEN r.completed THEN INTERVAL '0' ELSE INTERVAL '1 microsecond' END",
     );
-    // One statement: read the row; only when no live record is there, insert or take it over
-    // (the conditional `DO UPDATE` re-checks under the row lock, and always returns the row it
-    // kept); answer from whichever ran. A replay writes and locks nothing. `bound` adds a
-    // `lock_timeout` for this statement alone (`set_config(…, true)` lasts until the end of the
-    // implicit transaction of a statement on the pool); the insert reads its row from that
-    // CTE, so the setting is in force before the insert can wait on a lock.
-    let claim = |bound: bool| {
-        let (setting, from) = if bound {
-            (
-                "cfg AS (SELECT set_config('lock_timeout', $7, true)\n), ",
-                "\n    FROM cfg",
-            )
-        } else {
-            ("", "")
-        };
-        format!(
-            "WITH {setting}cur AS (
-    SELECT completed, fingerprint, output, {until_cur} AS until
-    FROM {t} WHERE id = $1
-), ins AS (
+    let claim_function = format!(
+        "CREATE OR REPLACE FUNCTION {function}(
+    p_id bytea, p_key text, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8,
+    p_lock text,
+    OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
+    OUT remaining int8, OUT took_over bool
+) LANGUAGE plpgsql VOLATILE AS $claim$
+#variable_conflict use_column
+BEGIN
+    IF p_lock IS NOT NULL THEN
+        PERFORM set_config('lock_timeout', p_lock, true);
+    END IF;
     INSERT INTO {t} AS r (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-    SELECT $1, $2, $3, $4, FALSE, {lease}, {expiry}, NULL{from}
-    WHERE NOT EXISTS (SELECT 1 FROM cur WHERE cur.until > {NOW})
+    VALUES (p_id, p_key, p_token, p_fingerprint, FALSE, {lease}, {expiry}, NULL)
     ON CONFLICT (id) DO UPDATE SET
         {set_key}, {set_token}, {set_fingerprint}, {set_completed},
         {set_lease}, {set_expiry}, {set_output}
-    RETURNING r.token = $3 AS acquired, r.completed, r.fingerprint, r.output, {until_r} AS until,
-        r.expires_at <> {expiry} AS took_over
-)
-SELECT acquired, completed, fingerprint, output, {left} AS remaining, acquired AND took_over
-FROM ins
-UNION ALL
-SELECT FALSE, completed, fingerprint, output, {left}, FALSE
-FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)",
-            until_cur = until(""),
-            until_r = until("r."),
-            lease = after("$5"),
-            set_key = keep_or("key_text", "EXCLUDED.key_text"),
-            set_token = keep_or("token", "EXCLUDED.token"),
-            set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
-            set_completed = keep_or("completed", "FALSE"),
-            set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
-            set_output = keep_or("output", "NULL"),
-        )
-    };
+    RETURNING r.token = p_token, r.completed, r.fingerprint, r.output, {left_r},
+        r.expires_at <> {expiry}
+    INTO acquired, completed, fingerprint, output, remaining, took_over;
+    took_over := acquired AND took_over;
+END
+$claim$",
+        lease = after("p_lease"),
+        left_r = left("r."),
+        set_key = keep_or("key_text", "EXCLUDED.key_text"),
+        set_token = keep_or("token", "EXCLUDED.token"),
+        set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
+        set_completed = keep_or("completed", "FALSE"),
+        set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
+        set_output = keep_or("output", "NULL"),
+    );
 
     let mut create = Vec::new();
     if let Some(schema) = table.schema() {
@@ -114,11 +137,11 @@ FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)",
     create.push(format!(
         "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
     ));
+    create.push(claim_function);
 
     Statements {
         create,
-        claim: claim(false),
-        claim_bounded: claim(true),
+        claim,
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
         complete: format!(
@@ -158,7 +181,7 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
 /// SQLSTATE of a lock wait that passed `lock_timeout` (or met `NOWAIT`).
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
-fn claim_from(row: &PgRow, token: Token) -> Result<Claim, StoreError> {
+fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, StoreError> {
     let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
     let acquired: bool = row.try_get(0).map_err(decode)?;
     if acquired {
@@ -171,12 +194,17 @@ fn claim_from(row: &PgRow, token: Token) -> Result<Claim, StoreError> {
     let fingerprint: Vec<u8> = row.try_get(2).map_err(decode)?;
     let output: Option<Vec<u8>> = row.try_get(3).map_err(decode)?;
     let left: Option<i64> = row.try_get(4).map_err(decode)?;
+    let locked: bool = row.try_get(6).map_err(decode)?;
     let fingerprint = fingerprint_from(&fingerprint)?;
     Ok(if completed {
         Claim::Completed {
             fingerprint,
             output: completed_output(output)?,
         }
+    } else if locked && in_transaction {
+        // The caller's transaction now holds the row lock the owner needs to complete: it
+        // must not wait for the owner with it (no time left: the caller rolls back, retries).
+        locked_elsewhere(&fingerprint)
     } else {
         Claim::InProgress {
             fingerprint,
@@ -240,26 +268,22 @@ impl SqlDialect for Postgres {
             // in the caller's transaction a `set_config(…, true)` would outlive the claim.
             let lock_timeout = store.lock_timeout();
             let bound = !in_transaction && !lock_timeout.is_zero();
-            let sql = store.sql();
             let id = row_id(key);
-            let query = sqlx::query(if bound {
-                &sql.claim_bounded
-            } else {
-                &sql.claim
-            })
-            .bind(&id[..])
-            .bind(key.to_string())
-            .bind(&token.as_bytes()[..])
-            .bind(&fingerprint.as_bytes()[..])
-            .bind(micros(lease))
-            .bind(micros(lease.saturating_add(store.abandoned_after())));
-            let query = if bound {
-                // Whole milliseconds, at least one (`0` would mean no bound).
-                let millis = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
-                query.bind(millis.to_string())
-            } else {
-                query
-            };
+            // Whole milliseconds, at least one (`0` would mean no bound).
+            let lock = bound.then(|| {
+                lock_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string()
+            });
+            let query = sqlx::query(&store.sql().claim)
+                .bind(&id[..])
+                .bind(key.to_string())
+                .bind(&token.as_bytes()[..])
+                .bind(&fingerprint.as_bytes()[..])
+                .bind(micros(lease))
+                .bind(micros(lease.saturating_add(store.abandoned_after())))
+                .bind(lock);
             let row = match query.fetch_optional(&mut *conn).await {
                 Ok(row) => row.ok_or_else(|| StoreError::backend(NoRow))?,
                 Err(sqlx::Error::Database(error))
@@ -269,7 +293,7 @@ impl SqlDialect for Postgres {
                 }
                 Err(error) => return Err(store.error(error)),
             };
-            claim_from(&row, token)
+            claim_from(&row, token, in_transaction)
         })
     }
 
