@@ -54,6 +54,10 @@ pub(crate) struct Report {
     pub(crate) deliveries: usize,
     /// Deliveries that were redeliveries (JetStream's delivery count above 1).
     pub(crate) redeliveries: usize,
+    /// Of those, redeliveries after a nak (a failed handler, or a lost ack).
+    pub(crate) nak_redeliveries: usize,
+    /// Of those, redeliveries after the ack wait passed with no answer (a hung worker).
+    pub(crate) ack_wait_redeliveries: usize,
     /// Deliveries acknowledged as duplicates without running the handler.
     pub(crate) duplicates_skipped: usize,
     /// Handler failures (nak'ed, redelivered).
@@ -193,6 +197,13 @@ async fn publish_and_consume(
             let event: PaymentEvent = serde_json::from_slice(&message.payload)?;
             let plan = scripts.get(&event.event_id).copied().unwrap_or(Script::Ack);
             let first_delivery = delivered == 1;
+            if !first_delivery {
+                match plan {
+                    Script::FailFirst | Script::NakAfterEffect => report.nak_redeliveries += 1,
+                    Script::NeverAckFirst => report.ack_wait_redeliveries += 1,
+                    Script::Ack => {}
+                }
+            }
 
             let settled = dedup
                 .handle(&event.event_id, || async {
@@ -275,8 +286,13 @@ async fn main() -> ExitCode {
         report.published, report.distinct
     );
     println!(
-        "{} deliveries ({} redeliveries); {} handler failures nak'ed; {} duplicates acknowledged and skipped",
-        report.deliveries, report.redeliveries, report.handler_failures, report.duplicates_skipped
+        "{} deliveries ({} redeliveries: {} after a nak, {} after the ack wait); {} handler failures nak'ed; {} duplicates acknowledged and skipped",
+        report.deliveries,
+        report.redeliveries,
+        report.nak_redeliveries,
+        report.ack_wait_redeliveries,
+        report.handler_failures,
+        report.duplicates_skipped
     );
     println!(
         "{} settlements for {} distinct events; ledger {} cents (expected {})",

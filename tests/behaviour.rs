@@ -64,8 +64,11 @@ async fn a_thousand_concurrent_calls_run_the_body_once() {
         "the body ran more than once"
     );
     assert!(receipts.iter().all(|receipt| *receipt == receipts[0]));
-    let (_, completes, releases) = counts.snapshot();
+    let (claims, completes, releases) = counts.snapshot();
     assert_eq!((completes, releases), (1, 0));
+    // Duplicates in one process wait on the owner's flight, not on the store: only the few
+    // that raced the owner's claim ask the store at all (polling would ask it 1000+ times).
+    assert!(claims < 50, "{claims} claims for 1000 coalesced calls");
 }
 
 #[tokio::test]
@@ -568,4 +571,134 @@ async fn zero_durations_are_refused() {
         matches!(error, Error::InvalidOption { option: "ttl", .. }),
         "{error:?}"
     );
+}
+
+/// `name` fixes the namespace of the keys: the record is where that name says, whatever the
+/// function's path.
+#[idempotent(name = "billing.fixed_name", store = exec, skip(exec, runs))]
+async fn renamed_freely(
+    order: u32,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+) -> Result<usize, AppError> {
+    let _ = order;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test]
+async fn name_fixes_the_namespace_of_the_key() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    assert_eq!(renamed_freely(7, exec, &runs).await.unwrap(), 1);
+    let key = idempotency::Key::new(
+        "billing.fixed_name",
+        1,
+        idempotency::Digest::of(&(7u32,)).unwrap(),
+    );
+    assert!(
+        matches!(
+            exec.store().get(&key).await,
+            Ok(Some(idempotency::Record::Completed { .. }))
+        ),
+        "the record lives under the fixed name"
+    );
+}
+
+/// `version` invalidates the records of earlier versions: the same call under version 2
+/// runs its body again instead of replaying version 1's output.
+mod versions {
+    use super::*;
+
+    #[idempotent(name = "billing.quote", version = 1, store = exec, skip(exec, runs))]
+    pub(super) async fn quote_v1(
+        order: u32,
+        exec: &Idempotency,
+        runs: &AtomicUsize,
+    ) -> Result<usize, AppError> {
+        let _ = order;
+        Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    #[idempotent(name = "billing.quote", version = 2, store = exec, skip(exec, runs))]
+    pub(super) async fn quote_v2(
+        order: u32,
+        exec: &Idempotency,
+        runs: &AtomicUsize,
+    ) -> Result<usize, AppError> {
+        let _ = order;
+        Ok(runs.fetch_add(1, Ordering::SeqCst) + 100)
+    }
+}
+
+#[tokio::test]
+async fn a_new_version_runs_again() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    assert_eq!(versions::quote_v1(3, exec, &runs).await.unwrap(), 1);
+    assert_eq!(
+        versions::quote_v1(3, exec, &runs).await.unwrap(),
+        1,
+        "v1 replays"
+    );
+    assert_eq!(
+        versions::quote_v2(3, exec, &runs).await.unwrap(),
+        101,
+        "v2 runs its body"
+    );
+    assert_eq!(
+        versions::quote_v2(3, exec, &runs).await.unwrap(),
+        101,
+        "v2 replays its own"
+    );
+}
+
+/// `ttl` and `lease` also take `Duration` expressions.
+#[idempotent(store = exec, skip(exec, runs), ttl = Duration::from_millis(300), lease = Duration::from_secs(5))]
+async fn short_lived_by_expression(
+    id: u32,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+) -> Result<usize, AppError> {
+    let _ = id;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test]
+async fn ttl_as_a_duration_expression() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    assert_eq!(short_lived_by_expression(1, exec, &runs).await.unwrap(), 1);
+    assert_eq!(short_lived_by_expression(1, exec, &runs).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(short_lived_by_expression(1, exec, &runs).await.unwrap(), 2);
+}
+
+/// A duplicate of a call that this process is running waits at most `wait_timeout`, then
+/// answers `InProgress` (the owner goes on and completes).
+#[tokio::test]
+async fn a_local_duplicate_stops_waiting_at_the_wait_timeout() {
+    let exec = leak(
+        Idempotency::builder(MemoryStore::new())
+            .wait_timeout(Duration::from_millis(100))
+            .build(),
+    );
+    let runs = leak(AtomicUsize::new(0));
+    let owner = tokio::spawn(slow(9, exec, runs, Duration::from_millis(150)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let duplicate = slow(9, exec, runs, Duration::ZERO).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            duplicate.as_ref().map_err(AppError::idempotency),
+            Err(Some(Error::InProgress { .. }))
+        ),
+        "{duplicate:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(90) && waited < Duration::from_secs(2),
+        "waited {waited:?}"
+    );
+    assert_eq!(owner.await.unwrap().unwrap(), "order 9, run 1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

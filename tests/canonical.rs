@@ -33,6 +33,19 @@ struct OrderId(u64);
 #[derive(Serialize)]
 struct Marker;
 
+#[derive(Serialize)]
+struct Line {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Serialize)]
+struct NestedOrder {
+    id: OrderId,
+    lines: Vec<Line>,
+    charge: ChargeRequest,
+}
+
 struct Raw(&'static [u8]);
 
 impl Serialize for Raw {
@@ -95,6 +108,28 @@ fn golden_vectors() {
                 note: None,
             }),
         ),
+        (
+            "Order (nested structs)",
+            hex(&NestedOrder {
+                id: OrderId(7),
+                lines: vec![
+                    Line {
+                        sku: "book".into(),
+                        quantity: 2,
+                    },
+                    Line {
+                        sku: "lamp".into(),
+                        quantity: 1,
+                    },
+                ],
+                charge: ChargeRequest {
+                    order_id: "A-7".into(),
+                    amount_cents: 4200,
+                    currency: Currency::Eur,
+                    note: Some("gift".into()),
+                },
+            }),
+        ),
     ];
     let expected = [
         "0u8 9b4fb24edd6d1d8830e272398263cdbf026b97392cc35387b991dc0248a628f9",
@@ -127,6 +162,7 @@ fn golden_vectors() {
         "Event::Refunded 1d760c47b50046b486e51932006f22a8c8ffd786a7faaf31be826a30761124de",
         "{a:1,b:2} 7fe5ae11e8603be4730c302eecef58397b95d84263518bb14cc330b094566520",
         "ChargeRequest e33df403c17036b4e313fad6cdbe993cf9562d133fd0db91f2b98da854b47350",
+        "Order (nested structs) 3b7ed7e60bc0fdb8b979b034d929fe5d2973f40bbeb8a3201793a976cbb54941",
     ];
     let actual: Vec<String> = vectors
         .iter()

@@ -86,7 +86,24 @@ async fn large(State(app): State<App>) -> Response {
     (StatusCode::CREATED, body).into_response()
 }
 
-/// `n` bytes that are not UTF-8 (stored as base64).
+/// A response carrying headers that belong to its hop only (and a `Date` of its own).
+async fn hop(State(app): State<App>) -> Response {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    (
+        StatusCode::CREATED,
+        [
+            (header::DATE, "Mon, 01 Jan 2001 00:00:00 GMT"),
+            (header::CONNECTION, "x-hop-only"),
+            (HeaderName::from_static("x-hop-only"), "for this hop"),
+            (HeaderName::from_static("keep-alive"), "timeout=5"),
+            (HeaderName::from_static("x-kept"), "yes"),
+        ],
+        "made",
+    )
+        .into_response()
+}
+
+/// `n` bytes that are not UTF-8 (stored byte for byte).
 async fn bytes(State(app): State<App>, Path(n): Path<usize>) -> Response {
     app.runs.fetch_add(1, Ordering::SeqCst);
     (StatusCode::CREATED, vec![0xffu8; n]).into_response()
@@ -127,6 +144,7 @@ fn routes(app: App) -> Router {
         .route("/binary", post(binary))
         .route("/bytes/{n}", post(bytes))
         .route("/broken", post(broken))
+        .route("/hop", post(hop))
         .with_state(app)
 }
 
@@ -651,8 +669,8 @@ async fn a_response_over_the_limit_is_sent_whole_and_a_retry_gets_a_problem_not_
     assert_eq!(retry.body, first.body);
 }
 
-/// The reviewer's case: an 800 KiB binary body is under 1 MiB, but its stored record (base64)
-/// is not. The layer measures the record, so it never hands the executor one it refuses.
+/// A binary body just under 1 MiB whose stored record (with its status and headers) is over
+/// it: the layer measures the record, so it never hands the executor one it refuses.
 #[tokio::test]
 async fn a_binary_response_is_measured_as_stored_and_never_run_twice() {
     let (store, counts) = Recording::new(MemoryStore::new());
@@ -1297,4 +1315,64 @@ async fn a_client_scope_that_fails_refuses_the_request() {
     assert_eq!(anonymous.status, StatusCode::CREATED);
     assert!(send(order()).await.replayed());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A replay carries the stored headers without the hop-by-hop ones (`Connection`, the headers
+/// it names, `Keep-Alive`) and with a fresh `Date`, not the stored one.
+#[tokio::test]
+async fn a_replay_drops_hop_by_hop_headers_and_the_stored_date() {
+    let server = serve(App::default(), layer()).await;
+    let url = server.url("/hop");
+    let first = send(client().post(&url).header(KEY, "hop")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.headers["x-kept"], "yes");
+    assert_eq!(first.headers[header::DATE], "Mon, 01 Jan 2001 00:00:00 GMT");
+    let retry = send(client().post(&url).header(KEY, "hop")).await;
+    assert!(retry.replayed());
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.headers["x-kept"], "yes");
+    for name in ["x-hop-only", "keep-alive"] {
+        assert!(!retry.headers.contains_key(name), "{name} replayed");
+    }
+    assert!(
+        retry
+            .headers
+            .get(header::CONNECTION)
+            .is_none_or(|value| !value.to_str().unwrap().contains("x-hop-only")),
+        "the stored Connection header replayed"
+    );
+    let date = retry.headers.get(header::DATE).expect("a date");
+    assert_ne!(
+        date, "Mon, 01 Jan 2001 00:00:00 GMT",
+        "the stored date replayed"
+    );
+    assert_eq!(server.runs(), 1);
+}
+
+/// A layer whose own options are invalid refuses every request with a problem that says so,
+/// and the handler never runs.
+#[tokio::test]
+async fn a_misconfigured_layer_says_so_and_runs_nothing() {
+    let server = serve(App::default(), layer().ttl(Duration::ZERO)).await;
+    let reply = post_order(&server, "k-misconfigured", "{}").await;
+    let detail = reply.problem(500, "misconfigured");
+    assert!(detail.contains("`ttl`"), "{detail}");
+    assert_eq!(server.runs(), 0);
+}
+
+/// The method alone is part of the fingerprint: the same path, body and key under another
+/// covered method is a reused key.
+#[tokio::test]
+async fn another_method_alone_is_a_reused_key() {
+    let server = serve(App::default(), layer()).await;
+    let client = client();
+    let url = server.url("/orders/ord_5");
+    let first = send(client.patch(&url).header(KEY, "k-method").body("{}")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let reused = send(client.post(&url).header(KEY, "k-method").body("{}")).await;
+    reused.problem(422, "key-reused");
+    let retry = send(client.patch(&url).header(KEY, "k-method").body("{}")).await;
+    assert!(retry.replayed());
+    assert_eq!(server.runs(), 1);
 }

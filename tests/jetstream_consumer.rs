@@ -24,6 +24,14 @@ async fn every_distinct_event_is_settled_once_despite_duplicates_and_redeliverie
     // The broker really delivered duplicates and redeliveries of every kind.
     assert!(report.published > report.distinct, "{report:?}");
     assert!(report.redeliveries > 0, "{report:?}");
+    assert!(
+        report.nak_redeliveries > 0,
+        "naks were redelivered: {report:?}"
+    );
+    assert!(
+        report.ack_wait_redeliveries > 0,
+        "unanswered deliveries came back after the ack wait: {report:?}"
+    );
     assert!(report.handler_failures > 0, "{report:?}");
     assert!(
         report.duplicates_skipped >= report.published - report.distinct,

@@ -116,3 +116,94 @@ mod harness {
 }
 
 sql_support::suite::sql_suite!();
+
+/// A replay is a plain read: the table's claim function is never entered for it. Shown by
+/// replacing the function with one that fails: replays still answer, a new key fails, and
+/// `migrate` puts the real function back.
+#[tokio::test]
+async fn a_replay_never_enters_the_claim_function() {
+    let Some((url, pool)) = harness::fresh(2).await else {
+        return;
+    };
+    let table = unique("replay_reads");
+    let _scratch = scratch(&url, &[&table]);
+    let store = store_on(&pool, &table).await;
+    let idempotency = Idempotency::new(store.clone());
+    let call = |order: &'static str, output: u64| {
+        idempotency.run(
+            Key::derive("sql::replay_reads", 1, &order).expect("key"),
+            fingerprint("a"),
+            move || async move { Ok::<_, Error>(output) },
+        )
+    };
+    assert_eq!(call("order-1", 1).await.expect("first execution"), 1);
+    sqlx::query(&format!(
+        "CREATE OR REPLACE FUNCTION \"{table}_claim\"(
+    p_id bytea, p_key text, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8,
+    p_lock text,
+    OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
+    OUT remaining int8, OUT took_over bool
+) LANGUAGE plpgsql AS $body$ BEGIN RAISE EXCEPTION 'the claim function was entered'; END $body$"
+    ))
+    .execute(&pool)
+    .await
+    .expect("replace the claim function");
+    for _ in 0..5 {
+        assert_eq!(call("order-1", 2).await.expect("a replay reads only"), 1);
+    }
+    let entered = call("order-2", 3).await;
+    assert!(
+        matches!(
+            &entered,
+            Err(Error::Store {
+                op: StoreOp::Claim,
+                ..
+            })
+        ) && format!("{entered:?}").contains("the claim function was entered"),
+        "a new key goes through the function: {entered:?}"
+    );
+    store.migrate().await.expect("migrate again");
+    assert_eq!(
+        call("order-2", 3).await.expect("the real function is back"),
+        3
+    );
+}
+
+/// `migrate` is safe to run at every start-up, from several processes at once (its claim
+/// function included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_runs_again_and_concurrently() {
+    let Some((url, pool)) = harness::fresh(8).await else {
+        return;
+    };
+    let table = unique("migrate_again");
+    let _scratch = scratch(&url, &[&table]);
+    let stores: Vec<Sql> = (0..4)
+        .map(|_| {
+            SqlStore::builder(pool.clone())
+                .table(&table)
+                .build()
+                .expect("table")
+        })
+        .collect();
+    let migrations: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| tokio::spawn(async move { store.migrate().await }))
+        .collect();
+    for migration in migrations {
+        migration
+            .await
+            .expect("task")
+            .expect("a concurrent migrate");
+    }
+    stores[0].migrate().await.expect("migrate once more");
+    let out: Result<u64, Error> = Idempotency::new(stores[1].clone())
+        .run(
+            Key::derive("sql::migrate_again", 1, &"order").expect("key"),
+            fingerprint("a"),
+            || async { Ok(9) },
+        )
+        .await;
+    assert_eq!(out.expect("claims work after the migrations"), 9);
+}

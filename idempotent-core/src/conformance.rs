@@ -483,6 +483,46 @@ pub async fn outputs_round_trip_byte_exact(store: &dyn Store) {
     }
 }
 
+/// [`Store::claim_now`], where the store answers it, answers as `claim` does: it acquires a
+/// free key (once), reports a key in progress, and replays a completed one. A store that
+/// answers `None` (it needs I/O) passes.
+pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
+    let key = fresh("claim_now_agrees_with_claim");
+    let Some(first) = store.claim_now(&key, &fingerprint("a"), LONG) else {
+        return;
+    };
+    let token = match first {
+        Ok(Claim::Acquired { token, took_over }) => {
+            assert!(!took_over, "a free key is not a takeover");
+            token
+        }
+        other => panic!("claim_now of a free key must be Acquired, got {other:?}"),
+    };
+    match store.claim_now(&key, &fingerprint("b"), LONG) {
+        Some(Ok(Claim::InProgress { fingerprint: f, .. })) => assert_eq!(f, fingerprint("a")),
+        other => panic!("claim_now of a key in progress must be InProgress, got {other:?}"),
+    }
+    match store.claim(&key, &fingerprint("b"), LONG).await {
+        Ok(Claim::InProgress { fingerprint: f, .. }) => assert_eq!(f, fingerprint("a")),
+        other => panic!("claim after claim_now must see it in progress, got {other:?}"),
+    }
+    let output = Bytes::from_static(b"answered at once");
+    let done = store
+        .complete(&key, &token, &fingerprint("a"), output.clone(), LONG)
+        .await;
+    assert!(done.is_ok(), "the owner's complete must succeed: {done:?}");
+    match store.claim_now(&key, &fingerprint("a"), LONG) {
+        Some(Ok(Claim::Completed {
+            fingerprint: f,
+            output: back,
+        })) => {
+            assert_eq!(f, fingerprint("a"));
+            assert_eq!(back, output);
+        }
+        other => panic!("claim_now of a completed key must replay it, got {other:?}"),
+    }
+}
+
 /// Namespaces with spaces, newlines, braces, quotes, or 10 KB of text are stored safely and
 /// kept apart.
 pub async fn odd_namespaces_are_safe(store: &dyn Store) {
@@ -635,6 +675,7 @@ macro_rules! __conformance_cases {
             outputs_round_trip_byte_exact,
             odd_namespaces_are_safe,
             concurrent_claims_acquire_once,
+            claim_now_agrees_with_claim,
             missing_keys_are_empty
         );
     };

@@ -685,6 +685,8 @@ impl Inner {
                 Claim::Acquired { token, took_over } => {
                     if took_over {
                         event!(info, key = %key, "took over a claim whose lease had passed");
+                    } else {
+                        event!(debug, key = %key, "claimed");
                     }
                     let _ = took_over;
                     // Boxed: the first execution is the rare path, and keeping its state out of
@@ -745,6 +747,7 @@ impl Inner {
                 return result;
             }
             Some(Err(source)) => {
+                event!(warn, key = %key, error = %source, "the output could not be encoded; releasing the claim");
                 claim.release().await;
                 pilot.land(Landing::Released);
                 return Err(Error::Codec {
@@ -757,6 +760,7 @@ impl Inner {
             Some(Ok(encoded)) => encoded,
         };
         if encoded.len() > settings.max_output_bytes {
+            event!(warn, key = %key, size = encoded.len(), limit = settings.max_output_bytes, "the output is over the limit; releasing the claim");
             claim.release().await;
             pilot.land(Landing::Released);
             return Err(Error::OutputTooLarge {
@@ -862,7 +866,9 @@ impl HeldClaim {
     async fn release(&mut self) {
         self.stage = Stage::Settled;
         match self.store.release(&self.key, &self.token).await {
-            Ok(()) => {}
+            Ok(()) => {
+                event!(debug, key = %self.key, "released the claim");
+            }
             Err(error) => {
                 event!(warn, key = %self.key, error = %error, "could not release the claim; it holds until its lease passes");
                 let _ = error;

@@ -1,5 +1,5 @@
 //! In-process coalescing: while one task of this process runs a key's body, the other tasks of
-//! this process with that key wait on a channel for its result instead of polling the store.
+//! this process with that key wait on a notification for its result instead of polling the store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

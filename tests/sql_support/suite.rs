@@ -924,6 +924,7 @@ macro_rules! sql_suite {
             let ran = AtomicUsize::new(0);
             let key = Key::derive("sql::outage", 1, &"order").expect("key");
             // Bounded well past the pool's 1 s acquire timeout, so a hang fails the test.
+            let started = std::time::Instant::now();
             let outcome = tokio::time::timeout(
                 Duration::from_secs(30),
                 idempotency.run(key, fingerprint("a"), || async {
@@ -941,6 +942,9 @@ macro_rules! sql_suite {
                 }) => {}
                 other => panic!("expected a typed store error on claim, got {other:?}"),
             }
+            // Within the pool's 1 s acquire timeout, give or take a busy machine.
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(5), "failed after {took:?}, not within the acquire timeout");
             assert_eq!(ran.load(Ordering::SeqCst), 0, "the body did not run");
         }
 

@@ -157,6 +157,11 @@
 //! `500`: the layer's [`ClientScope`] could not identify the client (with
 //! [`ClientScope::extension`], the extension's value failed to serialize), so the request was
 //! not processed: it is never put in the anonymous scope instead. The handler did not run.
+//!
+//! ### misconfigured
+//! `500`: the layer's own options are invalid (a zero [`ttl`](IdempotencyLayer::ttl) or
+//! [`lease`](IdempotencyLayer::lease)), so no request is processed. The handler did not run;
+//! fix the server's configuration.
 
 mod body;
 mod header;

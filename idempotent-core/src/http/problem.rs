@@ -28,6 +28,7 @@ pub(crate) enum Kind {
     /// Stands in for a response too large to store: replayed with that response's status.
     ResponseTooLarge,
     ScopeFailed,
+    Misconfigured,
 }
 
 impl Kind {
@@ -43,7 +44,8 @@ impl Kind {
             Kind::StoredResponseUnreadable
             | Kind::ResponseFailed
             | Kind::ResponseTooLarge
-            | Kind::ScopeFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            | Kind::ScopeFailed
+            | Kind::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -60,6 +62,7 @@ impl Kind {
             Kind::ResponseFailed => "response-failed",
             Kind::ResponseTooLarge => "response-too-large",
             Kind::ScopeFailed => "scope-failed",
+            Kind::Misconfigured => "misconfigured",
         }
     }
 
@@ -76,6 +79,7 @@ impl Kind {
             Kind::ResponseFailed => "response failed",
             Kind::ResponseTooLarge => "response too large to replay",
             Kind::ScopeFailed => "client scope failed",
+            Kind::Misconfigured => "idempotency layer misconfigured",
         }
     }
 }

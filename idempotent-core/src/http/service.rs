@@ -428,6 +428,18 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
                 Some(std::time::Duration::from_secs(1)),
             )
         }
+        Error::InvalidOption { option, problem } => {
+            event!(
+                error,
+                option,
+                problem,
+                "the layer's options are invalid; the handler did not run"
+            );
+            let detail = format!(
+                "the idempotency layer's `{option}` {problem}, so the request was not processed; this is the server's configuration, not the request"
+            );
+            problem::response(Kind::Misconfigured, &detail, None)
+        }
         other => {
             event!(error, error = %other, "idempotent request failed; the handler did not run");
             let _ = other;

@@ -140,7 +140,9 @@ pub trait Store: Debug + Send + Sync + 'static {
     ///
     /// * No record, an expired completed record, or an in-progress record whose lease has
     ///   passed: create `InProgress { token: fresh random token, fingerprint, lease_until:
-    ///   now + lease }` and return [`Claim::Acquired`] (`took_over` set in the last case).
+    ///   now + lease }` and return [`Claim::Acquired`] (`took_over` set in the last case, by a
+    ///   store that can tell: one whose in-progress records leave by themselves when their lease
+    ///   passes, as on Redis, sees a free key and reports `false`).
     /// * A live completed record: return [`Claim::Completed`] with its fingerprint and output,
     ///   unchanged.
     /// * A live in-progress record: return [`Claim::InProgress`] with its fingerprint and the

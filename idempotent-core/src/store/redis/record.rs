@@ -6,9 +6,11 @@
 //! ```
 //!
 //! `kind` is `P` (in progress; `time` is `lease_until`) or `C` (completed; `time` is
-//! `expires_at`), times in milliseconds since the Unix epoch by the Redis server's clock. The
-//! Lua scripts write this layout and read its fixed offsets; this module reads it back for the
-//! client and refuses anything else as corrupt.
+//! `expires_at`), times in milliseconds since the Unix epoch: an in-progress record is built
+//! here by the claiming client, with its clock; a completed one (and a renewed lease) by the
+//! Lua scripts, with the Redis server's. The scripts read its fixed offsets; this module reads
+//! it back for the client and refuses anything else as corrupt. The times are only reported
+//! back: what frees a key is the record's own time to live (`PX`).
 
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
