@@ -233,6 +233,24 @@ impl<W: Out> Encoder<'_, W> {
     }
 }
 
+impl<'w, W: Out> Encoder<'w, W> {
+    /// A tuple or struct variant: a one-entry map from its name to its content (`content`
+    /// opens a sequence or a map), closed by the returned compound.
+    fn variant<'a>(
+        &'a mut self,
+        variant: &'static str,
+        content: u8,
+    ) -> Result<Compound<'a, 'w, W>, OutputError> {
+        self.open(tag::MAP)?;
+        self.str(variant);
+        self.open(content)?;
+        Ok(Compound {
+            encoder: self,
+            closes: 2,
+        })
+    }
+}
+
 impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
     type Ok = ();
     type Error = OutputError;
@@ -425,13 +443,7 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeTupleVariant, OutputError> {
-        self.open(tag::MAP)?;
-        self.str(variant);
-        self.open(tag::SEQ)?;
-        Ok(Compound {
-            encoder: self,
-            closes: 2,
-        })
+        self.variant(variant, tag::SEQ)
     }
 
     fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, OutputError> {
@@ -457,13 +469,7 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Self::SerializeStructVariant, OutputError> {
-        self.open(tag::MAP)?;
-        self.str(variant);
-        self.open(tag::MAP)?;
-        Ok(Compound {
-            encoder: self,
-            closes: 2,
-        })
+        self.variant(variant, tag::MAP)
     }
 }
 

@@ -42,12 +42,13 @@ fn statements(table: &TableName) -> Statements {
     };
     // The claim is one statement that reads the row and, only when no live record is there,
     // calls the table's claim function (created by `migrate`), which inserts or takes the
-    // row over. Both branches see the statement's snapshot, so exactly one answers. A replay
-    // is then a plain read by primary key: the function is never entered (its scan sits under
-    // a one-time filter), so nothing is written or locked, and the server sets up no insert.
-    // `locked` says the function ran: its `DO UPDATE` locked the row even where it kept
-    // another owner's record (a claim committed after this statement's snapshot), and in the
-    // caller's transaction that lock lasts until the transaction ends.
+    // row over: the read comes first in a `UNION ALL` under `LIMIT 1`, so a row from it ends
+    // the statement before the function is entered. A replay is then a plain read by primary
+    // key: nothing is written or locked, and the server sets up no insert. (Were the function
+    // ever entered with a live record there, its upsert would keep and return that record:
+    // the answer is the same.) State 1 says the function ran and kept another owner's record
+    // (a claim committed after this statement's snapshot): its `DO UPDATE` locked the row,
+    // and in the caller's transaction that lock lasts until the transaction ends.
     let function = match table.schema() {
         Some(schema) => format!("\"{schema}\".\"{}_claim\"", table.name()),
         None => format!("\"{}_claim\"", table.name()),
@@ -61,14 +62,16 @@ fn statements(table: &TableName) -> Statements {
             epoch_micros(&format!("({row}lease_until - {NOW})"))
         )
     };
+    // `state`: 0 the live record read, 1 another owner's record kept by the function, 2 the
+    // key acquired, 3 acquired by taking over a record whose lease had passed.
     let claim = format!(
-        "SELECT FALSE AS acquired, completed, fingerprint, output, {left_cur} AS remaining,
-    FALSE AS took_over, FALSE AS locked
-FROM {t} WHERE id = $1 AND {live}
+        "(SELECT 0::int2 AS state, completed, fingerprint, output, {left_cur} AS remaining
+FROM {t} WHERE id = $1 AND {live})
 UNION ALL
-SELECT f.acquired, f.completed, f.fingerprint, f.output, f.remaining, f.took_over, TRUE
-FROM {function}($1, $2, $3, $4, $5, $6, $7) AS f
-WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE id = $1 AND {live})",
+(SELECT (CASE WHEN f.acquired THEN CASE WHEN f.took_over THEN 3 ELSE 2 END ELSE 1 END)::int2,
+    f.completed, f.fingerprint, f.output, f.remaining
+FROM {function}($1, $2, $3, $4, $5, $6, $7) AS f)
+LIMIT 1",
         left_cur = left(""),
     );
     // The function: insert, or take over a row whose lease or TTL has passed (the conditional
@@ -183,19 +186,19 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, StoreError> {
     let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
-    let acquired: bool = row.try_get(0).map_err(decode)?;
-    if acquired {
+    let state: i16 = row.try_get(0).map_err(decode)?;
+    if state >= 2 {
         return Ok(Claim::Acquired {
             token,
-            took_over: row.try_get(5).map_err(decode)?,
+            took_over: state == 3,
         });
     }
+    let locked = state == 1;
     let completed: bool = row.try_get(1).map_err(decode)?;
-    let fingerprint: Vec<u8> = row.try_get(2).map_err(decode)?;
+    let fingerprint: &[u8] = row.try_get(2).map_err(decode)?;
     let output: Option<Vec<u8>> = row.try_get(3).map_err(decode)?;
     let left: Option<i64> = row.try_get(4).map_err(decode)?;
-    let locked: bool = row.try_get(6).map_err(decode)?;
-    let fingerprint = fingerprint_from(&fingerprint)?;
+    let fingerprint = fingerprint_from(fingerprint)?;
     Ok(if completed {
         Claim::Completed {
             fingerprint,
