@@ -439,39 +439,32 @@ impl<'a, M> Call<'a, M> {
         let inner = &*idempotency.inner;
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("idempotent", key = %key);
-        let first = {
+        // No invalid option to report and no flight of this process to follow: the call
+        // starts with a claim, answered at once by an in-process store.
+        let claim_first = settings.problem().is_none() && !inner.flights.busy();
+        let first = if claim_first {
             #[cfg(feature = "tracing")]
             let _entered = span.enter();
-            match inner.claim_now(&settings, &key, &fingerprint) {
+            match inner.store.claim_now(&key, &fingerprint, settings.lease) {
                 Some(Ok(Claim::Completed {
                     fingerprint: stored,
                     output,
-                })) => {
-                    if stored != fingerprint {
-                        return Ok(Err(Error::KeyReused { key }.into()));
-                    }
-                    event!(debug, key = %key, "replay");
-                    return Ok(decode::<M, T, E>(key, &output));
-                }
+                })) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
                 other => other,
             }
+        } else {
+            None
         };
         let execution = async move {
             let first = match first {
-                None if inner.claim_first(&settings) => {
+                None if claim_first => {
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
                     match inner.store.claim(&key, &fingerprint, settings.lease).await {
                         Ok(Claim::Completed {
                             fingerprint: stored,
                             output,
-                        }) => {
-                            if stored != fingerprint {
-                                return Err(Error::KeyReused { key }.into());
-                            }
-                            event!(debug, key = %key, "replay");
-                            return decode::<M, T, E>(key, &output);
-                        }
+                        }) => return replay::<M, T, E>(key, &fingerprint, &stored, &output),
                         other => Some(other),
                     }
                 }
@@ -523,6 +516,21 @@ where
     })
 }
 
+/// The answer for a completed record: its output, or key reuse when it was stored for another
+/// fingerprint.
+fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
+    key: Key,
+    fingerprint: &Fingerprint,
+    stored: &Fingerprint,
+    output: &[u8],
+) -> Result<T, E> {
+    if stored != fingerprint {
+        return Err(Error::KeyReused { key }.into());
+    }
+    event!(debug, key = %key, "replay");
+    decode::<M, T, E>(key, output)
+}
+
 fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Result<T, E> {
     match M::decode(bytes) {
         Ok(result) => result,
@@ -536,31 +544,9 @@ fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Res
 }
 
 impl Inner {
-    /// The store's immediate answer to the call's first claim, when it has one and nothing
-    /// else needs looking at first (an invalid option, a flight of this process).
-    #[inline]
-    fn claim_now(
-        &self,
-        settings: &Settings,
-        key: &Key,
-        fingerprint: &Fingerprint,
-    ) -> Option<Result<Claim, StoreError>> {
-        if !self.claim_first(settings) {
-            return None;
-        }
-        self.store.claim_now(key, fingerprint, settings.lease)
-    }
-
-    /// Whether the call may start with a claim: no invalid option to report, and no flight
-    /// of this process to follow instead.
-    #[inline]
-    fn claim_first(&self, settings: &Settings) -> bool {
-        settings.problem().is_none() && !self.flights.busy()
-    }
-
-    /// The whole call. `first` is the answer to the first claim when the store gave it at
-    /// once ([`Store::claim_now`]); the caller checked then that no flight of this process
-    /// ran the key, so it is used as it is.
+    /// The whole call. `first` is the answer to the call's first claim when `Call::start`
+    /// already had it; it checked then that no flight of this process ran the key, so the
+    /// answer is used as it is.
     async fn execute<M, T, E, F, Fut>(
         &self,
         settings: Settings,
@@ -635,13 +621,7 @@ impl Inner {
                 Claim::Completed {
                     fingerprint: stored,
                     output,
-                } => {
-                    if stored != fingerprint {
-                        return Err(Error::KeyReused { key }.into());
-                    }
-                    event!(debug, key = %key, "replay");
-                    return decode::<M, T, E>(key, &output);
-                }
+                } => return replay::<M, T, E>(key, &fingerprint, &stored, &output),
                 Claim::InProgress {
                     fingerprint: owner,
                     lease_remaining,

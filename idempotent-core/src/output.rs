@@ -780,65 +780,9 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         true
     }
 
-    // The hints a derived `Deserialize` gives for the common shapes, answered without the
-    // general dispatch when the record has that shape (and by `deserialize_any` otherwise, so
-    // every visitor sees what it would with JSON).
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        if self.peek()? == tag::STR {
-            self.at += 1;
-            return visitor.visit_borrowed_str(self.str_body()?);
-        }
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        if self.peek()? == tag::UINT {
-            self.at += 1;
-            return visitor.visit_u64(self.varint()?);
-        }
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        self.deserialize_u64(visitor)
-    }
-
-    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        self.deserialize_u64(visitor)
-    }
-
-    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        self.deserialize_u64(visitor)
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OutputError> {
-        if self.peek()? == tag::MAP {
-            self.at += 1;
-            return self.visit_map(visitor);
-        }
-        self.deserialize_any(visitor)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, OutputError> {
-        self.deserialize_map(visitor)
-    }
-
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u128 f32 f64 char bytes byte_buf
-        unit unit_struct tuple tuple_struct
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct tuple tuple_struct map struct identifier
     }
 }
 

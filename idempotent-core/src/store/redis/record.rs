@@ -76,7 +76,8 @@ fn push_decimal(out: &mut String, n: u32) {
 /// (milliseconds since the Unix epoch, big-endian), so `complete` can tell an owner whose
 /// lease passed (its record left with the lease) from one whose record was removed.
 pub(super) fn token(lease_until: SystemTime) -> Token {
-    let mut bytes = *Token::random().as_bytes();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&rand::random::<[u8; 8]>());
     bytes[8..].copy_from_slice(&epoch_millis(lease_until).to_be_bytes());
     Token::from_bytes(bytes)
 }

@@ -9,8 +9,8 @@ use sqlx::{MySql, Row as _};
 
 use super::{
     ClaimContended, Current, SqlDialect, SqlStore, Statements, TableName, claim_attempts,
-    completed_output, fingerprint_from, locked_elsewhere, micros, row_id, sealed, token_from,
-    wall_clock,
+    completed_output, fingerprint_from, locked_elsewhere, micros, row_id, row_key, sealed,
+    token_from, wall_clock,
 };
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -279,11 +279,12 @@ impl SqlDialect for MySql {
         in_transaction: bool,
     ) -> BoxFuture<'c, Result<Claim, StoreError>> {
         Box::pin(async move {
+            let (id, key_text) = row_key(key);
             let mut claiming = Claiming {
                 store,
                 conn,
-                id: row_id(key),
-                key_text: key.to_string(),
+                id,
+                key_text,
                 token: Token::random(),
                 fingerprint,
                 lease: micros(lease),

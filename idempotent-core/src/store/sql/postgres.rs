@@ -10,7 +10,7 @@ use sqlx::{Connection as _, Postgres, Row as _};
 
 use super::{
     NoRow, SqlDialect, SqlStore, Statements, TableName, completed_output, fingerprint_from,
-    locked_elsewhere, micros, remaining, row_id, sealed, token_from, wall_clock,
+    locked_elsewhere, micros, remaining, row_id, row_key, sealed, token_from, wall_clock,
 };
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -271,7 +271,7 @@ impl SqlDialect for Postgres {
             // in the caller's transaction a `set_config(…, true)` would outlive the claim.
             let lock_timeout = store.lock_timeout();
             let bound = !in_transaction && !lock_timeout.is_zero();
-            let id = row_id(key);
+            let (id, key_text) = row_key(key);
             // Whole milliseconds, at least one (`0` would mean no bound).
             let lock = bound.then(|| {
                 lock_timeout
@@ -281,7 +281,7 @@ impl SqlDialect for Postgres {
             });
             let query = sqlx::query(&store.sql().claim)
                 .bind(&id[..])
-                .bind(key.to_string())
+                .bind(key_text)
                 .bind(&token.as_bytes()[..])
                 .bind(&fingerprint.as_bytes()[..])
                 .bind(micros(lease))

@@ -10,7 +10,7 @@ use sqlx::{Row as _, Sqlite};
 
 use super::{
     ClaimContended, Current, SqlDialect, SqlStore, Statements, TableName, claim_attempts,
-    completed_output, fingerprint_from, micros, row_id, sealed, token_from, wall_clock,
+    completed_output, fingerprint_from, micros, row_id, row_key, sealed, token_from, wall_clock,
 };
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -274,11 +274,12 @@ impl SqlDialect for Sqlite {
         in_transaction: bool,
     ) -> BoxFuture<'c, Result<Claim, StoreError>> {
         Box::pin(async move {
+            let (id, key_text) = row_key(key);
             Claiming {
                 store,
                 conn,
-                id: row_id(key),
-                key_text: key.to_string(),
+                id,
+                key_text,
                 token: Token::random(),
                 fingerprint,
                 lease,
