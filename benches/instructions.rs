@@ -43,6 +43,12 @@ fn main() {
                     black_box(idempotent_charge(black_box(req.clone())).await.ok());
                 }
             }
+            "first" => {
+                for n in 0..calls {
+                    let req = request(1_000_000 + n);
+                    black_box(idempotent_charge(black_box(req)).await.ok());
+                }
+            }
             "hash" => {
                 for _ in 0..calls {
                     let mut builder = idempotency::DigestBuilder::new();
@@ -52,7 +58,7 @@ fn main() {
             }
             _ => {
                 eprintln!(
-                    "usage: instructions <plain|cached|raw|replay|hash> <calls> (run under callgrind; see scripts/instructions.sh)"
+                    "usage: instructions <plain|cached|raw|replay|first|hash> <calls> (run under callgrind; see scripts/instructions.sh)"
                 );
             }
         }

@@ -62,11 +62,11 @@
 #![forbid(unsafe_code)]
 
 pub use idempotent_core::{
-    BoxError, Bytes, Call, CanonicalError, Claim, CodecOp, Digest, DigestBuilder, DropErrors,
-    Error, Fingerprint, HexDigest, Idempotency, IdempotencyBuilder, InProgressPolicy, Key,
-    Namespace, OutputMode, Record, Store, StoreError, StoreErrors, StoreOp, Token, async_trait,
-    conformance, conformance_tests, default_idempotency, output, set_default, set_default_store,
-    store, testing,
+    BoxError, Bytes, Call, CanonicalError, Claim, ClaimNow, CodecOp, Digest, DigestBuilder,
+    DropErrors, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
+    InProgressPolicy, Keep, Key, Namespace, OutputMode, Record, Store, StoreError, StoreErrors,
+    StoreOp, Token, async_trait, conformance, conformance_tests, default_idempotency, output,
+    set_default, set_default_store, store, testing,
 };
 
 pub use idempotent_core::consumer::{self, Consumer};

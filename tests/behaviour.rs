@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{AppError, Down, Recording, leak};
-use idempotency::{Error, Idempotency, InProgressPolicy, MemoryStore, idempotent};
+use idempotency::{Error, Idempotency, InProgressPolicy, MemoryStore, Store as _, idempotent};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -701,4 +701,113 @@ async fn a_local_duplicate_stops_waiting_at_the_wait_timeout() {
     );
     assert_eq!(owner.await.unwrap().unwrap(), "order 9, run 1");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Counts its clones, and holds a field that is never stored.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Tally {
+    shown: String,
+    #[serde(skip)]
+    transient: u32,
+}
+
+static TALLY_CLONES: AtomicUsize = AtomicUsize::new(0);
+
+impl Clone for Tally {
+    fn clone(&self) -> Self {
+        TALLY_CLONES.fetch_add(1, Ordering::SeqCst);
+        Tally {
+            shown: self.shown.clone(),
+            transient: self.transient,
+        }
+    }
+}
+
+#[idempotent(store = exec, skip(exec, runs))]
+async fn tally(id: u32, exec: &Idempotency, runs: &AtomicUsize) -> Result<Tally, AppError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(Tally {
+        shown: format!("tally {id}"),
+        transient: 7,
+    })
+}
+
+/// A `Clone` output is replayed on the memory store by cloning the value kept beside the
+/// record, and that value is the stored output decoded: a replay returns what decoding would
+/// (here, without the field that is never stored), not a copy of the first call's value.
+#[tokio::test]
+async fn clone_outputs_replay_the_kept_value_as_it_decodes() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    let first = tally(1, exec, &runs).await.unwrap();
+    assert_eq!(
+        first.transient, 7,
+        "the first call gets the body's own value"
+    );
+    let clones_before = TALLY_CLONES.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let replayed = tally(1, exec, &runs).await.unwrap();
+        assert_eq!(
+            replayed,
+            Tally {
+                shown: "tally 1".into(),
+                transient: 0
+            }
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        TALLY_CLONES.load(Ordering::SeqCst) - clones_before,
+        3,
+        "each replay clones the kept value"
+    );
+}
+
+/// Not `Clone`: replays decode the stored output.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Unclonable {
+    shown: String,
+}
+
+#[idempotent(store = exec, skip(exec, runs))]
+async fn unclonable(
+    id: u32,
+    exec: &Idempotency,
+    runs: &AtomicUsize,
+) -> Result<Unclonable, AppError> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(Unclonable {
+        shown: format!("unclonable {id}"),
+    })
+}
+
+#[tokio::test]
+async fn outputs_that_are_not_clone_replay_by_decoding() {
+    let (exec, _) = executor();
+    let runs = AtomicUsize::new(0);
+    let first = unclonable(2, exec, &runs).await.unwrap();
+    let again = unclonable(2, exec, &runs).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// The memory store weighs a kept value as much as its encoded output, so a `Clone` output
+/// counts twice against the capacity.
+#[tokio::test]
+async fn a_kept_value_weighs_as_much_as_its_output() {
+    let store = MemoryStore::new();
+    let exec = leak(Idempotency::new(store.clone()));
+    let runs = AtomicUsize::new(0);
+    tally(3, exec, &runs).await.unwrap();
+    unclonable(3, exec, &runs).await.unwrap();
+    let mut expected = 0;
+    for (name, copies) in [("behaviour::tally", 2), ("behaviour::unclonable", 1)] {
+        let key = idempotency::Key::new(name, 1, idempotency::Digest::of(&(3u32,)).unwrap());
+        let Ok(Some(idempotency::Record::Completed { output, .. })) = store.get(&key).await else {
+            panic!("{name} must be completed under {key}");
+        };
+        // Output (once more when kept), namespace, and the fixed overhead a record.
+        expected += copies * output.len() + name.len() + 192;
+    }
+    assert_eq!(store.weighted_size(), expected as u64);
 }

@@ -156,3 +156,73 @@ async fn an_output_larger_than_the_whole_capacity_is_refused() {
         "{refused:?}"
     );
 }
+
+async fn complete_one(store: &MemoryStore, key: &Key, output: &'static [u8], ttl: Duration) {
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    let claim = store.claim(key, &fingerprint, HOUR).await.expect("claim");
+    let Claim::Acquired { token, .. } = claim else {
+        panic!("{key} must be free, got {claim:?}");
+    };
+    store
+        .complete(key, &token, &fingerprint, Bytes::from_static(output), ttl)
+        .await
+        .expect("complete");
+}
+
+/// Expired records are never replayed, and a sweep gives their memory back; a key completed
+/// again after it expired keeps its new record through the sweep.
+#[tokio::test]
+async fn expired_records_are_swept_and_renewed_keys_kept() {
+    let store = MemoryStore::new();
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    complete_one(&store, &key(1), b"short", Duration::from_millis(50)).await;
+    complete_one(&store, &key(2), b"again", Duration::from_millis(50)).await;
+    assert!(store.weighted_size() > 0);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Key 2 expired and is completed anew, before any sweep.
+    complete_one(&store, &key(2), b"renewed", HOUR).await;
+    let renewed = store.weighted_size();
+    assert_eq!(
+        renewed,
+        u64::from(b"renewed".len() as u32) + "memory::capacity".len() as u64 + 192,
+        "only the renewed record is left after the sweep"
+    );
+    match store.claim(&key(2), &fingerprint, HOUR).await.unwrap() {
+        Claim::Completed { output, .. } => assert_eq!(&output[..], b"renewed"),
+        other => panic!("the renewed record must replay, got {other:?}"),
+    }
+    assert!(matches!(
+        store.claim(&key(1), &fingerprint, HOUR).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+/// The longest durations a caller can give do not overflow a clock.
+#[tokio::test]
+async fn the_longest_ttl_and_lease_are_safe() {
+    let store = MemoryStore::new();
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    let Claim::Acquired { token, .. } = store
+        .claim(&key(7), &fingerprint, Duration::MAX)
+        .await
+        .unwrap()
+    else {
+        panic!("free");
+    };
+    store.renew(&key(7), &token, Duration::MAX).await.unwrap();
+    store
+        .complete(
+            &key(7),
+            &token,
+            &fingerprint,
+            Bytes::from_static(b"x"),
+            Duration::MAX,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim(&key(7), &fingerprint, HOUR).await.unwrap(),
+        Claim::Completed { .. }
+    ));
+    assert!(store.get(&key(7)).await.unwrap().is_some());
+}

@@ -81,11 +81,13 @@ pub(crate) fn digest<T: Serialize + ?Sized>(value: &T) -> Result<[u8; 32], Canon
 }
 
 /// Start of a tuple of values hashed one by one (the arguments of a call).
+#[inline]
 pub(crate) fn begin_tuple(sink: &mut Sink) {
     sink.byte(tag::SEQ);
 }
 
 /// End of a tuple started with [`begin_tuple`].
+#[inline]
 pub(crate) fn end_tuple(sink: &mut Sink) {
     sink.byte(tag::END);
 }
@@ -95,6 +97,7 @@ struct Canon<'a> {
 }
 
 impl Canon<'_> {
+    #[inline]
     fn int(self, v: i64) {
         self.h.byte(tag::INT64);
         // Zigzag: small magnitudes of either sign stay short.
@@ -124,9 +127,7 @@ impl Canon<'_> {
 
 #[inline]
 fn write_str(h: &mut Sink, s: &str) {
-    h.byte(tag::STR);
-    h.varint(s.len() as u64);
-    h.bytes(s.as_bytes());
+    h.tagged(tag::STR, s.as_bytes());
 }
 
 /// Counts the bytes a `Display` impl writes (first pass of `collect_str`).
@@ -160,65 +161,83 @@ impl<'a> ser::Serializer for Canon<'a> {
     type SerializeStruct = Compound<'a>;
     type SerializeStructVariant = Compound<'a>;
 
+    #[inline]
     fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
         self.h.byte(if v { tag::TRUE } else { tag::FALSE });
         Ok(())
     }
 
+    #[inline]
     fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
         self.int(v);
         Ok(())
     }
 
+    #[inline]
     fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
         self.int128(v);
         Ok(())
     }
 
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
         self.int(i64::from(v));
         Ok(())
     }
 
+    #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        self.uint128(u128::from(v));
+        // The same bytes as through `uint128`, without its two range checks for the values
+        // that fit an `i64` (nearly all).
+        match i64::try_from(v) {
+            Ok(small) => self.int(small),
+            Err(_) => self.uint128(u128::from(v)),
+        }
         Ok(())
     }
 
+    #[inline]
     fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
         self.uint128(v);
         Ok(())
     }
 
+    #[inline]
     fn serialize_f32(self, v: f32) -> Result<(), CanonicalError> {
         self.serialize_f64(f64::from(v))
     }
 
+    #[inline]
     fn serialize_f64(self, v: f64) -> Result<(), CanonicalError> {
         let canonical = if v.is_nan() {
             f64::NAN
@@ -232,17 +251,20 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(())
     }
 
+    #[inline]
     fn serialize_char(self, v: char) -> Result<(), CanonicalError> {
         self.h.byte(tag::CHAR);
         self.h.bytes(&u32::from(v).to_le_bytes());
         Ok(())
     }
 
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<(), CanonicalError> {
         write_str(self.h, v);
         Ok(())
     }
 
+    #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), CanonicalError> {
         self.h.byte(tag::BYTES);
         self.h.varint(v.len() as u64);
@@ -250,6 +272,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(())
     }
 
+    #[inline]
     fn serialize_none(self) -> Result<(), CanonicalError> {
         self.h.byte(tag::NONE);
         Ok(())
@@ -260,15 +283,18 @@ impl<'a> ser::Serializer for Canon<'a> {
         value.serialize(self)
     }
 
+    #[inline]
     fn serialize_unit(self) -> Result<(), CanonicalError> {
         self.h.byte(tag::UNIT);
         Ok(())
     }
 
+    #[inline]
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), CanonicalError> {
         self.serialize_unit()
     }
 
+    #[inline]
     fn serialize_unit_variant(
         self,
         _name: &'static str,
@@ -300,15 +326,18 @@ impl<'a> ser::Serializer for Canon<'a> {
         value.serialize(self)
     }
 
+    #[inline]
     fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, CanonicalError> {
         self.h.byte(tag::SEQ);
         Ok(Compound { h: self.h })
     }
 
+    #[inline]
     fn serialize_tuple(self, _len: usize) -> Result<Compound<'a>, CanonicalError> {
         self.serialize_seq(None)
     }
 
+    #[inline]
     fn serialize_tuple_struct(
         self,
         _name: &'static str,
@@ -317,6 +346,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         self.serialize_seq(None)
     }
 
+    #[inline]
     fn serialize_tuple_variant(
         self,
         _name: &'static str,
@@ -329,6 +359,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(Compound { h: self.h })
     }
 
+    #[inline]
     fn serialize_map(self, _len: Option<usize>) -> Result<MapState<'a>, CanonicalError> {
         Ok(MapState {
             parent: self.h,
@@ -338,6 +369,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         })
     }
 
+    #[inline]
     fn serialize_struct(
         self,
         _name: &'static str,
@@ -347,6 +379,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(Compound { h: self.h })
     }
 
+    #[inline]
     fn serialize_struct_variant(
         self,
         _name: &'static str,
@@ -480,6 +513,7 @@ impl ser::SerializeMap for MapState<'_> {
         Ok(())
     }
 
+    #[inline]
     fn end(self) -> Result<(), CanonicalError> {
         self.parent.byte(tag::MAP);
         self.parent.varint(self.count);

@@ -15,6 +15,7 @@
 //! The factory returns `None` to skip (a server that is not reachable on a developer's
 //! machine; see [`testing`](crate::testing)).
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use futures_util::future::join_all;
 
 use crate::error::StoreError;
 use crate::key::{Digest, Fingerprint, Key};
-use crate::record::{Claim, Record, Token};
+use crate::record::{Claim, ClaimNow, Keep, Record, Token};
 use crate::store::Store;
 
 /// Lease used where a case does not wait for it to pass.
@@ -488,7 +489,12 @@ pub async fn outputs_round_trip_byte_exact(store: &dyn Store) {
 /// answers `None` (it needs I/O) passes.
 pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
     let key = fresh("claim_now_agrees_with_claim");
-    let Some(first) = store.claim_now(&key, &fingerprint("a"), LONG) else {
+    let now = |fingerprint: &Fingerprint| {
+        store
+            .claim_now(&key, fingerprint, LONG)
+            .map(|answer| answer.map(ClaimNow::into_claim))
+    };
+    let Some(first) = now(&fingerprint("a")) else {
         return;
     };
     let token = match first {
@@ -498,7 +504,7 @@ pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
         }
         other => panic!("claim_now of a free key must be Acquired, got {other:?}"),
     };
-    match store.claim_now(&key, &fingerprint("b"), LONG) {
+    match now(&fingerprint("b")) {
         Some(Ok(Claim::InProgress { fingerprint: f, .. })) => assert_eq!(f, fingerprint("a")),
         other => panic!("claim_now of a key in progress must be InProgress, got {other:?}"),
     }
@@ -511,7 +517,7 @@ pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
         .complete(&key, &token, &fingerprint("a"), output.clone(), LONG)
         .await;
     assert!(done.is_ok(), "the owner's complete must succeed: {done:?}");
-    match store.claim_now(&key, &fingerprint("a"), LONG) {
+    match now(&fingerprint("a")) {
         Some(Ok(Claim::Completed {
             fingerprint: f,
             output: back,
@@ -520,6 +526,54 @@ pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
             assert_eq!(back, output);
         }
         other => panic!("claim_now of a completed key must replay it, got {other:?}"),
+    }
+}
+
+/// [`Store::complete_keeping`] completes as `complete` does, fenced the same way; a store that
+/// keeps the value lends it with the record from `claim_now`, the value `Keep::value` gave.
+pub async fn complete_keeping_completes(store: &dyn Store) {
+    let key = fresh("complete_keeping_completes");
+    let keep = Keep::new(|output| Some(Box::new(output.len()) as Box<dyn Any + Send + Sync>));
+    let output = Bytes::from_static(b"kept beside its bytes");
+    let token = acquire(store, &key, LONG).await;
+    let stale = store
+        .complete_keeping(
+            &key,
+            &Token::random(),
+            &fingerprint("a"),
+            output.clone(),
+            LONG,
+            keep,
+        )
+        .await;
+    assert_lease_lost(stale, "complete_keeping with another token");
+    let done = store
+        .complete_keeping(&key, &token, &fingerprint("a"), output.clone(), LONG, keep)
+        .await;
+    assert!(
+        done.is_ok(),
+        "the owner's complete_keeping must succeed: {done:?}"
+    );
+    match store.claim(&key, &fingerprint("a"), LONG).await {
+        Ok(Claim::Completed {
+            fingerprint: f,
+            output: back,
+        }) => {
+            assert_eq!(f, fingerprint("a"));
+            assert_eq!(back, output);
+        }
+        other => panic!("claim after complete_keeping must replay, got {other:?}"),
+    }
+    if let Some(Ok(ClaimNow::Held(held))) = store.claim_now(&key, &fingerprint("a"), LONG) {
+        assert_eq!(held.fingerprint(), &fingerprint("a"));
+        assert_eq!(held.output(), &output);
+        if let Some(kept) = held.kept() {
+            assert_eq!(
+                kept.downcast_ref::<usize>(),
+                Some(&output.len()),
+                "a kept value must be the one `Keep::value` gave"
+            );
+        }
     }
 }
 
@@ -676,6 +730,7 @@ macro_rules! __conformance_cases {
             odd_namespaces_are_safe,
             concurrent_claims_acquire_once,
             claim_now_agrees_with_claim,
+            complete_keeping_completes,
             missing_keys_are_empty
         );
     };

@@ -1,5 +1,6 @@
 //! The executor: claim, run once, store, replay.
 
+use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -18,7 +19,7 @@ use crate::error::{CodecOp, Error, StoreError, StoreOp};
 use crate::inflight::{Flights, Landing};
 use crate::key::{Fingerprint, Key};
 use crate::output::{self, OutputError};
-use crate::record::{Claim, Token};
+use crate::record::{Claim, ClaimNow, HeldRecord, Keep, Token};
 use crate::store::Store;
 use crate::trace::event;
 
@@ -47,6 +48,7 @@ struct Settings {
 }
 
 impl Settings {
+    #[inline]
     fn problem(&self) -> Option<(&'static str, &'static str)> {
         if self.ttl.is_zero() {
             Some(("ttl", "must be greater than zero"))
@@ -187,6 +189,7 @@ impl Idempotency {
     /// assert_eq!(out.unwrap(), 3);
     /// # }
     /// ```
+    #[inline]
     pub fn call(&self, key: Key, fingerprint: Fingerprint) -> Call<'_> {
         Call {
             idempotency: self,
@@ -304,6 +307,49 @@ pub trait OutputMode<T, E>: sealed::Sealed {
 pub(crate) const MARK_OK: u8 = 0xB0;
 pub(crate) const MARK_ERR: u8 = 0xB1;
 
+/// How a call replays the typed value an in-process store kept beside a completed record
+/// (see [`Keep`]): `#[idempotent]` builds one for an output type that is `Clone`, and
+/// [`Call::run`] replays without one, by decoding.
+pub struct Keeper<T> {
+    take: fn(&(dyn Any + Send + Sync)) -> Option<T>,
+    keep: Keep,
+}
+
+impl<T> Clone for Keeper<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Keeper<T> {}
+
+impl<T> std::fmt::Debug for Keeper<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper").finish_non_exhaustive()
+    }
+}
+
+impl<T: Clone + DeserializeOwned + Send + Sync + 'static> Keeper<T> {
+    /// Keeps `Ok` outputs as decoded `T`s, and replays clones of them.
+    pub const fn new() -> Keeper<T> {
+        Keeper {
+            take: |kept| kept.downcast_ref::<T>().cloned(),
+            keep: Keep::new(|stored| match unmark(stored) {
+                Ok((MARK_OK, value)) => output::decode::<T>(value)
+                    .ok()
+                    .map(|value| Box::new(value) as Box<dyn Any + Send + Sync>),
+                _ => None,
+            }),
+        }
+    }
+}
+
+impl<T: Clone + DeserializeOwned + Send + Sync + 'static> Default for Keeper<T> {
+    fn default() -> Self {
+        Keeper::new()
+    }
+}
+
 fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(128);
     out.push(mark);
@@ -413,7 +459,7 @@ impl<'a, M> Call<'a, M> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        run_prepared(Ok(self), body)
+        run_prepared(Ok(self), body, None)
     }
 
     /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
@@ -422,6 +468,7 @@ impl<'a, M> Call<'a, M> {
     fn start<T, E, F, Fut>(
         self,
         body: F,
+        keeper: Option<Keeper<T>>,
     ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
     where
         M: OutputMode<T, E>,
@@ -446,11 +493,16 @@ impl<'a, M> Call<'a, M> {
             #[cfg(feature = "tracing")]
             let _entered = span.enter();
             match inner.store.claim_now(&key, &fingerprint, settings.lease) {
-                Some(Ok(Claim::Completed {
+                Some(Ok(ClaimNow::Held(held))) => {
+                    return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
+                }
+                Some(Ok(ClaimNow::Claim(Claim::Completed {
                     fingerprint: stored,
                     output,
-                })) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
-                other => other,
+                }))) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
+                Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
+                Some(Err(error)) => Some(Err(error)),
+                None => None,
             }
         } else {
             None
@@ -470,8 +522,15 @@ impl<'a, M> Call<'a, M> {
                 }
                 first => first,
             };
-            Box::pin(inner.execute::<M, T, E, F, Fut>(settings, key, fingerprint, body, first))
-                .await
+            Box::pin(inner.execute::<M, T, E, F, Fut>(
+                settings,
+                key,
+                fingerprint,
+                body,
+                first,
+                keeper,
+            ))
+            .await
         };
         #[cfg(feature = "tracing")]
         let execution = tracing::Instrument::instrument(execution, span);
@@ -489,6 +548,7 @@ impl<'a, M> Call<'a, M> {
 pub(crate) fn run_prepared<'a, M, T, E, F, Fut>(
     call: Result<Call<'a, M>, Error>,
     body: F,
+    keeper: Option<Keeper<T>>,
 ) -> impl Future<Output = Result<T, E>>
 where
     M: OutputMode<T, E>,
@@ -500,11 +560,7 @@ where
     let mut running = None;
     std::future::poll_fn(move |cx| {
         if let Some((call, body)) = start.take() {
-            let call = match call {
-                Ok(call) => call,
-                Err(error) => return Poll::Ready(Err(error.into())),
-            };
-            match call.start(body) {
+            match start_prepared(call, body, keeper) {
                 Ok(done) => return Poll::Ready(done),
                 Err(execution) => running = Some(execution),
             }
@@ -514,6 +570,27 @@ where
             None => panic!("`Call::run` polled after it completed"),
         }
     })
+}
+
+/// The first step of a prepared call: its answer, when a preparation error or a replay from an
+/// in-process store gives it at once, or the rest of the call, boxed.
+#[allow(clippy::type_complexity)]
+#[inline]
+pub(crate) fn start_prepared<'a, M, T, E, F, Fut>(
+    call: Result<Call<'a, M>, Error>,
+    body: F,
+    keeper: Option<Keeper<T>>,
+) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>> + use<'a, M, T, E, F, Fut>>>>
+where
+    M: OutputMode<T, E>,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match call {
+        Ok(call) => call.start(body, keeper),
+        Err(error) => Ok(Err(error.into())),
+    }
 }
 
 /// The answer for a completed record: its output, or key reuse when it was stored for another
@@ -529,6 +606,25 @@ fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
     }
     event!(debug, key = %key, "replay");
     decode::<M, T, E>(key, output)
+}
+
+/// The answer for a completed record an in-process store lent: its kept value, cloned, when
+/// it kept one of this type; its output, decoded, otherwise; or key reuse.
+fn replay_held<M: OutputMode<T, E>, T, E: From<Error>>(
+    key: Key,
+    fingerprint: &Fingerprint,
+    held: &dyn HeldRecord,
+    keeper: Option<Keeper<T>>,
+) -> Result<T, E> {
+    if held.fingerprint() != fingerprint {
+        return Err(Error::KeyReused { key }.into());
+    }
+    event!(debug, key = %key, "replay");
+    // Only `Ok` outputs are kept, and an `Ok` output replays as `Ok` in every mode.
+    if let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take)) {
+        return Ok(value);
+    }
+    decode::<M, T, E>(key, held.output())
 }
 
 fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Result<T, E> {
@@ -554,6 +650,7 @@ impl Inner {
         fingerprint: Fingerprint,
         body: F,
         mut first: Option<Result<Claim, StoreError>>,
+        keeper: Option<Keeper<T>>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
@@ -677,6 +774,7 @@ impl Inner {
                         fingerprint,
                         token,
                         body,
+                        keeper.map(|keeper| keeper.keep),
                     ))
                     .await;
                 }
@@ -692,6 +790,7 @@ impl Inner {
         fingerprint: Fingerprint,
         token: Token,
         body: F,
+        keep: Option<Keep>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
@@ -756,6 +855,7 @@ impl Inner {
         claim.stage = Stage::Completing {
             output: output.clone(),
             ttl: settings.ttl,
+            keep,
         };
         match complete(
             &*self.store,
@@ -764,6 +864,7 @@ impl Inner {
             &fingerprint,
             output.clone(),
             settings.ttl,
+            keep,
         )
         .await
         {
@@ -798,13 +899,23 @@ async fn complete(
     fingerprint: &Fingerprint,
     output: Bytes,
     ttl: Duration,
+    keep: Option<Keep>,
 ) -> Result<(), StoreError> {
     let mut attempt = 1;
     loop {
-        match store
-            .complete(key, token, fingerprint, output.clone(), ttl)
-            .await
-        {
+        let completed = match keep {
+            Some(keep) => {
+                store
+                    .complete_keeping(key, token, fingerprint, output.clone(), ttl, keep)
+                    .await
+            }
+            None => {
+                store
+                    .complete(key, token, fingerprint, output.clone(), ttl)
+                    .await
+            }
+        };
+        match completed {
             Err(
                 error @ (StoreError::Unavailable(_)
                 | StoreError::Timeout(_)
@@ -827,7 +938,11 @@ enum Stage {
     /// second run.
     Running,
     /// The body succeeded and its output is encoded. A drop completes in the background.
-    Completing { output: Bytes, ttl: Duration },
+    Completing {
+        output: Bytes,
+        ttl: Duration,
+        keep: Option<Keep>,
+    },
     /// Completed, released, or left to its lease: a drop does nothing.
     Settled,
 }
@@ -863,7 +978,7 @@ impl Drop for HeldClaim {
             Stage::Running => {
                 event!(warn, key = %self.key, "call cancelled while its body ran; the key stays claimed until its lease passes");
             }
-            Stage::Completing { output, ttl } => {
+            Stage::Completing { output, ttl, keep } => {
                 // Without a runtime the lease frees the key, as for a crash.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let store = Arc::clone(&self.store);
@@ -871,7 +986,8 @@ impl Drop for HeldClaim {
                     let (token, fingerprint) = (self.token, self.fingerprint);
                     event!(debug, key = %key, "call cancelled after its body succeeded; completing in the background");
                     runtime.spawn(async move {
-                        let _ = complete(&*store, &key, &token, &fingerprint, output, ttl).await;
+                        let _ =
+                            complete(&*store, &key, &token, &fingerprint, output, ttl, keep).await;
                     });
                 }
             }

@@ -113,6 +113,7 @@ pub struct DigestBuilder {
 
 impl DigestBuilder {
     /// An empty tuple.
+    #[inline]
     pub fn new() -> DigestBuilder {
         let mut sink = canonical::Sink::new();
         canonical::begin_tuple(&mut sink);
@@ -130,6 +131,7 @@ impl DigestBuilder {
     }
 
     /// The digest of the tuple of every pushed value.
+    #[inline]
     pub fn finish(mut self) -> Result<Digest, CanonicalError> {
         if let Some(error) = self.error {
             return Err(error);
@@ -220,6 +222,7 @@ impl Namespace {
     }
 
     /// The namespace text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             NamespaceRepr::Static(name) => name,
@@ -247,8 +250,11 @@ impl From<Arc<str>> for Namespace {
 }
 
 impl PartialEq for Namespace {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        let (this, that) = (self.as_str(), other.as_str());
+        // One function's keys share its literal: equal without comparing the text.
+        std::ptr::eq(this, that) || this == that
     }
 }
 

@@ -49,7 +49,7 @@ pub use executor::{
     Call, DropErrors, Idempotency, IdempotencyBuilder, InProgressPolicy, OutputMode, StoreErrors,
 };
 pub use key::{Digest, DigestBuilder, Fingerprint, HexDigest, Key, Namespace};
-pub use record::{Claim, Record, Token};
+pub use record::{Claim, ClaimNow, HeldRecord, Keep, Record, Token};
 pub use store::Store;
 
 #[cfg(feature = "memory")]

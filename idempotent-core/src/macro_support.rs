@@ -9,7 +9,7 @@ use serde::Serialize;
 
 pub use crate::default::default_idempotency;
 pub use crate::error::Error;
-pub use crate::executor::{Call, Idempotency, InProgressPolicy};
+pub use crate::executor::{Call, Idempotency, InProgressPolicy, Keeper};
 pub use crate::key::{Digest, DigestBuilder};
 pub use crate::key::{Fingerprint, Key, Namespace};
 pub use core::time::Duration;
@@ -43,7 +43,16 @@ impl Site {
         }
     }
 
+    #[inline]
     fn check(&'static self) -> Result<(), Error> {
+        match self.state.load(Ordering::Acquire) {
+            UNIQUE => Ok(()),
+            _ => self.check_slowly(),
+        }
+    }
+
+    #[cold]
+    fn check_slowly(&'static self) -> Result<(), Error> {
         let state = match self.state.load(Ordering::Acquire) {
             UNCHECKED => {
                 let mut sites = SITES
@@ -88,19 +97,82 @@ pub fn executor(idempotency: &Idempotency) -> Result<&Idempotency, Error> {
     Ok(idempotency)
 }
 
-/// Runs the call that [`prepare`] built, or returns its preparation error, as one future.
+/// The first step of the call [`prepare`] built: its answer, when a preparation error or a
+/// replay from an in-process store gives it at once, or the rest of the call, boxed, to await.
+/// Generated code keeps only the boxed rest across its await, so a function's future stays as
+/// small as its arguments.
+#[allow(clippy::type_complexity)]
 #[inline]
-pub fn run<'a, M, T, E, F, Fut>(
+pub fn start<'a, M, T, E, F, Fut>(
     call: Result<Call<'a, M>, Error>,
+    keeper: Option<Keeper<T>>,
     body: F,
-) -> impl core::future::Future<Output = Result<T, E>>
+) -> Result<
+    Result<T, E>,
+    core::pin::Pin<
+        Box<impl core::future::Future<Output = Result<T, E>> + use<'a, M, T, E, F, Fut>>,
+    >,
+>
 where
     M: crate::executor::OutputMode<T, E>,
     E: From<Error>,
     F: FnOnce() -> Fut,
     Fut: core::future::Future<Output = Result<T, E>>,
 {
-    crate::executor::run_prepared(call, body)
+    crate::executor::start_prepared(call, body, keeper)
+}
+
+/// Picks, by autoref, a [`Keeper`] for an output type that is `Clone` (and `'static`, `Send`
+/// and `Sync`), and none for any other: `(&Probe::<T>::new()).keeper()` finds
+/// [`KeepByClone::keeper`] on `Probe<T>` when `T` has those bounds, and
+/// [`KeepByDecoding::keeper`] on `&Probe<T>` otherwise (in a generic context too, where the
+/// bounds cannot be shown).
+pub struct Probe<T>(core::marker::PhantomData<fn() -> T>);
+
+impl<T> Default for Probe<T> {
+    fn default() -> Self {
+        Probe::new()
+    }
+}
+
+impl<T> core::fmt::Debug for Probe<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+impl<T> Probe<T> {
+    /// The probe.
+    #[inline(always)]
+    pub const fn new() -> Probe<T> {
+        Probe(core::marker::PhantomData)
+    }
+}
+
+/// The probe's pick for a `Clone` output type.
+pub trait KeepByClone<T> {
+    /// A keeper that replays clones of the kept value.
+    fn keeper(&self) -> Option<Keeper<T>>;
+}
+
+impl<T: Clone + serde::de::DeserializeOwned + Send + Sync + 'static> KeepByClone<T> for Probe<T> {
+    #[inline(always)]
+    fn keeper(&self) -> Option<Keeper<T>> {
+        Some(Keeper::new())
+    }
+}
+
+/// The probe's pick for any other output type.
+pub trait KeepByDecoding<T> {
+    /// No keeper: replays decode the stored output.
+    fn keeper(&self) -> Option<Keeper<T>>;
+}
+
+impl<T> KeepByDecoding<T> for &Probe<T> {
+    #[inline(always)]
+    fn keeper(&self) -> Option<Keeper<T>> {
+        None
+    }
 }
 
 /// Builds the call: checks the site, takes the fingerprint, derives the key.
@@ -125,6 +197,7 @@ pub fn prepare<'a>(
 /// into the fingerprint, and a record written by another instantiation is refused as a reused
 /// key instead of being replayed as the wrong type. It stays out of the key, so if a compiler
 /// ever names a type differently, the worst case is a refusal, never a second run.
+#[inline]
 fn identify(
     site: &'static Site,
     arguments: Result<Digest, CanonicalError>,

@@ -1,6 +1,8 @@
 //! Records, claims and the tokens that fence them.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -121,5 +123,96 @@ impl Record {
         match self {
             Record::InProgress { token, .. } | Record::Completed { token, .. } => token,
         }
+    }
+}
+
+/// A live completed record as an in-process store holds it, lent out by
+/// [`Store::claim_now`](crate::Store::claim_now) so that a replay copies nothing it does not
+/// return.
+pub trait HeldRecord: Send + Sync {
+    /// Fingerprint of the call that produced the output.
+    fn fingerprint(&self) -> &Fingerprint;
+
+    /// The stored output, as the executor encoded it.
+    fn output(&self) -> &Bytes;
+
+    /// The typed value the store kept beside the output when it was completed with
+    /// [`Store::complete_keeping`](crate::Store::complete_keeping), if it kept one.
+    fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
+}
+
+/// What [`Store::claim_now`](crate::Store::claim_now) answered.
+#[non_exhaustive]
+pub enum ClaimNow {
+    /// The answer `claim` would give.
+    Claim(Claim),
+    /// A live completed record, lent as the store holds it (the same answer as
+    /// [`Claim::Completed`], without copying the output).
+    Held(Arc<dyn HeldRecord>),
+}
+
+impl ClaimNow {
+    /// The answer as a [`Claim`] (a held record becomes [`Claim::Completed`]).
+    pub fn into_claim(self) -> Claim {
+        match self {
+            ClaimNow::Claim(claim) => claim,
+            ClaimNow::Held(held) => Claim::Completed {
+                fingerprint: *held.fingerprint(),
+                output: held.output().clone(),
+            },
+        }
+    }
+}
+
+impl From<Claim> for ClaimNow {
+    fn from(claim: Claim) -> Self {
+        ClaimNow::Claim(claim)
+    }
+}
+
+impl fmt::Debug for ClaimNow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimNow::Claim(claim) => f.debug_tuple("Claim").field(claim).finish(),
+            ClaimNow::Held(held) => f
+                .debug_struct("Held")
+                .field("fingerprint", held.fingerprint())
+                .field("output_len", &held.output().len())
+                .field("kept", &held.kept().is_some())
+                .finish(),
+        }
+    }
+}
+
+/// How to decode a stored output into the typed value it holds, for an in-process store that
+/// keeps that value beside the output's bytes, so that its replays clone the value instead of
+/// decoding the bytes. Given by the executor to
+/// [`Store::complete_keeping`](crate::Store::complete_keeping).
+///
+/// The value is decoded from the stored bytes, not copied from what the body returned, so a
+/// replay from a kept value returns what decoding the record would: the same as every other
+/// store replays.
+#[derive(Clone, Copy)]
+pub struct Keep {
+    decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Keep {
+    pub(crate) const fn new(decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>) -> Keep {
+        Keep { decode }
+    }
+
+    /// The typed value `output` holds (`None` when it holds none to keep, such as a stored
+    /// error).
+    pub fn value(self, output: &[u8]) -> Option<Box<dyn Any + Send + Sync>> {
+        (self.decode)(output)
+    }
+}
+
+impl fmt::Debug for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keep").finish_non_exhaustive()
     }
 }

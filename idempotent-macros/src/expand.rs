@@ -113,6 +113,19 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
     } else {
         quote!(::core::option::Option::None)
     };
+    // A `Clone` output is replayed from the typed value an in-process store keeps (picked by
+    // autoref in `__private::Probe`). Only for an output type written without lifetimes,
+    // references or `Self`: the pick needs `T: 'static`, which autoref cannot test.
+    let keeper = match plan.result_parts {
+        Some((ok, _)) if keepable(ok.to_token_stream()) => quote! {
+            {
+                #[allow(unused_imports)]
+                use #private::{KeepByClone as _, KeepByDecoding as _};
+                (&#private::Probe::<#ok>::new()).keeper()
+            }
+        },
+        _ => quote!(::core::option::Option::None),
+    };
     let hashing = quote! {
         let mut __idempotency_args = #private::DigestBuilder::new();
         #(#pushes)*
@@ -159,14 +172,15 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                 __idempotency_owner.finish(&mut *#transaction, __idempotency_output).await
             }
         }
-        // One future from the prepared call (no `Call` local kept beside it in this future).
-        // The hashing happens in a block, so its state is gone before the await and the
-        // function's future holds only the call's.
+        // The call is prepared and started without an await: a replay from an in-process
+        // store returns here, and only the boxed rest of any other call is held across the
+        // await, so the function's future is little more than its arguments. (The `let`
+        // ends the temporaries' storage before the await.)
         _ => quote! {
             #prelude
-            let __idempotency_run = {
+            let __idempotency_rest = match {
                 #hashing
-                #private::run(
+                #private::start(
                     #private::prepare(
                         &__IDEMPOTENCY_SITE,
                         #executor,
@@ -175,13 +189,17 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
                         #output_type,
                     )
                     #configure,
+                    #keeper,
                     move || async move {
                         let __idempotency_output: #output = #block;
                         __idempotency_output
                     },
                 )
+            } {
+                ::core::result::Result::Ok(__idempotency_answer) => return __idempotency_answer,
+                ::core::result::Result::Err(__idempotency_rest) => __idempotency_rest,
             };
-            __idempotency_run.await
+            __idempotency_rest.await
         },
     };
 
@@ -212,4 +230,17 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
             }
         }
     }
+}
+
+/// The type names no lifetime, reference, `Self`, `impl` or `dyn` (so it is `'static` unless a
+/// named type hides an elided lifetime parameter).
+fn keepable(tokens: TokenStream) -> bool {
+    tokens.into_iter().all(|token| match token {
+        proc_macro2::TokenTree::Punct(punct) => !matches!(punct.as_char(), '\'' | '&'),
+        proc_macro2::TokenTree::Ident(ident) => {
+            !(ident == "Self" || ident == "impl" || ident == "dyn")
+        }
+        proc_macro2::TokenTree::Group(group) => keepable(group.stream()),
+        proc_macro2::TokenTree::Literal(_) => true,
+    })
 }

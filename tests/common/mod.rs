@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotency::{Bytes, Claim, Fingerprint, Key, Record, Store, StoreError, Token, async_trait};
+use idempotency::{
+    Bytes, Claim, ClaimNow, Fingerprint, Keep, Key, Record, Store, StoreError, Token, async_trait,
+};
 
 /// Counts the calls a store receives, by operation (each is one round trip on a remote store).
 #[derive(Debug, Default)]
@@ -84,7 +86,7 @@ impl<S: Store> Store for Recording<S> {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Option<Result<Claim, StoreError>> {
+    ) -> Option<Result<ClaimNow, StoreError>> {
         let answer = self.inner.claim_now(key, fingerprint, lease)?;
         self.counts.claim.fetch_add(1, Ordering::SeqCst);
         Some(answer)
@@ -101,6 +103,21 @@ impl<S: Store> Store for Recording<S> {
         self.counts.complete.fetch_add(1, Ordering::SeqCst);
         self.inner
             .complete(key, token, fingerprint, output, ttl)
+            .await
+    }
+
+    async fn complete_keeping(
+        &self,
+        key: &Key,
+        token: &Token,
+        fingerprint: &Fingerprint,
+        output: Bytes,
+        ttl: Duration,
+        keep: Keep,
+    ) -> Result<(), StoreError> {
+        self.counts.complete.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .complete_keeping(key, token, fingerprint, output, ttl, keep)
             .await
     }
 

@@ -1,11 +1,23 @@
 //! The in-process store on [moka]: the default store.
 //!
 //! Records are split by state. Completed records live in a moka cache bounded by the byte
-//! size of their outputs, with per-record expiry and **LRU** eviction (moka's default TinyLFU
-//! admission could refuse a fresh record and let its body run twice). In-progress records live
-//! beside it in a sharded map that is never evicted, so capacity pressure can never let two
-//! callers run the same body at once. Every transition of a key happens under that key's
-//! shard lock; a replay reads the cache without taking it.
+//! size of their outputs, with **LRU** eviction (moka's default TinyLFU admission could refuse
+//! a fresh record and let its body run twice). In-progress records live beside it in a sharded
+//! map that is never evicted, so capacity pressure can never let two callers run the same body
+//! at once. Every transition of a key happens under that key's shard lock; a replay reads the
+//! cache without taking it.
+//!
+//! # Expiry
+//!
+//! A completed record expires `ttl` after it was completed, by the kernel's coarse monotonic
+//! clock (`CLOCK_MONOTONIC_COARSE` on Linux), which reads in a few nanoseconds where the
+//! precise clock, and moka's own per-entry expiry, cost a replay several times that. The
+//! coarse clock lags by up to one kernel tick (1–10 ms), so every record lives 20 ms longer
+//! than its `ttl`: it never expires early, and expires at most about 30 ms late. An expired
+//! record is never replayed; its memory is reclaimed by a sweep that runs at most every 30 s
+//! (on a completing call, in a blocking task), by capacity pressure (the least recently used
+//! records go first, and an expired record is one nobody read since it expired), or when its
+//! key is completed again.
 //!
 //! # At capacity
 //!
@@ -17,6 +29,7 @@
 //!
 //! A memory store is per process: use Redis or SQL when several processes serve one key.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +43,7 @@ use moka::sync::Cache;
 
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, Record, Token};
+use crate::record::{Claim, ClaimNow, HeldRecord, Keep, Record, Token};
 use crate::store::Store;
 
 const SHARDS: usize = 64;
@@ -48,17 +61,47 @@ struct Pending {
     lease_until: Instant,
 }
 
-#[derive(Debug)]
 struct Done {
     token: Token,
     fingerprint: Fingerprint,
     output: Bytes,
+    /// When the record expires, by the coarse clock (`ttl` + [`COARSE_MARGIN`] after it
+    /// was completed).
+    expires: coarsetime::Instant,
+    /// When it expires by the precise clock, as `get` reports it.
     expires_at: Instant,
+    /// The typed output the executor asked to keep (`complete_keeping`), which its replays
+    /// clone instead of decoding `output`.
+    kept: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl Done {
-    fn live(&self, now: Instant) -> bool {
-        self.expires_at > now
+    fn live(&self, now: coarsetime::Instant) -> bool {
+        self.expires > now
+    }
+
+    /// What the record weighs: a kept value is counted as large as its encoded output.
+    fn weight(&self, key: &Key) -> u32 {
+        let kept = if self.kept.is_some() {
+            self.output.len()
+        } else {
+            0
+        };
+        weight(key, self.output.len().saturating_add(kept))
+    }
+}
+
+impl HeldRecord for Done {
+    fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    fn output(&self) -> &Bytes {
+        &self.output
+    }
+
+    fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.kept.as_deref()
     }
 }
 
@@ -89,22 +132,26 @@ impl std::hash::BuildHasher for DigestHasher {
     }
 }
 
-struct PerRecordExpiry;
+/// The coarse clock that completed records expire by (see the module docs). Read without
+/// updating `coarsetime`'s shared "recent" value, so concurrent replays write no shared memory.
+fn coarse_now() -> coarsetime::Instant {
+    coarsetime::Instant::now_without_cache_update()
+}
 
-impl moka::Expiry<Key, Arc<Done>> for PerRecordExpiry {
-    fn expire_after_create(&self, _key: &Key, done: &Arc<Done>, now: Instant) -> Option<Duration> {
-        Some(done.expires_at.saturating_duration_since(now))
-    }
+/// Added to every record's TTL: more than one tick of the coarse clock, so that the clock's lag
+/// at completion can never make a record expire before its `ttl`.
+const COARSE_MARGIN: Duration = Duration::from_millis(20);
 
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        done: &Arc<Done>,
-        now: Instant,
-        _remaining: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(done.expires_at.saturating_duration_since(now))
-    }
+/// The longest TTL or lease kept exactly (longer ones last this long: 68 years, which no clock
+/// here overflows).
+const LONGEST_TTL: Duration = Duration::from_secs(1 << 31);
+
+/// How often expired records are swept out (at most; a sweep runs on a completing call).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+fn coarse_expiry(now: coarsetime::Instant, ttl: Duration) -> coarsetime::Instant {
+    let ttl = ttl.min(LONGEST_TTL).saturating_add(COARSE_MARGIN);
+    now.saturating_add(coarsetime::Duration::from(ttl))
 }
 
 /// Builds a [`MemoryStore`].
@@ -127,11 +174,11 @@ impl MemoryStoreBuilder {
         let counter = Arc::clone(&evicted);
         let completed = Cache::builder()
             .max_capacity(self.max_capacity_bytes)
-            .weigher(|key: &Key, done: &Arc<Done>| weight(key, done.output.len()))
+            .weigher(|key: &Key, done: &Arc<Done>| done.weight(key))
             .eviction_policy(EvictionPolicy::lru())
-            .expire_after(PerRecordExpiry)
-            .eviction_listener(move |_key, _done, cause| {
-                if cause == RemovalCause::Size {
+            .eviction_listener(move |_key, done: Arc<Done>, cause| {
+                // Only live records count: an expired one leaving for capacity costs nothing.
+                if cause == RemovalCause::Size && done.live(coarse_now()) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -142,13 +189,15 @@ impl MemoryStoreBuilder {
                 pending: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 max_capacity_bytes: self.max_capacity_bytes,
                 evicted,
+                next_sweep: AtomicU64::new(coarse_expiry(coarse_now(), SWEEP_EVERY).as_ticks()),
             }),
         }
     }
 }
 
 fn weight(key: &Key, output_len: usize) -> u32 {
-    u32::try_from(output_len + key.namespace().len() + RECORD_OVERHEAD).unwrap_or(u32::MAX)
+    u32::try_from(output_len.saturating_add(key.namespace().len() + RECORD_OVERHEAD))
+        .unwrap_or(u32::MAX)
 }
 
 /// The in-process store: atomic, fenced, lease takeover, per-record TTL, bounded by bytes
@@ -173,6 +222,8 @@ struct Inner {
     pending: Box<[Mutex<HashMap<Key, Pending>>]>,
     max_capacity_bytes: u64,
     evicted: Arc<AtomicU64>,
+    /// When the next sweep of expired records is due, in coarse ticks.
+    next_sweep: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -207,28 +258,92 @@ impl MemoryStore {
     /// one lets a later retry run its body again). Moka evicts in batches, so this trails the
     /// inserts slightly.
     pub fn evicted_before_expiry(&self) -> u64 {
+        self.sweep_expired();
         self.inner.completed.run_pending_tasks();
         self.inner.evicted.load(Ordering::Relaxed)
     }
 
-    /// The summed weight of completed records (outputs plus overhead), in bytes.
+    /// The summed weight of live completed records (outputs plus overhead), in bytes. It
+    /// sweeps out the expired ones first.
     pub fn weighted_size(&self) -> u64 {
+        self.sweep_expired();
         self.inner.completed.run_pending_tasks();
         self.inner.completed.weighted_size()
     }
 
     fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, Pending>> {
-        let index = usize::from(key.digest().as_bytes()[0]) % SHARDS;
-        // A poisoned shard only means a panic elsewhere while holding it; the map itself is
-        // always left consistent (every critical section is a single map operation).
-        self.inner.pending[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        shard_of(&self.inner, key)
     }
 
-    fn live_completed(&self, key: &Key, now: Instant) -> Option<Arc<Done>> {
-        self.inner.completed.get(key).filter(|done| done.live(now))
+    fn live_completed(&self, key: &Key) -> Option<Arc<Done>> {
+        self.inner
+            .completed
+            .get(key)
+            .filter(|done| done.live(coarse_now()))
     }
+
+    /// Removes every expired completed record now.
+    fn sweep_expired(&self) {
+        sweep_expired(&self.inner);
+    }
+
+    /// Starts a sweep when one is due: in a blocking task when a Tokio runtime runs this call,
+    /// else here.
+    fn sweep_if_due(&self) {
+        let now = coarse_now();
+        let due = self.inner.next_sweep.load(Ordering::Relaxed);
+        if now.as_ticks() < due {
+            return;
+        }
+        let next = coarse_expiry(now, SWEEP_EVERY).as_ticks();
+        if self
+            .inner
+            .next_sweep
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // Another call took this sweep.
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let inner = Arc::clone(&self.inner);
+                drop(runtime.spawn_blocking(move || sweep_expired(&inner)));
+            }
+            Err(_) => self.sweep_expired(),
+        }
+    }
+}
+
+/// Removes the completed records that have expired. Each is removed under its key's shard lock
+/// after checking again that it is still the expired one: a key completed anew in the meantime
+/// keeps its new record (every insert happens under that lock too).
+fn sweep_expired(inner: &Inner) {
+    let now = coarse_now();
+    let expired: Vec<Arc<Key>> = inner
+        .completed
+        .iter()
+        .filter(|(_, done)| !done.live(now))
+        .map(|(key, _)| key)
+        .collect();
+    for key in expired {
+        let _pending = shard_of(inner, &key);
+        if inner
+            .completed
+            .get(&*key)
+            .is_some_and(|done| !done.live(now))
+        {
+            inner.completed.invalidate(&*key);
+        }
+    }
+}
+
+fn shard_of<'a>(inner: &'a Inner, key: &Key) -> MutexGuard<'a, HashMap<Key, Pending>> {
+    let index = usize::from(key.digest().as_bytes()[0]) % SHARDS;
+    // A poisoned shard only means a panic elsewhere while holding it; the map itself is
+    // always left consistent (every critical section is a single map operation).
+    inner.pending[index]
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn wall_clock(at: Instant, now: Instant) -> SystemTime {
@@ -250,39 +365,35 @@ fn owns(pending: &HashMap<Key, Pending>, key: &Key, token: &Token) -> bool {
 }
 
 impl MemoryStore {
-    /// The whole claim: it needs no I/O, so `claim_now` and `claim` both answer with it.
+    /// The whole claim: it needs no I/O, so `claim_now` and `claim` both answer with it. A
+    /// completed record is lent as it is held.
     fn claim_here(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        // Replays take no lock and read no clock of ours: a live completed record only leaves
-        // by expiry or `remove`, and moka's `get` never returns a record past its expiry
-        // (which `PerRecordExpiry` sets to the record's `expires_at`).
+    ) -> Result<ClaimNow, StoreError> {
+        // Replays take no lock and read only the coarse clock: a live completed record only
+        // leaves by expiry, capacity or `remove`.
         if let Some(done) = self.inner.completed.get(key) {
-            return Ok(Claim::Completed {
-                fingerprint: done.fingerprint,
-                output: done.output.clone(),
-            });
+            if done.live(coarse_now()) {
+                return Ok(ClaimNow::Held(done));
+            }
         }
         let now = Instant::now();
         let mut pending = self.shard(key);
         let took_over = match pending.get(key) {
             Some(owner) if owner.lease_until > now => {
-                return Ok(Claim::InProgress {
+                return Ok(ClaimNow::Claim(Claim::InProgress {
                     fingerprint: owner.fingerprint,
                     lease_remaining: owner.lease_until - now,
-                });
+                }));
             }
             Some(_) => true,
             None => {
                 // Completed between the lock-free read and the lock.
-                if let Some(done) = self.live_completed(key, now) {
-                    return Ok(Claim::Completed {
-                        fingerprint: done.fingerprint,
-                        output: done.output.clone(),
-                    });
+                if let Some(done) = self.live_completed(key) {
+                    return Ok(ClaimNow::Held(done));
                 }
                 false
             }
@@ -294,10 +405,54 @@ impl MemoryStore {
             Pending {
                 token,
                 fingerprint: *fingerprint,
-                lease_until: now + lease,
+                lease_until: now + lease.min(LONGEST_TTL),
             },
         );
-        Ok(Claim::Acquired { token, took_over })
+        Ok(ClaimNow::Claim(Claim::Acquired { token, took_over }))
+    }
+
+    /// `complete`, keeping `kept` beside the output.
+    fn complete_here(
+        &self,
+        key: &Key,
+        token: &Token,
+        output: Bytes,
+        ttl: Duration,
+        keep: Option<Keep>,
+    ) -> Result<(), StoreError> {
+        let size = u64::from(weight(key, output.len()));
+        if size > self.inner.max_capacity_bytes {
+            return Err(StoreError::TooLarge {
+                size: output.len(),
+                limit: usize::try_from(self.inner.max_capacity_bytes).unwrap_or(usize::MAX),
+            });
+        }
+        let mut pending = self.shard(key);
+        if !owns(&pending, key, token) {
+            return match self.live_completed(key) {
+                Some(done) if done.token == *token => Ok(()),
+                _ => Err(StoreError::LeaseLost),
+            };
+        }
+        let Some(owner) = pending.remove(key) else {
+            return Err(StoreError::LeaseLost);
+        };
+        let mut done = Done {
+            token: *token,
+            fingerprint: owner.fingerprint,
+            kept: keep.and_then(|keep| keep.value(&output)),
+            output,
+            expires: coarse_expiry(coarse_now(), ttl),
+            expires_at: Instant::now() + ttl.min(LONGEST_TTL),
+        };
+        // A record the kept value would push past the whole capacity keeps only its bytes.
+        if u64::from(done.weight(key)) > self.inner.max_capacity_bytes {
+            done.kept = None;
+        }
+        self.inner.completed.insert(key.clone(), Arc::new(done));
+        drop(pending);
+        self.sweep_if_due();
+        Ok(())
     }
 }
 
@@ -310,6 +465,7 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         self.claim_here(key, fingerprint, lease)
+            .map(ClaimNow::into_claim)
     }
 
     fn claim_now(
@@ -317,7 +473,7 @@ impl Store for MemoryStore {
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Option<Result<Claim, StoreError>> {
+    ) -> Option<Result<ClaimNow, StoreError>> {
         Some(self.claim_here(key, fingerprint, lease))
     }
 
@@ -329,34 +485,19 @@ impl Store for MemoryStore {
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let size = u64::from(weight(key, output.len()));
-        if size > self.inner.max_capacity_bytes {
-            return Err(StoreError::TooLarge {
-                size: output.len(),
-                limit: usize::try_from(self.inner.max_capacity_bytes).unwrap_or(usize::MAX),
-            });
-        }
-        let mut pending = self.shard(key);
-        if !owns(&pending, key, token) {
-            let now = Instant::now();
-            return match self.live_completed(key, now) {
-                Some(done) if done.token == *token => Ok(()),
-                _ => Err(StoreError::LeaseLost),
-            };
-        }
-        let Some(owner) = pending.remove(key) else {
-            return Err(StoreError::LeaseLost);
-        };
-        self.inner.completed.insert(
-            key.clone(),
-            Arc::new(Done {
-                token: *token,
-                fingerprint: owner.fingerprint,
-                output,
-                expires_at: Instant::now() + ttl,
-            }),
-        );
-        Ok(())
+        self.complete_here(key, token, output, ttl, None)
+    }
+
+    async fn complete_keeping(
+        &self,
+        key: &Key,
+        token: &Token,
+        _fingerprint: &Fingerprint,
+        output: Bytes,
+        ttl: Duration,
+        keep: Keep,
+    ) -> Result<(), StoreError> {
+        self.complete_here(key, token, output, ttl, Some(keep))
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
@@ -372,7 +513,7 @@ impl Store for MemoryStore {
         let mut pending = self.shard(key);
         match pending.get_mut(key) {
             Some(owner) if owner.token == *token => {
-                owner.lease_until = Instant::now() + lease;
+                owner.lease_until = Instant::now() + lease.min(LONGEST_TTL);
                 Ok(())
             }
             _ => Err(StoreError::LeaseLost),
@@ -389,7 +530,7 @@ impl Store for MemoryStore {
                 lease_until: wall_clock(owner.lease_until, now),
             }));
         }
-        Ok(self.live_completed(key, now).map(|done| Record::Completed {
+        Ok(self.live_completed(key).map(|done| Record::Completed {
             token: done.token,
             fingerprint: done.fingerprint,
             output: done.output.clone(),

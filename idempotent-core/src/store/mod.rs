@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, Record, Token};
+use crate::record::{Claim, ClaimNow, Keep, Record, Token};
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -161,16 +161,17 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// that keeps its records in this process), or `None` to have the executor await
     /// [`claim`](Store::claim) instead.
     ///
-    /// Same contract as `claim` when it answers. The executor asks this first, so an
-    /// in-process store replays without allocating a future. The default is `None`, which
-    /// every remote store keeps; a wrapper that counts or observes claims should keep it too,
-    /// so that every claim goes through `claim`.
+    /// Same contract as `claim` when it answers; a live completed record may be lent as
+    /// [`ClaimNow::Held`] instead of copied into [`Claim::Completed`]. The executor asks this
+    /// first, so an in-process store replays without allocating a future. The default is
+    /// `None`, which every remote store keeps; a wrapper that counts or observes claims should
+    /// keep it too, so that every claim goes through `claim`.
     fn claim_now(
         &self,
         key: &Key,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Option<Result<Claim, StoreError>> {
+    ) -> Option<Result<ClaimNow, StoreError>> {
         let _ = (key, fingerprint, lease);
         None
     }
@@ -196,6 +197,26 @@ pub trait Store: Debug + Send + Sync + 'static {
         output: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError>;
+
+    /// [`complete`](Store::complete), from an executor that can replay a typed value: a store
+    /// that lends its completed records through [`claim_now`](Store::claim_now) may keep
+    /// `keep.value(&output)` beside the output and lend it as [`HeldRecord::kept`], so its
+    /// replays clone that value instead of decoding the output. Same contract as `complete`
+    /// otherwise; the default calls it and keeps nothing.
+    ///
+    /// [`HeldRecord::kept`]: crate::HeldRecord::kept
+    async fn complete_keeping(
+        &self,
+        key: &Key,
+        token: &Token,
+        fingerprint: &Fingerprint,
+        output: Bytes,
+        ttl: Duration,
+        keep: Keep,
+    ) -> Result<(), StoreError> {
+        let _ = keep;
+        self.complete(key, token, fingerprint, output, ttl).await
+    }
 
     /// Deletes the record owned by `token`, so the next claim runs the body again.
     ///
@@ -225,12 +246,16 @@ macro_rules! forward_store {
                 (**self).claim(key, fingerprint, lease).await
             }
 
-            fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Option<Result<Claim, StoreError>> {
+            fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Option<Result<ClaimNow, StoreError>> {
                 (**self).claim_now(key, fingerprint, lease)
             }
 
             async fn complete(&self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
                 (**self).complete(key, token, fingerprint, output, ttl).await
+            }
+
+            async fn complete_keeping(&self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration, keep: Keep) -> Result<(), StoreError> {
+                (**self).complete_keeping(key, token, fingerprint, output, ttl, keep).await
             }
 
             async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
