@@ -111,6 +111,7 @@ use ::redis::aio::{ConnectionLike, ConnectionManager};
 use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -364,17 +365,21 @@ where
         Ok(())
     }
 
-    /// Runs one Redis operation within the response timeout, mapping its errors.
-    async fn bounded<T>(
+    /// Runs one Redis operation within the response timeout, mapping its errors. A plain
+    /// function returning the timeout's future, mapped: an `async fn` would keep `operation`
+    /// twice in its state (the argument and inside the timeout), and every claim's future
+    /// is boxed.
+    fn bounded<'a, T: 'a>(
         &self,
-        redis_key: &str,
-        operation: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.response_timeout, operation).await {
+        redis_key: &'a str,
+        operation: impl Future<Output = Result<T, RedisError>> + 'a,
+    ) -> impl Future<Output = Result<T, StoreError>> + 'a {
+        let limit = self.config.response_timeout;
+        tokio::time::timeout(limit, operation).map(move |outcome| match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(store_error(redis_key, error)),
-            Err(_elapsed) => Err(StoreError::Timeout(self.config.response_timeout)),
-        }
+            Err(_elapsed) => Err(StoreError::Timeout(limit)),
+        })
     }
 
     /// Runs `EVALSHA` (built by [`evalsha`]) within the response timeout; on `NOSCRIPT` (a
@@ -405,8 +410,10 @@ where
             command.arg(record).arg(lease_ms);
             command
         };
+        // The script paths are boxed: they are rare, and inline they would more than double
+        // the size of every claim's future (which the store's caller boxes).
         if config.claim_by_script.load(Ordering::Relaxed) {
-            return self.eval(script, redis_key, &by_script()).await;
+            return Box::pin(self.eval(script, redis_key, &by_script())).await;
         }
         let mut command = Cmd::with_capacity(7, 32 + redis_key.len() + record.len());
         command
@@ -423,7 +430,7 @@ where
                 // Refused without running: nothing was written, the script does the same.
                 Err(error) if refuses_set_nx_get(&error) => {
                     config.claim_by_script.store(true, Ordering::Relaxed);
-                    eval_loading(&mut connection, script, &by_script()).await
+                    Box::pin(eval_loading(&mut connection, script, &by_script())).await
                 }
                 reply => reply,
             }
