@@ -226,3 +226,14 @@ async fn the_longest_ttl_and_lease_are_safe() {
     ));
     assert!(store.get(&key(7)).await.unwrap().is_some());
 }
+
+/// Removing a key whose record expired reports that there was nothing to remove.
+#[tokio::test]
+async fn removing_an_expired_record_reports_none() {
+    let store = MemoryStore::new();
+    complete_one(&store, &key(9), b"brief", Duration::from_millis(30)).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(!store.remove(&key(9)).await.unwrap());
+    complete_one(&store, &key(10), b"live", HOUR).await;
+    assert!(store.remove(&key(10)).await.unwrap());
+}

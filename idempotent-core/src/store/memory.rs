@@ -427,6 +427,8 @@ impl MemoryStore {
                 limit: usize::try_from(self.inner.max_capacity_bytes).unwrap_or(usize::MAX),
             });
         }
+        // Decoded before the shard is locked: it may take a while for a large output.
+        let kept = keep.and_then(|keep| keep.value(&output));
         let mut pending = self.shard(key);
         if !owns(&pending, key, token) {
             return match self.live_completed(key) {
@@ -440,7 +442,7 @@ impl MemoryStore {
         let mut done = Done {
             token: *token,
             fingerprint: owner.fingerprint,
-            kept: keep.and_then(|keep| keep.value(&output)),
+            kept,
             output,
             expires: coarse_expiry(coarse_now(), ttl),
             expires_at: Instant::now() + ttl.min(LONGEST_TTL),
@@ -541,7 +543,12 @@ impl Store for MemoryStore {
     async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
         let mut pending = self.shard(key);
         let was_pending = pending.remove(key).is_some();
-        let was_completed = self.inner.completed.remove(key).is_some();
+        // An expired record not yet swept out is gone already, as far as callers can tell.
+        let was_completed = self
+            .inner
+            .completed
+            .remove(key)
+            .is_some_and(|done| done.live(coarse_now()));
         Ok(was_pending || was_completed)
     }
 }
