@@ -811,3 +811,54 @@ async fn a_kept_value_weighs_as_much_as_its_output() {
     }
     assert_eq!(store.weighted_size(), expected as u64);
 }
+
+/// `Clone` outputs that are not `'static` by their spelling still compile and replay: a
+/// generic output and one from a generic impl (decoded: no kept value), and a `Cow` whose
+/// lifetime is elided next to a borrowing argument.
+mod outputs_the_macro_cannot_keep {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    #[idempotent(store = exec, skip(exec))]
+    pub(super) async fn echo<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync>(
+        value: T,
+        exec: &Idempotency,
+    ) -> Result<T, AppError> {
+        Ok(value)
+    }
+
+    pub(super) struct Repo<T>(pub(super) std::marker::PhantomData<T>);
+
+    impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + Default> Repo<T> {
+        #[idempotent(store = exec, skip(self, exec))]
+        pub(super) async fn load(&self, id: u32, exec: &Idempotency) -> Result<T, AppError> {
+            let _ = id;
+            Ok(T::default())
+        }
+    }
+
+    pub(super) static SHOUTS: std::sync::LazyLock<Idempotency> =
+        std::sync::LazyLock::new(|| Idempotency::new(MemoryStore::new()));
+
+    // The elided lifetime is the point: `Cow<str>` borrows from `word` by its signature.
+    #[allow(elided_lifetimes_in_paths, mismatched_lifetime_syntaxes)]
+    #[idempotent(store = SHOUTS)]
+    pub(super) async fn shout(word: &str) -> Result<Cow<str>, AppError> {
+        Ok(Cow::Owned(word.to_uppercase()))
+    }
+}
+
+#[tokio::test]
+async fn outputs_the_macro_cannot_keep_still_replay() {
+    use outputs_the_macro_cannot_keep::{Repo, echo, shout};
+    let (exec, counts) = executor();
+    assert_eq!(echo(5u32, exec).await.unwrap(), 5);
+    assert_eq!(echo(5u32, exec).await.unwrap(), 5);
+    let repo = Repo::<u64>(std::marker::PhantomData);
+    assert_eq!(repo.load(1, exec).await.unwrap(), 0);
+    assert_eq!(repo.load(1, exec).await.unwrap(), 0);
+    assert_eq!(counts.complete.load(Ordering::SeqCst), 2, "each ran once");
+    assert_eq!(shout("hi").await.unwrap(), "HI");
+    assert_eq!(shout("hi").await.unwrap(), "HI");
+}

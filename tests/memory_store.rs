@@ -175,10 +175,10 @@ async fn complete_one(store: &MemoryStore, key: &Key, output: &'static [u8], ttl
 async fn expired_records_are_swept_and_renewed_keys_kept() {
     let store = MemoryStore::new();
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-    complete_one(&store, &key(1), b"short", Duration::from_millis(50)).await;
-    complete_one(&store, &key(2), b"again", Duration::from_millis(50)).await;
+    complete_one(&store, &key(1), b"short", Duration::from_millis(300)).await;
+    complete_one(&store, &key(2), b"again", Duration::from_millis(300)).await;
     assert!(store.weighted_size() > 0);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Key 2 expired and is completed anew, before any sweep.
     complete_one(&store, &key(2), b"renewed", HOUR).await;
     let renewed = store.weighted_size();

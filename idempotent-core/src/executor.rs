@@ -676,7 +676,7 @@ impl Inner {
                     let retry_after = flight.lease_until.saturating_duration_since(now);
                     return Err(Error::InProgress { key, retry_after }.into());
                 }
-                let deadline = *deadline.get_or_insert(now + settings.wait_timeout);
+                let deadline = *deadline.get_or_insert(later(now, settings.wait_timeout));
                 // Boxed, like every waiting path: waits are rare, and their timers would
                 // otherwise make every call's future large and costly to move.
                 match Box::pin(flight.wait(deadline.min(flight.lease_until))).await {
@@ -734,7 +734,7 @@ impl Inner {
                         .into());
                     }
                     let now = Instant::now();
-                    let deadline = *deadline.get_or_insert(now + settings.wait_timeout);
+                    let deadline = *deadline.get_or_insert(later(now, settings.wait_timeout));
                     if now >= deadline {
                         return Err(Error::InProgress {
                             key,
@@ -800,7 +800,7 @@ impl Inner {
     {
         let pilot = self
             .flights
-            .start(&key, fingerprint, Instant::now() + settings.lease);
+            .start(&key, fingerprint, later(Instant::now(), settings.lease));
         let mut claim = HeldClaim {
             store: Arc::clone(&self.store),
             key: key.clone(),
@@ -888,6 +888,12 @@ impl Inner {
             }
         }
     }
+}
+
+/// `by` after `now`; a duration too long for the clock (`Duration::MAX`, say) means 68 years.
+fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .unwrap_or_else(|| now + Duration::from_secs(1 << 31))
 }
 
 /// `complete`, retried on transient errors: the body already ran, so recording its output is

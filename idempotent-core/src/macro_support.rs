@@ -122,11 +122,14 @@ where
     crate::executor::start_prepared(call, body, keeper)
 }
 
-/// Picks, by autoref, a [`Keeper`] for an output type that is `Clone` (and `'static`, `Send`
-/// and `Sync`), and none for any other: `(&Probe::<T>::new()).keeper()` finds
-/// [`KeepByClone::keeper`] on `Probe<T>` when `T` has those bounds, and
-/// [`KeepByDecoding::keeper`] on `&Probe<T>` otherwise (in a generic context too, where the
-/// bounds cannot be shown).
+/// Picks, by autoref, a [`Keeper`] for an output type that is `Clone` (and `Send` and `Sync`),
+/// and none for any other: `(&Probe::<T>::new()).__idempotency_keeper()` finds
+/// [`KeepByClone`]'s method on `Probe<T>` when `T` has those bounds, and [`KeepByDecoding`]'s
+/// on `&Probe<T>` otherwise.
+///
+/// Method resolution ignores lifetimes, so a `Clone` type that is not `'static` would pick
+/// [`KeepByClone`] and then fail to compile; the macro therefore uses the probe only where the
+/// output type is known to be `'static` (see `keepable` in the macro crate).
 pub struct Probe<T>(core::marker::PhantomData<fn() -> T>);
 
 impl<T> Default for Probe<T> {
@@ -152,12 +155,12 @@ impl<T> Probe<T> {
 /// The probe's pick for a `Clone` output type.
 pub trait KeepByClone<T> {
     /// A keeper that replays clones of the kept value.
-    fn keeper(&self) -> Option<Keeper<T>>;
+    fn __idempotency_keeper(&self) -> Option<Keeper<T>>;
 }
 
 impl<T: Clone + serde::de::DeserializeOwned + Send + Sync + 'static> KeepByClone<T> for Probe<T> {
     #[inline(always)]
-    fn keeper(&self) -> Option<Keeper<T>> {
+    fn __idempotency_keeper(&self) -> Option<Keeper<T>> {
         Some(Keeper::new())
     }
 }
@@ -165,12 +168,12 @@ impl<T: Clone + serde::de::DeserializeOwned + Send + Sync + 'static> KeepByClone
 /// The probe's pick for any other output type.
 pub trait KeepByDecoding<T> {
     /// No keeper: replays decode the stored output.
-    fn keeper(&self) -> Option<Keeper<T>>;
+    fn __idempotency_keeper(&self) -> Option<Keeper<T>>;
 }
 
 impl<T> KeepByDecoding<T> for &Probe<T> {
     #[inline(always)]
-    fn keeper(&self) -> Option<Keeper<T>> {
+    fn __idempotency_keeper(&self) -> Option<Keeper<T>> {
         None
     }
 }

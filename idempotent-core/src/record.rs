@@ -189,11 +189,14 @@ impl fmt::Debug for ClaimNow {
 /// How to decode a stored output into the typed value it holds, for an in-process store that
 /// keeps that value beside the output's bytes, so that its replays clone the value instead of
 /// decoding the bytes. Given by the executor to
-/// [`Store::complete_keeping`](crate::Store::complete_keeping).
+/// [`Store::complete_keeping`](crate::Store::complete_keeping); the memory store decodes on
+/// the record's first replay.
 ///
 /// The value is decoded from the stored bytes, not copied from what the body returned, so a
-/// replay from a kept value returns what decoding the record would: the same as every other
-/// store replays.
+/// replay from a kept value returns what decoding the record returns, as every other store
+/// replays, as long as the type's `Clone` copies faithfully and its `Deserialize` gives the
+/// same value for the same bytes. Replays share nothing mutable unless the type does (an
+/// `Arc<Mutex<_>>` field is one value shared by every replay's clone).
 #[derive(Clone, Copy)]
 pub struct Keep {
     decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>,

@@ -114,14 +114,17 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
         quote!(::core::option::Option::None)
     };
     // A `Clone` output is replayed from the typed value an in-process store keeps (picked by
-    // autoref in `__private::Probe`). Only for an output type written without lifetimes,
-    // references or `Self`: the pick needs `T: 'static`, which autoref cannot test.
+    // autoref in `__private::Probe`). The pick cannot test `T: 'static`, so it is made only
+    // for a free function without generic parameters whose output type names no lifetime,
+    // reference, `Self`, `impl` or `dyn`. An elided lifetime hidden in the output type
+    // (`Cow<str>`) is inferred as `'static` in the probe's expression, and the keeper then
+    // coerces to the function's lifetime by variance.
     let keeper = match plan.result_parts {
-        Some((ok, _)) if keepable(ok.to_token_stream()) => quote! {
+        Some((ok, _)) if keeps_values(function, ok) => quote! {
             {
                 #[allow(unused_imports)]
                 use #private::{KeepByClone as _, KeepByDecoding as _};
-                (&#private::Probe::<#ok>::new()).keeper()
+                (&#private::Probe::<#ok>::new()).__idempotency_keeper()
             }
         },
         _ => quote!(::core::option::Option::None),
@@ -230,6 +233,15 @@ fn generate(function: &ItemFn, plan: &Plan<'_>) -> TokenStream {
             }
         }
     }
+}
+
+/// Whether `#[idempotent]` on `function`, whose output is `Result<ok, _>`, replays a kept
+/// value for a `Clone` output (see the comment where it is used).
+fn keeps_values(function: &ItemFn, ok: &syn::Type) -> bool {
+    if !function.sig.generics.params.is_empty() || function.sig.receiver().is_some() {
+        return false;
+    }
+    keepable(ok.to_token_stream())
 }
 
 /// The type names no lifetime, reference, `Self`, `impl` or `dyn` (so it is `'static` unless a

@@ -9,28 +9,38 @@
 //!
 //! # Expiry
 //!
-//! A completed record expires `ttl` after it was completed, by the kernel's coarse monotonic
-//! clock (`CLOCK_MONOTONIC_COARSE` on Linux), which reads in a few nanoseconds where the
-//! precise clock, and moka's own per-entry expiry, cost a replay several times that. The
-//! coarse clock lags by up to one kernel tick (1–10 ms), so every record lives 20 ms longer
-//! than its `ttl`: it never expires early, and expires at most about 30 ms late. An expired
-//! record is never replayed; its memory is reclaimed by a sweep that runs at most every 30 s
-//! (on a completing call, in a blocking task), by capacity pressure (the least recently used
-//! records go first, and an expired record is one nobody read since it expired), or when its
-//! key is completed again.
+//! A completed record expires `ttl` after it was completed, checked whenever it is read. On
+//! Linux and Android the clock is the kernel's coarse monotonic clock
+//! (`CLOCK_MONOTONIC_COARSE`), which reads in a few nanoseconds where the precise clock, and
+//! moka's own per-entry expiry, cost a replay several times that; it lags by up to one kernel
+//! tick (1–10 ms). Elsewhere it is `std::time::Instant`. Every record lives 20 ms longer than
+//! its `ttl`, so it never expires early, and on Linux at most about 30 ms late. An expired
+//! record is never replayed. Its memory is reclaimed by a sweep that runs at most every 30 s
+//! (started by a claim of a free key or a completion, in a blocking task), by capacity
+//! pressure, or when its key is completed again; until then it counts against the capacity.
+//!
+//! # Kept values
+//!
+//! An executor that can replay a typed value (`#[idempotent]` on a free function whose output
+//! type is `Clone`) completes with [`Store::complete_keeping`]. The record then decodes its
+//! output once, on its first replay, keeps the value, and every replay clones it instead of
+//! decoding again. Such a record weighs twice its encoded output.
 //!
 //! # At capacity
 //!
 //! When the completed outputs weigh more than `max_capacity_bytes`, the least recently used
 //! completed records are dropped before their TTL; a retry of a dropped key runs its body
-//! again. Size the capacity for `ttl × completion rate × output size`, and watch
-//! [`MemoryStore::evicted_before_expiry`]. An output larger than the whole capacity is refused
+//! again. Size the capacity for `ttl × completion rate × output size` (twice the output size
+//! for kept values), and watch [`MemoryStore::evicted_before_expiry`]. The weight is the
+//! encoded size: a kept value of many small strings takes more memory than that (each
+//! string's own allocation), so the capacity bounds memory only roughly for such outputs. An output larger than the whole capacity is refused
 //! with [`StoreError::TooLarge`].
 //!
 //! A memory store is per process: use Redis or SQL when several processes serve one key.
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -65,24 +75,25 @@ struct Done {
     token: Token,
     fingerprint: Fingerprint,
     output: Bytes,
-    /// When the record expires, by the coarse clock (`ttl` + [`COARSE_MARGIN`] after it
-    /// was completed).
-    expires: coarsetime::Instant,
+    /// When the record expires, by [`clock`] (`ttl` + [`EXPIRY_MARGIN`] after it was
+    /// completed).
+    expires: u64,
     /// When it expires by the precise clock, as `get` reports it.
     expires_at: Instant,
-    /// The typed output the executor asked to keep (`complete_keeping`), which its replays
-    /// clone instead of decoding `output`.
-    kept: Option<Box<dyn Any + Send + Sync>>,
+    /// How to decode the typed output the executor asked to keep (`complete_keeping`).
+    keep: Option<Keep>,
+    /// That value, decoded on the first replay; replays clone it instead of decoding `output`.
+    kept: OnceLock<Option<Box<dyn Any + Send + Sync>>>,
 }
 
 impl Done {
-    fn live(&self, now: coarsetime::Instant) -> bool {
+    fn live(&self, now: u64) -> bool {
         self.expires > now
     }
 
     /// What the record weighs: a kept value is counted as large as its encoded output.
     fn weight(&self, key: &Key) -> u32 {
-        let kept = if self.kept.is_some() {
+        let kept = if self.keep.is_some() {
             self.output.len()
         } else {
             0
@@ -101,7 +112,10 @@ impl HeldRecord for Done {
     }
 
     fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
-        self.kept.as_deref()
+        let keep = self.keep?;
+        self.kept
+            .get_or_init(|| keep.value(&self.output))
+            .as_deref()
     }
 }
 
@@ -132,15 +146,44 @@ impl std::hash::BuildHasher for DigestHasher {
     }
 }
 
-/// The coarse clock that completed records expire by (see the module docs). Read without
-/// updating `coarsetime`'s shared "recent" value, so concurrent replays write no shared memory.
-fn coarse_now() -> coarsetime::Instant {
-    coarsetime::Instant::now_without_cache_update()
+/// The clock completed records expire by (see the module docs), as a count that only grows:
+/// the coarse monotonic clock on Linux and Android, `Instant` elsewhere.
+mod clock {
+    use std::time::Duration;
+
+    /// Now. The coarse clock is read without updating `coarsetime`'s shared "recent" value,
+    /// so concurrent replays write no shared memory.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn now() -> u64 {
+        coarsetime::Instant::now_without_cache_update().as_u64()
+    }
+
+    /// `span` in the clock's units.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn units(span: Duration) -> u64 {
+        coarsetime::Duration::from(span).as_u64()
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn now() -> u64 {
+        units(START.elapsed())
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn units(span: Duration) -> u64 {
+        u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
+    }
 }
+
+use clock::now as coarse_now;
 
 /// Added to every record's TTL: more than one tick of the coarse clock, so that the clock's lag
 /// at completion can never make a record expire before its `ttl`.
-const COARSE_MARGIN: Duration = Duration::from_millis(20);
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
 
 /// The longest TTL or lease kept exactly (longer ones last this long: 68 years, which no clock
 /// here overflows).
@@ -149,9 +192,10 @@ const LONGEST_TTL: Duration = Duration::from_secs(1 << 31);
 /// How often expired records are swept out (at most; a sweep runs on a completing call).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-fn coarse_expiry(now: coarsetime::Instant, ttl: Duration) -> coarsetime::Instant {
-    let ttl = ttl.min(LONGEST_TTL).saturating_add(COARSE_MARGIN);
-    now.saturating_add(coarsetime::Duration::from(ttl))
+fn coarse_expiry(now: u64, ttl: Duration) -> u64 {
+    now.saturating_add(clock::units(
+        ttl.min(LONGEST_TTL).saturating_add(EXPIRY_MARGIN),
+    ))
 }
 
 /// Builds a [`MemoryStore`].
@@ -189,7 +233,7 @@ impl MemoryStoreBuilder {
                 pending: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 max_capacity_bytes: self.max_capacity_bytes,
                 evicted,
-                next_sweep: AtomicU64::new(coarse_expiry(coarse_now(), SWEEP_EVERY).as_ticks()),
+                next_sweep: AtomicU64::new(coarse_expiry(coarse_now(), SWEEP_EVERY)),
             }),
         }
     }
@@ -222,7 +266,7 @@ struct Inner {
     pending: Box<[Mutex<HashMap<Key, Pending>>]>,
     max_capacity_bytes: u64,
     evicted: Arc<AtomicU64>,
-    /// When the next sweep of expired records is due, in coarse ticks.
+    /// When the next sweep of expired records is due, by [`clock`].
     next_sweep: AtomicU64,
 }
 
@@ -256,7 +300,8 @@ impl MemoryStore {
 
     /// How many completed records were dropped for capacity before their TTL passed (each
     /// one lets a later retry run its body again). Moka evicts in batches, so this trails the
-    /// inserts slightly.
+    /// inserts slightly. Sweeps out expired records first, like
+    /// [`weighted_size`](Self::weighted_size).
     pub fn evicted_before_expiry(&self) -> u64 {
         self.sweep_expired();
         self.inner.completed.run_pending_tasks();
@@ -264,7 +309,8 @@ impl MemoryStore {
     }
 
     /// The summed weight of live completed records (outputs plus overhead), in bytes. It
-    /// sweeps out the expired ones first.
+    /// sweeps out the expired ones first, which visits every record: call it for metrics now
+    /// and then, not on every request.
     pub fn weighted_size(&self) -> u64 {
         self.sweep_expired();
         self.inner.completed.run_pending_tasks();
@@ -292,10 +338,10 @@ impl MemoryStore {
     fn sweep_if_due(&self) {
         let now = coarse_now();
         let due = self.inner.next_sweep.load(Ordering::Relaxed);
-        if now.as_ticks() < due {
+        if now < due {
             return;
         }
-        let next = coarse_expiry(now, SWEEP_EVERY).as_ticks();
+        let next = coarse_expiry(now, SWEEP_EVERY);
         if self
             .inner
             .next_sweep
@@ -408,6 +454,8 @@ impl MemoryStore {
                 lease_until: now + lease.min(LONGEST_TTL),
             },
         );
+        drop(pending);
+        self.sweep_if_due();
         Ok(ClaimNow::Claim(Claim::Acquired { token, took_over }))
     }
 
@@ -427,8 +475,6 @@ impl MemoryStore {
                 limit: usize::try_from(self.inner.max_capacity_bytes).unwrap_or(usize::MAX),
             });
         }
-        // Decoded before the shard is locked: it may take a while for a large output.
-        let kept = keep.and_then(|keep| keep.value(&output));
         let mut pending = self.shard(key);
         if !owns(&pending, key, token) {
             return match self.live_completed(key) {
@@ -442,14 +488,15 @@ impl MemoryStore {
         let mut done = Done {
             token: *token,
             fingerprint: owner.fingerprint,
-            kept,
+            keep,
+            kept: OnceLock::new(),
             output,
             expires: coarse_expiry(coarse_now(), ttl),
-            expires_at: Instant::now() + ttl.min(LONGEST_TTL),
+            expires_at: Instant::now() + ttl.min(LONGEST_TTL) + EXPIRY_MARGIN,
         };
         // A record the kept value would push past the whole capacity keeps only its bytes.
         if u64::from(done.weight(key)) > self.inner.max_capacity_bytes {
-            done.kept = None;
+            done.keep = None;
         }
         self.inner.completed.insert(key.clone(), Arc::new(done));
         drop(pending);
