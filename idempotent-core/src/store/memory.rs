@@ -437,9 +437,13 @@ impl MemoryStore {
             }
             Some(_) => true,
             None => {
-                // Completed between the lock-free read and the lock.
-                if let Some(done) = self.live_completed(key) {
-                    return Ok(ClaimNow::Held(done));
+                // Completed between the lock-free read and the lock, or expired: an expired
+                // record goes now (under the lock, as every write of the key), not at the
+                // next sweep.
+                match self.inner.completed.get(key) {
+                    Some(done) if done.live(coarse_now()) => return Ok(ClaimNow::Held(done)),
+                    Some(_) => self.inner.completed.invalidate(key),
+                    None => {}
                 }
                 false
             }
