@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{AppError, Down, Recording, leak};
+use common::{AppError, DOWN, Recording, leak};
 use idempotency::{Error, Idempotency, InProgressPolicy, MemoryStore, Store as _, idempotent};
 use serde::{Deserialize, Serialize};
 
@@ -328,7 +328,7 @@ async fn a_call_cancelled_mid_body_keeps_its_claim_until_the_lease_passes() {
 
 #[tokio::test]
 async fn an_unreachable_store_fails_closed() {
-    let exec = Idempotency::new(Down);
+    let exec = Idempotency::new(DOWN);
     let runs = AtomicUsize::new(0);
     let error = charge(request("order-down"), &exec, &runs)
         .await
@@ -353,7 +353,7 @@ async fn an_unreachable_store_fails_closed() {
 
 #[tokio::test]
 async fn fail_open_is_an_explicit_opt_in() {
-    let exec = Idempotency::builder(Down).fail_open(true).build();
+    let exec = Idempotency::builder(DOWN).fail_open(true).build();
     let runs = AtomicUsize::new(0);
     let receipt = charge(request("order-open"), &exec, &runs).await.unwrap();
     assert_eq!(receipt.charge_id, 1);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{AppError, Down};
+use common::{AppError, DOWN};
 use idempotency::consumer::{Consumer, Outcome};
 use idempotency::{
     Claim, Error, Fingerprint, Idempotency, InProgressPolicy, MemoryStore, Store, StoreOp,
@@ -224,7 +224,7 @@ async fn an_id_reused_with_another_payload_is_refused() {
 
 #[tokio::test]
 async fn an_unreachable_store_runs_nothing_and_asks_for_redelivery() {
-    let consumer = Consumer::new(Idempotency::new(Down), "test.down");
+    let consumer = Consumer::new(Idempotency::new(DOWN), "test.down");
     let effects = AtomicUsize::new(0);
     let result = consumer
         .handle("evt-12", || async {

@@ -1,10 +1,13 @@
 //! Executor edge cases found in review: a call cancelled after its body succeeded, a waiter
 //! facing a stale local flight, `fail_open` and corrupt records.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::Failing;
 use idempotency::{
     Bytes, Claim, Error, Fingerprint, Idempotency, Key, MemoryStore, Record, Store, StoreError,
     Token, async_trait,
@@ -163,43 +166,13 @@ async fn a_waiter_facing_a_stale_local_flight_polls_with_backoff() {
 }
 
 /// A store that is up but holds a damaged record for every key.
-#[derive(Debug)]
-struct Damaged;
-
-#[async_trait]
-impl Store for Damaged {
-    async fn claim(&self, _: &Key, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-    async fn complete(
-        &self,
-        _: &Key,
-        _: &Token,
-        _: &Fingerprint,
-        _: Bytes,
-        _: Duration,
-    ) -> Result<(), StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-    async fn release(&self, _: &Key, _: &Token) -> Result<(), StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-    async fn renew(&self, _: &Key, _: &Token, _: Duration) -> Result<(), StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-    async fn get(&self, _: &Key) -> Result<Option<Record>, StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-    async fn remove(&self, _: &Key) -> Result<bool, StoreError> {
-        Err(StoreError::corrupt("not one of our records"))
-    }
-}
+const DAMAGED: Failing = Failing(|| StoreError::corrupt("not one of our records"));
 
 /// `fail_open` is for outages: a store that answers with a corrupt record is up, and the body
 /// must not run.
 #[tokio::test]
 async fn fail_open_does_not_run_the_body_over_a_corrupt_record() {
-    let exec = Idempotency::builder(Damaged).fail_open(true).build();
+    let exec = Idempotency::builder(DAMAGED).fail_open(true).build();
     let runs = AtomicUsize::new(0);
     let key = Key::derive("review::corrupt", 1, &"k").unwrap();
     let fp = Fingerprint::of(&"k").unwrap();

@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use common::{Down, Recording};
+use common::{DOWN, Recording};
 use idempotency::http::{ClientId, ClientScope, IdempotencyLayer, StoredStatuses};
 use idempotency::{Idempotency, InProgressPolicy, MemoryStore, Store};
 use serde_json::{Value, json};
@@ -812,7 +812,7 @@ async fn binary_bodies_are_replayed_byte_for_byte() {
 
 #[tokio::test]
 async fn the_store_down_is_a_503_and_the_handler_does_not_run() {
-    let layer = IdempotencyLayer::new(Idempotency::new(Down));
+    let layer = IdempotencyLayer::new(Idempotency::new(DOWN));
     let server = serve(App::default(), layer).await;
     let reply = post_order(&server, "k", "{}").await;
     let detail = reply.problem(503, "store-unavailable");

@@ -12,6 +12,19 @@ fn key(n: usize) -> Key {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Claims `key` (it must be free) and completes it with `output`.
+async fn complete_one(store: &MemoryStore, key: &Key, output: impl Into<Bytes>, ttl: Duration) {
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+    let claim = store.claim(key, &fingerprint, HOUR).await.expect("claim");
+    let Claim::Acquired { token, .. } = claim else {
+        panic!("{key} must be free, got {claim:?}");
+    };
+    store
+        .complete(key, &token, &fingerprint, output.into(), ttl)
+        .await
+        .expect("complete");
+}
+
 #[tokio::test]
 async fn in_progress_records_are_never_evicted() {
     // Room for only a handful of completed records.
@@ -26,20 +39,7 @@ async fn in_progress_records_are_never_evicted() {
     }
     // Flood the completed side far past capacity.
     for n in 1000..1200 {
-        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
-        else {
-            panic!("expected Acquired");
-        };
-        store
-            .complete(
-                &key(n),
-                &token,
-                &fingerprint,
-                Bytes::from(vec![7u8; 512]),
-                HOUR,
-            )
-            .await
-            .unwrap();
+        complete_one(&store, &key(n), vec![7u8; 512], HOUR).await;
     }
     assert!(
         store.evicted_before_expiry() > 0,
@@ -80,20 +80,7 @@ async fn the_least_recently_used_completed_record_goes_first() {
         .build();
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
     for n in 0..2 {
-        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
-        else {
-            panic!("expected Acquired");
-        };
-        store
-            .complete(
-                &key(n),
-                &token,
-                &fingerprint,
-                Bytes::from(vec![1u8; 512]),
-                HOUR,
-            )
-            .await
-            .unwrap();
+        complete_one(&store, &key(n), vec![1u8; 512], HOUR).await;
     }
     // Moka applies writes and reads to its LRU order in batches; settle the writes first.
     store.evicted_before_expiry();
@@ -104,20 +91,7 @@ async fn the_least_recently_used_completed_record_goes_first() {
     ));
     store.evicted_before_expiry();
     for n in 2..4 {
-        let Claim::Acquired { token, .. } = store.claim(&key(n), &fingerprint, HOUR).await.unwrap()
-        else {
-            panic!("expected Acquired");
-        };
-        store
-            .complete(
-                &key(n),
-                &token,
-                &fingerprint,
-                Bytes::from(vec![1u8; 512]),
-                HOUR,
-            )
-            .await
-            .unwrap();
+        complete_one(&store, &key(n), vec![1u8; 512], HOUR).await;
         store.evicted_before_expiry();
     }
     assert!(
@@ -157,30 +131,18 @@ async fn an_output_larger_than_the_whole_capacity_is_refused() {
     );
 }
 
-async fn complete_one(store: &MemoryStore, key: &Key, output: &'static [u8], ttl: Duration) {
-    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-    let claim = store.claim(key, &fingerprint, HOUR).await.expect("claim");
-    let Claim::Acquired { token, .. } = claim else {
-        panic!("{key} must be free, got {claim:?}");
-    };
-    store
-        .complete(key, &token, &fingerprint, Bytes::from_static(output), ttl)
-        .await
-        .expect("complete");
-}
-
 /// Expired records are never replayed, and a sweep gives their memory back; a key completed
 /// again after it expired keeps its new record through the sweep.
 #[tokio::test]
 async fn expired_records_are_swept_and_renewed_keys_kept() {
     let store = MemoryStore::new();
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-    complete_one(&store, &key(1), b"short", Duration::from_millis(300)).await;
-    complete_one(&store, &key(2), b"again", Duration::from_millis(300)).await;
+    complete_one(&store, &key(1), "short", Duration::from_millis(300)).await;
+    complete_one(&store, &key(2), "again", Duration::from_millis(300)).await;
     assert!(store.weighted_size() > 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Key 2 expired and is completed anew, before any sweep.
-    complete_one(&store, &key(2), b"renewed", HOUR).await;
+    complete_one(&store, &key(2), "renewed", HOUR).await;
     let renewed = store.weighted_size();
     assert_eq!(
         renewed,
@@ -231,9 +193,9 @@ async fn the_longest_ttl_and_lease_are_safe() {
 #[tokio::test]
 async fn removing_an_expired_record_reports_none() {
     let store = MemoryStore::new();
-    complete_one(&store, &key(9), b"brief", Duration::from_millis(30)).await;
+    complete_one(&store, &key(9), "brief", Duration::from_millis(30)).await;
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(!store.remove(&key(9)).await.unwrap());
-    complete_one(&store, &key(10), b"live", HOUR).await;
+    complete_one(&store, &key(10), "live", HOUR).await;
     assert!(store.remove(&key(10)).await.unwrap());
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::AppError;
 use idempotency::{Error, Fingerprint, Idempotency, Key, MemoryStore};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -69,14 +70,6 @@ fn fingerprint() -> Fingerprint {
     Fingerprint::of(&"args").expect("fingerprint")
 }
 
-#[derive(Debug, thiserror::Error)]
-enum AppError {
-    #[error("the body failed")]
-    Body,
-    #[error(transparent)]
-    Idempotency(#[from] Error),
-}
-
 #[test]
 fn every_step_of_a_call_is_an_event() {
     let capture = Arc::new(Capture::default());
@@ -97,9 +90,11 @@ fn every_step_of_a_call_is_an_event() {
             }
             // A failed body releases its claim.
             let failed: Result<u32, AppError> = idempotency
-                .run(key("err"), fingerprint(), || async { Err(AppError::Body) })
+                .run(key("err"), fingerprint(), || async {
+                    Err(AppError::Gateway("declined".into()))
+                })
                 .await;
-            assert!(matches!(failed, Err(AppError::Body)));
+            assert!(matches!(failed, Err(AppError::Gateway(_))));
             // An owner whose lease passed is taken over.
             let hung = idempotency
                 .call(key("hung"), fingerprint())
@@ -115,7 +110,7 @@ fn every_step_of_a_call_is_an_event() {
                 .await;
             assert_eq!(taken.expect("taken over"), 2);
             // A store that is down: the body does not run.
-            let down = Idempotency::new(common::Down);
+            let down = Idempotency::new(common::DOWN);
             let refused: Result<u32, Error> = down
                 .run(key("down"), fingerprint(), || async { Ok(3) })
                 .await;

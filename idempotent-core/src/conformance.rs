@@ -55,6 +55,26 @@ async fn acquire(store: &dyn Store, key: &Key, lease: Duration) -> Token {
     }
 }
 
+/// A claim of `key` by `claimant` answers `Completed` with `output`, stored by `a`.
+async fn assert_replays(
+    store: &dyn Store,
+    key: &Key,
+    claimant: &Fingerprint,
+    output: &Bytes,
+    what: &str,
+) {
+    match store.claim(key, claimant, LONG).await {
+        Ok(Claim::Completed {
+            fingerprint: stored,
+            output: replayed,
+        }) => {
+            assert_eq!(stored, fingerprint("a"), "{what}: the stored fingerprint");
+            assert_eq!(&replayed, output, "{what}: the stored output");
+        }
+        other => panic!("{what} must be Completed, got {other:?}"),
+    }
+}
+
 fn assert_lease_lost(result: Result<(), StoreError>, what: &str) {
     assert!(
         matches!(result, Err(StoreError::LeaseLost)),
@@ -136,16 +156,14 @@ pub async fn complete_then_claim_replays(store: &dyn Store) {
         .await
         .unwrap_or_else(|error| panic!("the owner's complete must succeed: {error}"));
     for _ in 0..2 {
-        match store.claim(&key, &fingerprint("b"), LONG).await {
-            Ok(Claim::Completed {
-                fingerprint: stored,
-                output: replayed,
-            }) => {
-                assert_eq!(stored, fingerprint("a"));
-                assert_eq!(replayed, output);
-            }
-            other => panic!("claim of a completed key must be Completed, got {other:?}"),
-        }
+        assert_replays(
+            store,
+            &key,
+            &fingerprint("b"),
+            &output,
+            "claim of a completed key",
+        )
+        .await;
     }
     match store.get(&key).await {
         Ok(Some(Record::Completed {
@@ -554,16 +572,14 @@ pub async fn complete_keeping_completes(store: &dyn Store) {
         done.is_ok(),
         "the owner's complete_keeping must succeed: {done:?}"
     );
-    match store.claim(&key, &fingerprint("a"), LONG).await {
-        Ok(Claim::Completed {
-            fingerprint: f,
-            output: back,
-        }) => {
-            assert_eq!(f, fingerprint("a"));
-            assert_eq!(back, output);
-        }
-        other => panic!("claim after complete_keeping must replay, got {other:?}"),
-    }
+    assert_replays(
+        store,
+        &key,
+        &fingerprint("a"),
+        &output,
+        "claim after complete_keeping",
+    )
+    .await;
     if let Some(Ok(ClaimNow::Held(held))) = store.claim_now(&key, &fingerprint("a"), LONG) {
         assert_eq!(held.fingerprint(), &fingerprint("a"));
         assert_eq!(held.output(), &output);

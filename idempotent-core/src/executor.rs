@@ -616,15 +616,14 @@ fn replay_held<M: OutputMode<T, E>, T, E: From<Error>>(
     held: &dyn HeldRecord,
     keeper: Option<Keeper<T>>,
 ) -> Result<T, E> {
-    if held.fingerprint() != fingerprint {
-        return Err(Error::KeyReused { key }.into());
-    }
-    event!(debug, key = %key, "replay");
     // Only `Ok` outputs are kept, and an `Ok` output replays as `Ok` in every mode.
-    if let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take)) {
-        return Ok(value);
+    if held.fingerprint() == fingerprint {
+        if let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take)) {
+            event!(debug, key = %key, "replay");
+            return Ok(value);
+        }
     }
-    decode::<M, T, E>(key, held.output())
+    replay::<M, T, E>(key, fingerprint, held.fingerprint(), held.output())
 }
 
 fn decode<M: OutputMode<T, E>, T, E: From<Error>>(key: Key, bytes: &[u8]) -> Result<T, E> {

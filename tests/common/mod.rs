@@ -142,9 +142,12 @@ impl<S: Store> Store for Recording<S> {
     }
 }
 
+/// A store whose every call fails with the error its function makes.
+#[derive(Debug)]
+pub(crate) struct Failing(pub(crate) fn() -> StoreError);
+
 /// A store whose server is down: every call fails as unreachable.
-#[derive(Debug, Default)]
-pub(crate) struct Down;
+pub(crate) const DOWN: Failing = Failing(refused);
 
 fn refused() -> StoreError {
     StoreError::unavailable(std::io::Error::new(
@@ -154,9 +157,9 @@ fn refused() -> StoreError {
 }
 
 #[async_trait]
-impl Store for Down {
+impl Store for Failing {
     async fn claim(&self, _: &Key, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
     async fn complete(
         &self,
@@ -166,19 +169,19 @@ impl Store for Down {
         _: Bytes,
         _: Duration,
     ) -> Result<(), StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
     async fn release(&self, _: &Key, _: &Token) -> Result<(), StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
     async fn renew(&self, _: &Key, _: &Token, _: Duration) -> Result<(), StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
     async fn get(&self, _: &Key) -> Result<Option<Record>, StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
     async fn remove(&self, _: &Key) -> Result<bool, StoreError> {
-        Err(refused())
+        Err((self.0)())
     }
 }
 

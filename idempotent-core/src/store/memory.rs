@@ -303,7 +303,7 @@ impl MemoryStore {
     /// inserts slightly. Sweeps out expired records first, like
     /// [`weighted_size`](Self::weighted_size).
     pub fn evicted_before_expiry(&self) -> u64 {
-        self.sweep_expired();
+        sweep_expired(&self.inner);
         self.inner.completed.run_pending_tasks();
         self.inner.evicted.load(Ordering::Relaxed)
     }
@@ -312,7 +312,7 @@ impl MemoryStore {
     /// sweeps out the expired ones first, which visits every record: call it for metrics now
     /// and then, not on every request.
     pub fn weighted_size(&self) -> u64 {
-        self.sweep_expired();
+        sweep_expired(&self.inner);
         self.inner.completed.run_pending_tasks();
         self.inner.completed.weighted_size()
     }
@@ -326,11 +326,6 @@ impl MemoryStore {
             .completed
             .get(key)
             .filter(|done| done.live(coarse_now()))
-    }
-
-    /// Removes every expired completed record now.
-    fn sweep_expired(&self) {
-        sweep_expired(&self.inner);
     }
 
     /// Starts a sweep when one is due: in a blocking task when a Tokio runtime runs this call,
@@ -355,7 +350,7 @@ impl MemoryStore {
                 let inner = Arc::clone(&self.inner);
                 drop(runtime.spawn_blocking(move || sweep_expired(&inner)));
             }
-            Err(_) => self.sweep_expired(),
+            Err(_) => sweep_expired(&self.inner),
         }
     }
 }
