@@ -745,9 +745,9 @@ async fn the_layer_and_the_executor_agree_on_the_limit_to_the_byte() {
     );
 }
 
-/// The executor's limit under the layer's (a misconfiguration): the executor refuses the
-/// record and releases the claim; the layer stores the problem in its place at once, and
-/// measures later responses against the executor's limit.
+/// The executor's limit under the layer's (a misconfiguration): the layer knows the
+/// executor's limit up front, so it stores the problem in place of the response on the first
+/// call, and no claim is ever released.
 #[tokio::test]
 async fn a_store_limit_under_the_layers_still_never_runs_the_handler_twice() {
     let (store, counts) = Recording::new(MemoryStore::new());
@@ -765,8 +765,8 @@ async fn a_store_limit_under_the_layers_still_never_runs_the_handler_twice() {
     assert_eq!(server.runs(), 2);
     assert_eq!(
         counts.release.load(Ordering::SeqCst),
-        1,
-        "released once, before the layer knew the executor's limit"
+        0,
+        "the layer knew the executor's limit: no claim released"
     );
 }
 

@@ -62,7 +62,7 @@ use sqlx::Transaction;
 use super::{Consumer, Outcome};
 use crate::error::Error;
 use crate::key::{Fingerprint, Key, Namespace};
-use crate::protocol::InProgressPolicy;
+use crate::protocol::{CallOptions, call_option_setters, defaults};
 use crate::store::sql::{SqlDialect, SqlStore};
 use crate::transaction::{Claimed, InTransaction, Owner};
 
@@ -80,14 +80,17 @@ pub enum Received<'s, DB: SqlDialect, T> {
 /// An idempotent consumer whose processed-marks live in the SQL store and are written in the
 /// handler's transaction. Keys are the same as [`Consumer`]'s for the same name and id.
 /// Cheap to clone.
+///
+/// Per-delivery options are [`CallOptions`], set one by one or as one value: the `ttl` is the
+/// [`window`](Self::window); the `lease` is how long a mark in progress *outside* a
+/// transaction holds; `wait_timeout` and `on_in_progress` apply to a mark in progress outside
+/// a transaction on PostgreSQL (MySQL and SQLite answer in progress at once, see
+/// [`InTransaction`]).
 #[derive(Debug)]
 pub struct Inbox<DB: SqlDialect> {
     store: SqlStore<DB>,
     name: Namespace,
-    window: Duration,
-    lease: Option<Duration>,
-    wait_timeout: Option<Duration>,
-    on_in_progress: Option<InProgressPolicy>,
+    options: CallOptions,
 }
 
 impl<DB: SqlDialect> Clone for Inbox<DB> {
@@ -95,10 +98,7 @@ impl<DB: SqlDialect> Clone for Inbox<DB> {
         Inbox {
             store: self.store.clone(),
             name: self.name.clone(),
-            window: self.window,
-            lease: self.lease,
-            wait_timeout: self.wait_timeout,
-            on_in_progress: self.on_in_progress,
+            options: self.options,
         }
     }
 }
@@ -109,39 +109,20 @@ impl<DB: SqlDialect> Inbox<DB> {
         Inbox {
             store,
             name: name.into(),
-            window: Duration::from_secs(24 * 60 * 60),
-            lease: None,
-            wait_timeout: None,
-            on_in_progress: None,
+            options: CallOptions::new().ttl(defaults::DEDUP_WINDOW),
         }
     }
 
-    /// How long a processed id is remembered (default 24 h).
-    pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
+    /// How long a processed id is remembered (default 24 h; the same as `ttl`).
+    pub fn window(self, window: Duration) -> Self {
+        self.ttl(window)
     }
 
-    /// How long a mark in progress *outside* a transaction holds (see
-    /// [`InTransaction::lease`]).
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
-        self
+    fn apply(&mut self, options: CallOptions) {
+        self.options = options.or(self.options);
     }
 
-    /// How long a delivery waits for a mark in progress outside a transaction (PostgreSQL;
-    /// MySQL and SQLite answer in progress at once, see [`InTransaction`]).
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = Some(wait);
-        self
-    }
-
-    /// Wait for, or refuse at once, a mark in progress outside a transaction (PostgreSQL;
-    /// MySQL and SQLite refuse at once, see [`InTransaction`]).
-    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
-        self.on_in_progress = Some(policy);
-        self
-    }
+    call_option_setters!();
 
     /// The store.
     pub fn store(&self) -> &SqlStore<DB> {
@@ -156,17 +137,10 @@ impl<DB: SqlDialect> Inbox<DB> {
     fn call<I: Serialize + ?Sized>(&self, id: &I) -> Result<InTransaction<'_, DB>, Error> {
         let key = self.key(id)?;
         let fingerprint = Fingerprint::from_digest(*key.digest());
-        let mut call = self.store.in_transaction(key, fingerprint).ttl(self.window);
-        if let Some(lease) = self.lease {
-            call = call.lease(lease);
-        }
-        if let Some(wait) = self.wait_timeout {
-            call = call.wait_timeout(wait);
-        }
-        if let Some(policy) = self.on_in_progress {
-            call = call.on_in_progress(policy);
-        }
-        Ok(call)
+        Ok(self
+            .store
+            .in_transaction(key, fingerprint)
+            .options(self.options))
     }
 
     /// First step of a delivery, in `tx`: is message `id` new or a duplicate? For a new one,

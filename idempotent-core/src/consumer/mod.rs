@@ -55,7 +55,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecOp, Error};
 use crate::executor::Idempotency;
 use crate::key::{Digest, Fingerprint, Key, Namespace};
-use crate::protocol::InProgressPolicy;
+use crate::protocol::{CallOptions, call_option_setters, defaults};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 #[cfg_attr(
@@ -63,8 +63,6 @@ use crate::protocol::InProgressPolicy;
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub mod inbox;
-
-const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What [`Consumer::handle`] did with a delivery. Either way the delivery can be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,14 +98,18 @@ impl<T> Outcome<T> {
 /// Message ids are hashed (SHA-256 of their canonical encoding) into keys
 /// `{name}:1:{hex}`: any `Serialize` value works, such as the broker's message id, an event id
 /// from the payload, or a tuple derived from the message (`(order_id, "shipped")`).
+///
+/// Per-delivery options are [`CallOptions`], set one by one or as one value: the `ttl` is the
+/// [`window`](Self::window); the `lease` (default: the executor's) should be longer than the
+/// handler ever runs; the `wait_timeout` (default: the executor's) below the broker's ack
+/// deadline; with [`InProgressPolicy::Reject`](crate::InProgressPolicy::Reject) a duplicate of
+/// a delivery still being handled fails at once with [`Error::InProgress`] (nak it with a
+/// delay).
 #[derive(Debug, Clone)]
 pub struct Consumer {
     idempotency: Idempotency,
     name: Namespace,
-    window: Duration,
-    lease: Option<Duration>,
-    wait_timeout: Option<Duration>,
-    on_in_progress: Option<InProgressPolicy>,
+    options: CallOptions,
 }
 
 impl Consumer {
@@ -117,40 +119,22 @@ impl Consumer {
         Consumer {
             idempotency,
             name: name.into(),
-            window: DEFAULT_WINDOW,
-            lease: None,
-            wait_timeout: None,
-            on_in_progress: None,
+            options: CallOptions::new().ttl(defaults::DEDUP_WINDOW),
         }
     }
 
-    /// How long a processed id is remembered (default 24 h). Longer than the broker can
-    /// redeliver or a publisher can retry: a duplicate arriving after the window runs again.
-    pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
+    /// How long a processed id is remembered (default 24 h; the same as `ttl`). Longer than
+    /// the broker can redeliver or a publisher can retry: a duplicate arriving after the
+    /// window runs again.
+    pub fn window(self, window: Duration) -> Self {
+        self.ttl(window)
     }
 
-    /// How long a handler holds a message before another delivery of it may take it over
-    /// (default: the executor's lease). Longer than the handler ever runs.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
-        self
+    fn apply(&mut self, options: CallOptions) {
+        self.options = options.or(self.options);
     }
 
-    /// How long a duplicate waits for a first delivery still being handled (default: the
-    /// executor's `wait_timeout`). Keep it below the broker's ack deadline.
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = Some(wait);
-        self
-    }
-
-    /// Whether a duplicate waits for a first delivery still being handled, or fails at once
-    /// with [`Error::InProgress`] (then nak it with a delay).
-    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
-        self.on_in_progress = Some(policy);
-        self
-    }
+    call_option_setters!();
 
     /// The consumer's name.
     pub fn name(&self) -> &str {
@@ -254,16 +238,10 @@ impl Consumer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let mut call = self.idempotency.call(key, fingerprint).ttl(self.window);
-        if let Some(lease) = self.lease {
-            call = call.lease(lease);
-        }
-        if let Some(wait) = self.wait_timeout {
-            call = call.wait_timeout(wait);
-        }
-        if let Some(policy) = self.on_in_progress {
-            call = call.on_in_progress(policy);
-        }
+        let call = self
+            .idempotency
+            .call(key, fingerprint)
+            .options(self.options);
         // The executor replays a stored output without running the body: whether the body
         // ran tells a first delivery from a duplicate.
         let ran = AtomicBool::new(false);

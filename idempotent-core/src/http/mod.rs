@@ -164,6 +164,7 @@
 //! fix the server's configuration.
 
 mod body;
+mod config;
 mod header;
 mod layer;
 mod problem;
@@ -172,6 +173,7 @@ mod service;
 mod stored;
 
 pub use body::{RequestBody, ResponseBody};
-pub use layer::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer, StoredStatuses};
+pub use config::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, StoredStatuses};
+pub use layer::IdempotencyLayer;
 pub use scope::{ClientId, ClientScope};
 pub use service::{IdempotencyService, ResponseFuture};

@@ -16,15 +16,13 @@ use sha2::{Digest as _, Sha256};
 use tower_service::Service;
 
 use super::body::{Collected, RequestBody, ResponseBody, collect_up_to};
+use super::config::{Config, IDEMPOTENT_REPLAYED};
 use super::header::{parse_key, replayable};
-use super::layer::{Config, IDEMPOTENT_REPLAYED};
 use super::problem::{self, Kind};
 use super::scope::ClientId;
-use super::stored::{Stored, StoredResponse};
+use super::stored::{ResponseRecord, StoredResponse};
 use crate::error::{BoxError, Error, StoreOp};
-use crate::executor::Call;
 use crate::key::{Digest, Fingerprint, Key};
-use crate::protocol::InProgressPolicy;
 use crate::trace::event;
 
 /// The service [`IdempotencyLayer`](super::IdempotencyLayer) wraps around an inner service.
@@ -270,7 +268,10 @@ where
     ResBody: Body<Data = Bytes> + Unpin,
 {
     let key = Key::new(config.namespace.clone(), config.version, key_digest);
-    let call = configure(&config, config.idempotency.call(key, fingerprint));
+    let call = config
+        .idempotency
+        .call(key, fingerprint)
+        .options(config.options);
 
     // The response for the client, when the handler ran in this call: the handler's own (with
     // its own headers, streamed if too large to store), while its replayable part, or the
@@ -279,7 +280,7 @@ where
     let slot = &mut first;
     let stored_statuses = config.stored;
     let limit = config.response_limit();
-    let outcome: Result<Stored, Failure<ResBody, S::Error>> = call
+    let outcome: Result<ResponseRecord, Failure<ResBody, S::Error>> = call
         .run(|| async move {
             let response = inner.call(request).await.map_err(Failure::Service)?;
             let (parts, body) = response.into_parts();
@@ -293,7 +294,7 @@ where
             // happens to its body, the key records something, so a retry never runs it again.
             let (stored, response) = match collect_up_to(body, limit).await {
                 Collected::Whole(bytes) => {
-                    let stored = Stored(Arc::new(StoredResponse {
+                    let stored = ResponseRecord(Arc::new(StoredResponse {
                         status: parts.status,
                         headers: replayable(&parts.headers),
                         body: bytes.clone(),
@@ -310,7 +311,7 @@ where
                     Response::from_parts(parts, ResponseBody::prefixed(read, rest)),
                 ),
                 Collected::Failed(_) => {
-                    let stored = Stored(Arc::new(problem::stand_in(
+                    let stored = ResponseRecord(Arc::new(problem::stand_in(
                         Kind::ResponseFailed,
                         parts.status,
                         None,
@@ -329,14 +330,6 @@ where
         (Ok(stored), None) => Ok(answer(&stored, true)),
         (Err(Failure::Unstored(response)), _) => Ok(response),
         (Err(Failure::Service(error)), _) => Err(error),
-        // The executor or the store refused the record under the layer's limit (theirs is
-        // lower): the claim is released. Keep a retry from running the handler again.
-        (Err(Failure::Idempotency(Error::OutputTooLarge { limit, .. })), Some(response)) => {
-            config.refused(limit);
-            let stand_in = too_large(response.status(), response.headers(), limit);
-            store_stand_in(&config, key_digest, fingerprint, stand_in).await;
-            Ok(response)
-        }
         // The handler ran but its response could not be stored (store failure on `complete`,
         // lease lost): the client still gets it.
         (Err(Failure::Idempotency(error)), Some(response)) => {
@@ -348,58 +341,17 @@ where
     }
 }
 
-fn configure<'a>(config: &Config, mut call: Call<'a>) -> Call<'a> {
-    call = call.on_in_progress(config.on_in_progress);
-    if let Some(ttl) = config.ttl {
-        call = call.ttl(ttl);
-    }
-    if let Some(lease) = config.lease {
-        call = call.lease(lease);
-    }
-    if let Some(wait) = config.wait_timeout {
-        call = call.wait_timeout(wait);
-    }
-    call
-}
-
 /// The problem stored in place of a response too large to store.
-fn too_large(status: StatusCode, headers: &HeaderMap, limit: usize) -> Stored {
+fn too_large(status: StatusCode, headers: &HeaderMap, limit: usize) -> ResponseRecord {
     let detail = format!(
         "the request was processed, but its response was too large to store (over {limit} bytes), so it cannot be replayed; do not send the request again under a new key"
     );
-    Stored(Arc::new(problem::stand_in(
+    ResponseRecord(Arc::new(problem::stand_in(
         Kind::ResponseTooLarge,
         status,
         headers.get(LOCATION),
         &detail,
     )))
-}
-
-/// After the executor released a response the store refused: claims the key again and stores
-/// the problem standing in for the response. A duplicate that claimed the key in between has
-/// already run the handler again; nothing is left to prevent then.
-async fn store_stand_in(
-    config: &Config,
-    key_digest: Digest,
-    fingerprint: Fingerprint,
-    stand_in: Stored,
-) {
-    let key = Key::new(config.namespace.clone(), config.version, key_digest);
-    let call = configure(config, config.idempotency.call(key, fingerprint))
-        .on_in_progress(InProgressPolicy::Reject);
-    let stored: Result<Stored, Error> = call.run(|| async { Ok(stand_in) }).await;
-    match stored {
-        Ok(_) => {
-            event!(
-                warn,
-                "a response was over the store's limit; a problem stands in for it (lower `max_response_bytes`)"
-            );
-        }
-        Err(error) => {
-            event!(error, error = %error, "a response was over the store's limit and nothing could be stored in its place; a retry runs the handler again");
-            let _ = error;
-        }
-    }
 }
 
 /// The layer's answer when the handler did not run.
@@ -452,7 +404,7 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
 }
 
 /// A stored response as the client gets it; a replay carries `Idempotent-Replayed: true`.
-fn answer<B>(stored: &Stored, replayed: bool) -> Response<ResponseBody<B>> {
+fn answer<B>(stored: &ResponseRecord, replayed: bool) -> Response<ResponseBody<B>> {
     let stored = &*stored.0;
     let mut response = Response::new(ResponseBody::full(stored.body.clone()));
     *response.status_mut() = stored.status;

@@ -1,10 +1,10 @@
 //! A response as the layer stores it.
 //!
-//! Stored in the executor's [output encoding](crate::output) as
+//! ResponseRecord in the executor's [output encoding](crate::output) as
 //! `{s: status, h: [(name, value bytes)…], b: body bytes}`: header values and the body are
 //! kept as they are, bytes for bytes, whatever they hold (text, binary, escapes).
 //!
-//! The store receives that behind the executor's one-byte `Ok` mark; [`Stored::fits`]
+//! The store receives that behind the executor's one-byte `Ok` mark; [`ResponseRecord::fits`]
 //! measures exactly that record, so the layer's limit and the executor's and store's
 //! `max_output_bytes` count the same bytes.
 
@@ -21,7 +21,7 @@ use crate::output::envelope;
 
 /// A response the layer stored, shared between the request that produced it and its replays.
 #[derive(Debug, Clone)]
-pub(crate) struct Stored(pub(crate) Arc<StoredResponse>);
+pub(crate) struct ResponseRecord(pub(crate) Arc<StoredResponse>);
 
 #[derive(Debug)]
 pub(crate) struct StoredResponse {
@@ -36,7 +36,7 @@ const FIXED_MAX: usize = 32;
 /// At most what one header takes besides its name and value: a tuple, two tags, two lengths.
 const HEADER_MAX: usize = 24;
 
-impl Stored {
+impl ResponseRecord {
     /// Whether the record the store receives for this response (the executor's mark and the
     /// encoded response) is at most `limit` bytes. A cheap bound first; the record is measured
     /// only when the bound is over the limit.
@@ -83,10 +83,10 @@ impl Serialize for Headers<'_> {
     }
 }
 
-impl Serialize for Stored {
+impl Serialize for ResponseRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let response = &*self.0;
-        let mut out = serializer.serialize_struct("Stored", 3)?;
+        let mut out = serializer.serialize_struct("ResponseRecord", 3)?;
         out.serialize_field("s", &response.status.as_u16())?;
         out.serialize_field("h", &Headers(&response.headers))?;
         out.serialize_field("b", &Raw(&response.body))?;
@@ -136,7 +136,7 @@ struct Wire {
     b: Blob,
 }
 
-impl<'de> Deserialize<'de> for Stored {
+impl<'de> Deserialize<'de> for ResponseRecord {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
         let status = StatusCode::from_u16(wire.s)
@@ -147,7 +147,7 @@ impl<'de> Deserialize<'de> for Stored {
                 .map_err(|_| D::Error::custom(format_args!("stored header `{name}` is invalid")))?;
             headers.append(header_name::<D>(&name)?, value);
         }
-        Ok(Stored(Arc::new(StoredResponse {
+        Ok(ResponseRecord(Arc::new(StoredResponse {
             status,
             headers,
             body: Bytes::from(wire.b.0),
@@ -167,8 +167,8 @@ mod tests {
 
     fn round_trip(response: StoredResponse) -> StoredResponse {
         let mut record = Vec::new();
-        output::encode_into(&mut record, &Stored(Arc::new(response))).unwrap();
-        let back: Stored = output::decode(&record).unwrap();
+        output::encode_into(&mut record, &ResponseRecord(Arc::new(response))).unwrap();
+        let back: ResponseRecord = output::decode(&record).unwrap();
         Arc::try_unwrap(back.0).unwrap()
     }
 
@@ -218,15 +218,16 @@ mod tests {
         ];
         for headers in [HeaderMap::new(), headers] {
             for body in bodies {
-                let stored = Stored(Arc::new(StoredResponse {
+                let stored = ResponseRecord(Arc::new(StoredResponse {
                     status: StatusCode::CREATED,
                     headers: headers.clone(),
                     body: Bytes::copy_from_slice(body),
                 }));
-                let record =
-                    <OutputsOnly as OutputMode<Stored, crate::Error>>::encode(&Ok(stored.clone()))
-                        .unwrap()
-                        .unwrap();
+                let record = <OutputsOnly as OutputMode<ResponseRecord, crate::Error>>::encode(
+                    &Ok(stored.clone()),
+                )
+                .unwrap()
+                .unwrap();
                 let len = record.len();
                 assert_eq!(stored.record_len(), len, "{} body bytes", body.len());
                 assert!(stored.bound() >= len, "{} body bytes", body.len());
@@ -275,13 +276,16 @@ mod tests {
             encode(&[1, 2, 3]),
         ];
         for record in records {
-            assert!(output::decode::<Stored>(&record).is_err(), "{record:?}");
+            assert!(
+                output::decode::<ResponseRecord>(&record).is_err(),
+                "{record:?}"
+            );
         }
         let good = encode(&Fake {
             s: 200,
             h: vec![("x-ok", Raw(b"fine"))],
             b: Raw(b""),
         });
-        assert!(output::decode::<Stored>(&good).is_ok());
+        assert!(output::decode::<ResponseRecord>(&good).is_ok());
     }
 }
