@@ -22,7 +22,7 @@ mod record;
 
 use builder::Config;
 pub use builder::{RedisPrefixError, RedisStoreBuilder};
-use record::{Stored, millis};
+use record::millis;
 
 struct Scripts {
     claim: Script,
@@ -359,8 +359,8 @@ where
                 took_over: false,
             }),
             Value::Int(-1) => Err(not_a_record(&redis_key)),
-            Value::BulkString(value) => match Stored::decode(&redis_key, Bytes::from(value))? {
-                Stored::Completed {
+            Value::BulkString(value) => match record::decode(&redis_key, Bytes::from(value))? {
+                Record::Completed {
                     fingerprint,
                     output,
                     ..
@@ -368,7 +368,7 @@ where
                     fingerprint,
                     output,
                 }),
-                Stored::InProgress {
+                Record::InProgress {
                     fingerprint,
                     lease_until,
                     ..
@@ -430,9 +430,7 @@ where
         let redis_key = self.redis_key(key);
         match self.on_key::<Value>("GET", &redis_key).await? {
             Value::Nil => Ok(None),
-            Value::BulkString(value) => {
-                Stored::decode(&redis_key, Bytes::from(value)).map(|s| Some(s.into_record()))
-            }
+            Value::BulkString(value) => record::decode(&redis_key, Bytes::from(value)).map(Some),
             other => Err(unexpected("get", &other)),
         }
     }
