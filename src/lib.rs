@@ -65,9 +65,13 @@ pub use idempotent_core::{
     BoxError, Bytes, Call, CanonicalError, Claim, ClaimNow, CodecOp, Digest, DigestBuilder,
     DropErrors, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
     InProgressPolicy, Keep, Key, Namespace, OutputMode, Record, Store, StoreError, StoreErrors,
-    StoreOp, Token, async_trait, conformance, conformance_tests, default_idempotency, output,
-    set_default, set_default_store, store, testing,
+    StoreOp, Token, async_trait, default_idempotency, output, set_default, set_default_store,
+    store,
 };
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub use idempotent_core::{conformance, conformance_tests, testing};
 
 pub use idempotent_core::consumer::{self, Consumer};
 pub use idempotent_core::retry::{self, IdempotencyKey, RetryPolicy};
@@ -100,8 +104,8 @@ pub use idempotent_core::MySqlStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use idempotent_core::SqliteStore;
 
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use idempotent_core::http;
 
 /// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the

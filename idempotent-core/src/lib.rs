@@ -16,13 +16,15 @@
 #![forbid(unsafe_code)]
 
 mod canonical;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod consumer;
 mod default;
 mod error;
 mod executor;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod inflight;
 mod key;
@@ -31,6 +33,8 @@ mod record;
 pub mod retry;
 mod sink;
 pub mod store;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod testing;
 mod trace;
 pub mod versioning;

@@ -125,7 +125,7 @@ impl Out for Vec<u8> {
 }
 
 /// Counts the bytes an encoding would take (the HTTP layer measures its records with it).
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 #[derive(Debug, Default)]
 pub(crate) struct Count(pub(crate) usize);
 
