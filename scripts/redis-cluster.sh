@@ -11,7 +11,7 @@
 #
 # Example:
 #   urls=$(scripts/redis-cluster.sh start /tmp/idem-cluster)
-#   REDIS_CLUSTER_URLS=$urls cargo test -p idempotency --features redis --test redis_cluster
+#   REDIS_CLUSTER_URLS=$urls cargo test -p idempotency --features redis,conformance --test redis_cluster
 #   scripts/redis-cluster.sh stop /tmp/idem-cluster
 set -euo pipefail
 

@@ -65,9 +65,13 @@ pub use idempotent_core::{
     BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, CodecOp, Digest,
     DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
     InProgressPolicy, Keep, Key, Namespace, OutputMode, OutputsAndErrors, OutputsOnly, Record,
-    Store, StoreError, StoreOp, Token, async_trait, conformance, conformance_tests,
-    default_idempotency, defaults, output, set_default, set_default_store, store, testing,
+    Store, StoreError, StoreOp, Token, async_trait, default_idempotency, defaults, output,
+    set_default, set_default_store, store,
 };
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub use idempotent_core::{conformance, conformance_tests, testing};
 
 pub use idempotent_core::consumer::{self, Consumer};
 pub use idempotent_core::retry::{self, IdempotencyKey, RetryPolicy};
@@ -104,8 +108,8 @@ pub use idempotent_core::MySqlStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use idempotent_core::SqliteStore;
 
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use idempotent_core::http;
 
 /// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the

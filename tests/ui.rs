@@ -14,7 +14,7 @@ const ALL_FEATURES: bool = cfg!(all(
     feature = "postgres",
     feature = "mysql",
     feature = "sqlite",
-    feature = "axum",
+    feature = "http",
 ));
 
 #[test]

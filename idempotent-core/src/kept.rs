@@ -24,10 +24,15 @@ use serde::de::DeserializeOwned;
 
 use crate::output::envelope;
 
-/// How to decode a stored output into the value an in-process store keeps beside it (see
-/// the [module](self)). Given by the executor to
+/// How to decode a stored output into the typed value an in-process store keeps beside it, so
+/// that its replays clone the value instead of decoding the bytes. Given by the executor to
 /// [`Store::complete_keeping`](crate::Store::complete_keeping); the memory store decodes on
 /// the record's first replay.
+///
+/// The value is decoded from the stored bytes, not copied from what the body returned, so a
+/// replay from a kept value returns what decoding the record returns, as every other store
+/// replays, as long as the type's `Clone` copies faithfully and its `Deserialize` gives the
+/// same value for the same bytes.
 #[derive(Clone, Copy)]
 pub struct Keep {
     decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>,

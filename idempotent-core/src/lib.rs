@@ -16,13 +16,15 @@
 #![forbid(unsafe_code)]
 
 mod canonical;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod consumer;
 mod default;
 mod error;
 mod executor;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod kept;
 mod key;
@@ -32,6 +34,8 @@ mod record;
 pub mod retry;
 mod sink;
 pub mod store;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod testing;
 mod trace;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -35,7 +35,7 @@ use crate::trace::event;
 ///   returned; roll the transaction back (dropping it does) so the body's writes go too.
 /// * A record in progress under another owner (a call on the pool with the same key, or a
 ///   transaction that committed its claim without finishing it): on PostgreSQL, wait for it
-///   and replay its output, or reject, per [`InProgressPolicy`]; on MySQL and SQLite,
+///   and replay its output, or reject, per [`InProgressPolicy`](crate::InProgressPolicy); on MySQL and SQLite,
 ///   [`Error::InProgress`] at once, whatever the policy, because the claim's insert already
 ///   holds a lock the owner needs to complete (InnoDB's shared lock on the duplicate row,
 ///   SQLite's write lock) until the transaction ends. **Roll the transaction back (dropping it

@@ -12,7 +12,7 @@ use super::{OutputError, decode, encode_into};
 use crate::error::BoxError;
 
 /// How many bytes the mark takes.
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) const MARK_LEN: usize = 1;
 /// The mark in front of a stored `Ok` output.
 pub(crate) const MARK_OK: u8 = 0xB0;
@@ -104,7 +104,7 @@ fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, 
 
 /// How many bytes the envelope of `value` as an `Ok` output takes, without encoding it (the
 /// HTTP layer measures a response against the store's limit with it).
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn encoded_len<V: Serialize + ?Sized>(value: &V) -> Result<usize, OutputError> {
     let mut count = Count::default();
     count.byte(MARK_OK);

@@ -43,8 +43,8 @@ use std::future::Future;
 
 use crate::retry::{RetryPolicy, Retryable};
 
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -1,114 +1,13 @@
-//! The Redis and Redis Cluster store on [redis-rs](https://docs.rs/redis): [`RedisStore`].
-//!
-//! # What is stored
-//!
-//! **One Redis string per record**, so every operation touches exactly one key and works
-//! unchanged on Redis Cluster. Its name is
-//!
-//! ```text
-//! {prefix}{hex(sha256(namespace))[..32]}:{version}:{hex(sha256(key material))}
-//! ```
-//!
-//! The namespace is hashed: user text with spaces, newlines, `{}` braces or kilobytes of
-//! characters never reaches Redis as a key, so it can neither form a Cluster hash tag (every
-//! record spreads over all slots) nor make keys long. [`RedisStore::redis_key`] tells which key
-//! holds a record. The value is a small binary header (token, fingerprint, a time) followed by
-//! the output; anything else found under the prefix is reported as [`StoreError::Corrupt`],
-//! never a panic.
-//!
-//! # Round trips
-//!
-//! `claim` is one native command, `SET key <in-progress record> NX GET PX <lease>`: it writes
-//! the in-progress record if the key is free and hands back whatever record is there
-//! otherwise, atomically, so a replay is as cheap for Redis as a `GET`. `complete`, `release`
-//! and `renew` are Lua scripts run by `EVALSHA` (with the `NOSCRIPT` fallback: the first use
-//! of a script on a server loads it once; call [`RedisStore::load_scripts`] at start-up to do
-//! that ahead of time), each atomic and fenced by the owner's token. So a replay costs 1
-//! round trip, a first execution 2 (claim, complete) and a failed body 2 (claim, release).
-//! `get` is one `GET`, `remove` one `DEL`.
-//!
-//! # Leases and clocks
-//!
-//! An in-progress record lives exactly as long as its lease (`PX`), so Redis itself frees a
-//! crashed or hung owner's key when the lease passes, by the server's clock, and the next
-//! claim takes it with the same one command. (Such a takeover looks like a free key:
-//! [`Claim::Acquired`] reports `took_over: false` on Redis.) The owner can still complete
-//! while nobody has taken the key over: a token here is 8 random bytes and the end of its
-//! lease, and a `complete` that finds no record stores the output only for a token whose lease
-//! has passed (its record left with the lease, and a claim since would have written its own);
-//! for any other token a missing record is [`StoreError::LeaseLost`]. A completed record lives
-//! for its `ttl` (`PX`). The times written inside records (the lease's
-//! end, the expiry) are only read back by [`Store::get`] and for the time left on a lease;
-//! the lease end is the claiming client's clock, the expiry the server's.
-//!
-//! # Outages
-//!
-//! Every operation is bounded by [`response_timeout`](RedisStoreBuilder::response_timeout)
-//! (default 1 s): past it the call fails with [`StoreError::Timeout`]; a refused or dropped
-//! connection fails with [`StoreError::Unavailable`]. Either way the executor does not run the
-//! body (fail closed). A [`ConnectionManager`] or a cluster connection reconnects by itself,
-//! so calls succeed again once Redis is back, with no manual step. (The connection's own
-//! response timeout, 500 ms by default in redis-rs, may fire first: that is reported as
-//! [`StoreError::Unavailable`].) To start a service while Redis is down, build the manager
-//! with `ConnectionManager::new_lazy_with_config`: `ConnectionManager::new` fails when it
-//! cannot connect at once.
-//!
-//! A claim that times out may still have reached Redis, though its body never ran: the key
-//! then reads as in progress until the lease passes and the next claim takes it over.
-//!
-//! The one-command claim needs Redis 7.0 or newer (`SET` with both `NX` and `GET`); on an older
-//! server (5 or newer: the scripts read `TIME` and then write, which relies on effect
-//! replication) the store notices the refusal on its first claim and claims with an
-//! equivalent Lua script from then on ([`claim_by_script`](RedisStoreBuilder::claim_by_script)
-//! chooses it up front). Tested on Redis 7.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use idempotent_core::{Error, Fingerprint, Idempotency, Key, RedisStore};
-//! use redis::aio::ConnectionManager;
-//!
-//! # #[tokio::main]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
-//! let store = RedisStore::builder(ConnectionManager::new(client).await?)
-//!     .prefix("shop:idempotency:")
-//!     .build()?;
-//! let idempotency = Idempotency::new(store);
-//!
-//! let key = Key::derive("shop::charge", 1, &"order-42")?;
-//! let fingerprint = Fingerprint::of(&("order-42", 1999u64))?;
-//! let receipt: Result<String, Error> = idempotency
-//!     .run(key, fingerprint, || async { Ok("receipt-1".to_string()) })
-//!     .await;
-//! println!("{}", receipt?);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Over Redis Cluster, the same store takes a cluster connection:
-//!
-//! ```no_run
-//! use idempotent_core::RedisStore;
-//!
-//! # #[tokio::main]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let nodes = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"];
-//! let cluster = redis::cluster::ClusterClient::new(nodes)?;
-//! let store = RedisStore::new(cluster.get_async_connection().await?);
-//! # let _ = store;
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("docs.md")]
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
-use ::redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use ::redis::{Cmd, ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -118,13 +17,12 @@ use crate::key::{Fingerprint, Key};
 use crate::record::{Claim, Record, Token};
 use crate::store::Store;
 
+mod builder;
 mod record;
 
-use record::{Stored, millis};
-
-const DEFAULT_PREFIX: &str = "idempotency:";
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+use builder::Config;
+pub use builder::{RedisPrefixError, RedisStoreBuilder};
+use record::millis;
 
 struct Scripts {
     claim: Script,
@@ -173,16 +71,6 @@ pub struct RedisStore<C = ConnectionManager> {
     config: Arc<Config>,
 }
 
-#[derive(Debug)]
-struct Config {
-    prefix: Box<str>,
-    response_timeout: Duration,
-    max_output_bytes: usize,
-    /// Claim with the Lua script instead of `SET … NX GET` (set up front, or on the first
-    /// claim a server older than Redis 7 refused).
-    claim_by_script: AtomicBool,
-}
-
 impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -198,96 +86,6 @@ impl<C> fmt::Debug for RedisStore<C> {
     }
 }
 
-/// Configures a [`RedisStore`]; from [`RedisStore::builder`].
-#[derive(Debug, Clone)]
-#[must_use = "a builder does nothing until `build` is called"]
-pub struct RedisStoreBuilder<C> {
-    connection: C,
-    prefix: String,
-    response_timeout: Duration,
-    max_output_bytes: usize,
-    claim_by_script: bool,
-}
-
-/// A key prefix that [`RedisStoreBuilder::build`] refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the redis key prefix {prefix:?} contains `{{` or `}}`: in redis cluster that can form a hash tag and put every record in one slot"
-)]
-pub struct RedisPrefixError {
-    prefix: String,
-}
-
-impl RedisPrefixError {
-    /// The refused prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-}
-
-impl<C> RedisStoreBuilder<C> {
-    /// What every Redis key of this store starts with (default `"idempotency:"`). Give each
-    /// application or environment sharing a Redis its own. It may not contain `{` or `}`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// How long one operation may take, connecting included, before it fails with
-    /// [`StoreError::Timeout`] (default 1 s). A claim that times out does not run the body.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    /// Largest output stored, in bytes (default 1 MiB). A larger one fails `complete` with
-    /// [`StoreError::TooLarge`] before anything is sent; the executor then releases the claim.
-    pub fn max_output_bytes(mut self, limit: usize) -> Self {
-        self.max_output_bytes = limit;
-        self
-    }
-
-    /// Claim with a Lua script (`EVALSHA`) rather than the native `SET … NX GET` (default
-    /// `false`). Both are one atomic round trip with the same effect; the script is for Redis
-    /// older than 7.0, which refuses `NX` with `GET`. Without this option the store switches
-    /// to the script by itself when a server refuses the native claim, so set it only to skip
-    /// that first refused command, or to test the script.
-    pub fn claim_by_script(mut self, by_script: bool) -> Self {
-        self.claim_by_script = by_script;
-        self
-    }
-
-    /// The store, or an error if the prefix contains `{` or `}`.
-    ///
-    /// ```
-    /// # use idempotent_core::RedisStore;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let client = redis::Client::open("redis://127.0.0.1:6379")?;
-    /// # let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?;
-    /// let refused = RedisStore::builder(connection).prefix("app:{env}:").build();
-    /// assert!(refused.is_err());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn build(self) -> Result<RedisStore<C>, RedisPrefixError> {
-        if self.prefix.contains(['{', '}']) {
-            return Err(RedisPrefixError {
-                prefix: self.prefix,
-            });
-        }
-        Ok(RedisStore {
-            connection: self.connection,
-            config: Arc::new(Config {
-                prefix: self.prefix.into_boxed_str(),
-                response_timeout: self.response_timeout,
-                max_output_bytes: self.max_output_bytes,
-                claim_by_script: AtomicBool::new(self.claim_by_script),
-            }),
-        })
-    }
-}
-
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -295,26 +93,12 @@ where
     /// A store over `connection` with the defaults: prefix `"idempotency:"`, 1 s response
     /// timeout, outputs up to 1 MiB.
     pub fn new(connection: C) -> RedisStore<C> {
-        RedisStore {
-            connection,
-            config: Arc::new(Config {
-                prefix: DEFAULT_PREFIX.into(),
-                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-                max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-                claim_by_script: AtomicBool::new(false),
-            }),
-        }
+        RedisStoreBuilder::new(connection).into_store()
     }
 
     /// Configure a store over `connection`.
     pub fn builder(connection: C) -> RedisStoreBuilder<C> {
-        RedisStoreBuilder {
-            connection,
-            prefix: DEFAULT_PREFIX.to_owned(),
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
-            claim_by_script: false,
-        }
+        RedisStoreBuilder::new(connection)
     }
 
     /// The key prefix.
@@ -436,6 +220,20 @@ where
             }
         };
         self.bounded(redis_key, operation).await
+    }
+
+    /// Runs `command` with `redis_key` as its one argument (`GET`, `DEL`) within the response
+    /// timeout.
+    async fn on_key<T: FromRedisValue>(
+        &self,
+        command: &str,
+        redis_key: &str,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut command = ::redis::cmd(command);
+        command.arg(redis_key);
+        self.bounded(redis_key, command.query_async(&mut connection))
+            .await
     }
 
     /// Runs a fencing script (`complete`, `release`, `renew`) and maps its integer reply.
@@ -561,8 +359,8 @@ where
                 took_over: false,
             }),
             Value::Int(-1) => Err(not_a_record(&redis_key)),
-            Value::BulkString(value) => match Stored::decode(&redis_key, Bytes::from(value))? {
-                Stored::Completed {
+            Value::BulkString(value) => match record::decode(&redis_key, Bytes::from(value))? {
+                Record::Completed {
                     fingerprint,
                     output,
                     ..
@@ -570,7 +368,7 @@ where
                     fingerprint,
                     output,
                 }),
-                Stored::InProgress {
+                Record::InProgress {
                     fingerprint,
                     lease_until,
                     ..
@@ -630,29 +428,20 @@ where
 
     async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
         let redis_key = self.redis_key(key);
-        let mut connection = self.connection.clone();
-        let mut command = ::redis::cmd("GET");
-        command.arg(&redis_key);
-        let reply: Value = self
-            .bounded(&redis_key, command.query_async(&mut connection))
-            .await?;
-        match reply {
+        match self.on_key::<Value>("GET", &redis_key).await? {
             Value::Nil => Ok(None),
-            Value::BulkString(value) => {
-                Stored::decode(&redis_key, Bytes::from(value)).map(|s| Some(s.into_record()))
-            }
+            Value::BulkString(value) => record::decode(&redis_key, Bytes::from(value)).map(Some),
             other => Err(unexpected("get", &other)),
         }
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
         let redis_key = self.redis_key(key);
-        let mut connection = self.connection.clone();
-        let mut command = ::redis::cmd("DEL");
-        command.arg(&redis_key);
-        let removed: i64 = self
-            .bounded(&redis_key, command.query_async(&mut connection))
-            .await?;
+        let removed: i64 = self.on_key("DEL", &redis_key).await?;
         Ok(removed > 0)
+    }
+
+    fn max_output_bytes(&self) -> usize {
+        self.config.max_output_bytes
     }
 }

@@ -32,7 +32,7 @@ pub(super) const HEADER: usize = TIME_AT + TIME_DIGITS;
 
 /// Longest duration sent to a script, in milliseconds (about 31 years): keeps `now + ttl`
 /// within the 15 digits of the layout and exact in Lua's doubles.
-const MAX_MILLIS: u64 = 1_000_000_000_000;
+const MAX_MILLIS: u64 = crate::defaults::LONGEST.as_millis() as u64;
 /// Largest time the 15 digits hold.
 const MAX_TIME: u64 = 999_999_999_999_999;
 
@@ -177,88 +177,45 @@ pub(super) fn millis(duration: Duration) -> u64 {
         .clamp(1, MAX_MILLIS)
 }
 
-/// A record read back from Redis.
-#[derive(Debug)]
-pub(super) enum Stored {
-    InProgress {
-        token: Token,
-        fingerprint: Fingerprint,
-        lease_until: SystemTime,
-    },
-    Completed {
-        token: Token,
-        fingerprint: Fingerprint,
-        expires_at: SystemTime,
-        output: Bytes,
-    },
-}
-
-impl Stored {
-    /// Parses a value read from `redis_key`; anything not in the layout is corrupt.
-    pub(super) fn decode(redis_key: &str, value: Bytes) -> Result<Stored, StoreError> {
-        let len = value.len();
-        let corrupt = || {
-            StoreError::corrupt(format!(
-                "redis key `{redis_key}` holds {len} bytes that are not an idempotency record"
-            ))
-        };
-        if value.len() < HEADER || &value[..MAGIC.len()] != MAGIC {
-            return Err(corrupt());
-        }
-        let mut token = [0u8; 16];
-        token.copy_from_slice(&value[TOKEN_AT..FINGERPRINT_AT]);
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(&value[FINGERPRINT_AT..TIME_AT]);
-        let time = parse_millis(&value[TIME_AT..HEADER]).ok_or_else(corrupt)?;
-        let (token, fingerprint) = (
-            Token::from_bytes(token),
-            Fingerprint::from_bytes(fingerprint),
-        );
-        match value[MAGIC.len()] {
-            b'P' if value.len() == HEADER => Ok(Stored::InProgress {
-                token,
-                fingerprint,
-                lease_until: time,
-            }),
-            b'C' => Ok(Stored::Completed {
-                token,
-                fingerprint,
-                expires_at: time,
-                // Advanced rather than sliced: the reply's buffer is not shared yet, and
-                // slicing it would allocate to share it.
-                output: {
-                    let mut output = value;
-                    output.advance(HEADER);
-                    output
-                },
-            }),
-            _ => Err(corrupt()),
-        }
+/// Parses a record read back from `redis_key`; anything not in the layout is corrupt.
+pub(super) fn decode(redis_key: &str, value: Bytes) -> Result<Record, StoreError> {
+    let len = value.len();
+    let corrupt = || {
+        StoreError::corrupt(format!(
+            "redis key `{redis_key}` holds {len} bytes that are not an idempotency record"
+        ))
+    };
+    if value.len() < HEADER || &value[..MAGIC.len()] != MAGIC {
+        return Err(corrupt());
     }
-
-    pub(super) fn into_record(self) -> Record {
-        match self {
-            Stored::InProgress {
-                token,
-                fingerprint,
-                lease_until,
-            } => Record::InProgress {
-                token,
-                fingerprint,
-                lease_until,
+    let mut token = [0u8; 16];
+    token.copy_from_slice(&value[TOKEN_AT..FINGERPRINT_AT]);
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(&value[FINGERPRINT_AT..TIME_AT]);
+    let time = parse_millis(&value[TIME_AT..HEADER]).ok_or_else(corrupt)?;
+    let (token, fingerprint) = (
+        Token::from_bytes(token),
+        Fingerprint::from_bytes(fingerprint),
+    );
+    match value[MAGIC.len()] {
+        b'P' if value.len() == HEADER => Ok(Record::InProgress {
+            token,
+            fingerprint,
+            lease_until: time,
+        }),
+        b'C' => Ok(Record::Completed {
+            token,
+            fingerprint,
+            expires_at: time,
+            // Advanced rather than sliced: the reply's buffer is not shared yet, and
+            // slicing it would allocate to share it.
+            output: {
+                let mut output = value;
+                output.advance(HEADER);
+                output
             },
-            Stored::Completed {
-                token,
-                fingerprint,
-                expires_at,
-                output,
-            } => Record::Completed {
-                token,
-                fingerprint,
-                output,
-                expires_at,
-            },
-        }
+        }),
+        _ => Err(corrupt()),
     }
 }
 
@@ -302,11 +259,11 @@ mod tests {
         let token = Token::random();
         let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
         let lease_until = UNIX_EPOCH + Duration::from_millis(1_795_434_931_530);
-        match Stored::decode(
+        match decode(
             "k",
             encode(b'P', &token, &fingerprint, 1_795_434_931_530, b""),
         ) {
-            Ok(Stored::InProgress {
+            Ok(Record::InProgress {
                 token: t,
                 fingerprint: f,
                 lease_until: l,
@@ -315,8 +272,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match Stored::decode("k", encode(b'C', &token, &fingerprint, 7, b"\0out\xff")) {
-            Ok(Stored::Completed { output, .. }) => assert_eq!(&output[..], b"\0out\xff"),
+        match decode("k", encode(b'C', &token, &fingerprint, 7, b"\0out\xff")) {
+            Ok(Record::Completed { output, .. }) => assert_eq!(&output[..], b"\0out\xff"),
             other => panic!("{other:?}"),
         }
     }
@@ -354,8 +311,8 @@ mod tests {
             encode(b'P', &token, &fingerprint, 1_795_434_931_530, b"")
         );
         assert!(matches!(
-            Stored::decode("k", Bytes::copy_from_slice(&value)),
-            Ok(Stored::InProgress { token: t, lease_until: l, .. }) if t == token && l == lease_until
+            decode("k", Bytes::copy_from_slice(&value)),
+            Ok(Record::InProgress { token: t, lease_until: l, .. }) if t == token && l == lease_until
         ));
         let far = in_progress(
             &token,
@@ -380,7 +337,7 @@ mod tests {
             Bytes::from(bad_digits),
             encode(b'C', &token, &fingerprint, 1, b"").slice(..HEADER - 1),
         ] {
-            match Stored::decode("k", value.clone()) {
+            match decode("k", value.clone()) {
                 Err(StoreError::Corrupt { detail }) => assert!(detail.contains("`k`"), "{detail}"),
                 other => panic!("{value:?} must be corrupt, got {other:?}"),
             }

@@ -1,123 +1,30 @@
-//! The in-process store on [moka]: the default store.
-//!
-//! Records are split by state. Completed records live in a moka cache bounded by the byte
-//! size of their outputs, with **LRU** eviction (moka's default TinyLFU admission could refuse
-//! a fresh record and let its body run twice). In-progress records live beside it in a sharded
-//! map that is never evicted, so capacity pressure can never let two callers run the same body
-//! at once. Every transition of a key happens under that key's shard lock; a replay reads the
-//! cache without taking it.
-//!
-//! # Expiry
-//!
-//! A completed record expires `ttl` after it was completed, checked whenever it is read. On
-//! Linux and Android the clock is the kernel's coarse monotonic clock
-//! (`CLOCK_MONOTONIC_COARSE`), which reads in a few nanoseconds where the precise clock, and
-//! moka's own per-entry expiry, cost a replay several times that; it lags by up to one kernel
-//! tick (1–10 ms). Elsewhere it is `std::time::Instant`. Every record lives 20 ms longer than
-//! its `ttl`, so it never expires early, and on Linux at most about 30 ms late. An expired
-//! record is never replayed. Its memory is reclaimed by a sweep that runs at most every 30 s
-//! (started by a claim of a free key or a completion, in a blocking task), by capacity
-//! pressure, or when its key is completed again; until then it counts against the capacity.
-//!
-//! # Kept values
-//!
-//! An executor that can replay a typed value (`#[idempotent]` on a free function whose output
-//! type is `Clone`) completes with [`Store::complete_keeping`]. The record then decodes its
-//! output once, on its first replay, keeps the value, and every replay clones it instead of
-//! decoding again. Such a record weighs twice its encoded output.
-//!
-//! # At capacity
-//!
-//! When the completed outputs weigh more than `max_capacity_bytes`, the least recently used
-//! completed records are dropped before their TTL; a retry of a dropped key runs its body
-//! again. Size the capacity for `ttl × completion rate × output size` (twice the output size
-//! for kept values), and watch [`MemoryStore::evicted_before_expiry`]. The weight is the
-//! encoded size: a kept value of many small strings takes more memory than that (each
-//! string's own allocation), so the capacity bounds memory only roughly for such outputs. An output larger than the whole capacity is refused
-//! with [`StoreError::TooLarge`].
-//!
-//! A memory store is per process: use Redis or SQL when several processes serve one key.
+#![doc = include_str!("docs.md")]
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, ClaimNow, HeldRecord, Keep, Record, Token};
+use crate::record::{Claim, ClaimNow, Keep, Record, Token};
 use crate::store::Store;
 
+mod builder;
+mod record;
+
+pub use builder::MemoryStoreBuilder;
+use record::{Done, EXPIRY_MARGIN, LONGEST_TTL, Pending, coarse_expiry, coarse_now, weight};
+
 const SHARDS: usize = 64;
-/// Bytes a completed record costs besides its output (key, token, times, cache bookkeeping).
-const RECORD_OVERHEAD: usize = 192;
 /// An abandoned in-progress record (its owner hung or leaked) is dropped this long after its
 /// lease passed, when its shard is swept.
 const ABANDONED_GRACE: Duration = Duration::from_secs(60);
 const SWEEP_ABOVE: usize = 1024;
-
-#[derive(Debug)]
-struct Pending {
-    token: Token,
-    fingerprint: Fingerprint,
-    lease_until: Instant,
-}
-
-struct Done {
-    token: Token,
-    fingerprint: Fingerprint,
-    output: Bytes,
-    /// When the record expires, by [`clock`] (`ttl` + [`EXPIRY_MARGIN`] after it was
-    /// completed).
-    expires: u64,
-    /// When it expires by the precise clock, as `get` reports it.
-    expires_at: Instant,
-    /// How to decode the typed output the executor asked to keep (`complete_keeping`).
-    keep: Option<Keep>,
-    /// That value, decoded on the first replay; replays clone it instead of decoding `output`.
-    kept: OnceLock<Option<Box<dyn Any + Send + Sync>>>,
-}
-
-impl Done {
-    fn live(&self, now: u64) -> bool {
-        self.expires > now
-    }
-
-    /// What the record weighs: a kept value is counted as large as its encoded output.
-    fn weight(&self, key: &Key) -> u32 {
-        let kept = if self.keep.is_some() {
-            self.output.len()
-        } else {
-            0
-        };
-        weight(key, self.output.len().saturating_add(kept))
-    }
-}
-
-impl HeldRecord for Done {
-    fn fingerprint(&self) -> &Fingerprint {
-        &self.fingerprint
-    }
-
-    fn output(&self) -> &Bytes {
-        &self.output
-    }
-
-    fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
-        let keep = self.keep?;
-        self.kept
-            .get_or_init(|| keep.value(&self.output))
-            .as_deref()
-    }
-}
 
 /// Keys hash by their SHA-256 digest (see `Key`'s `Hash`), which is already uniformly random:
 /// its first eight bytes are a good hash, and far cheaper than running SipHash over 32 bytes.
@@ -146,103 +53,8 @@ impl std::hash::BuildHasher for DigestHasher {
     }
 }
 
-/// The clock completed records expire by (see the module docs), as a count that only grows:
-/// the coarse monotonic clock on Linux and Android, `Instant` elsewhere.
-mod clock {
-    use std::time::Duration;
-
-    /// Now. The coarse clock is read without updating `coarsetime`'s shared "recent" value,
-    /// so concurrent replays write no shared memory.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub(super) fn now() -> u64 {
-        coarsetime::Instant::now_without_cache_update().as_u64()
-    }
-
-    /// `span` in the clock's units.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub(super) fn units(span: Duration) -> u64 {
-        coarsetime::Duration::from(span).as_u64()
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    static START: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(super) fn now() -> u64 {
-        units(START.elapsed())
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    pub(super) fn units(span: Duration) -> u64 {
-        u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
-use clock::now as coarse_now;
-
-/// Added to every record's TTL: more than one tick of the coarse clock, so that the clock's lag
-/// at completion can never make a record expire before its `ttl`.
-const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
-
-/// The longest TTL or lease kept exactly (longer ones last this long: 68 years, which no clock
-/// here overflows).
-const LONGEST_TTL: Duration = Duration::from_secs(1 << 31);
-
 /// How often expired records are swept out (at most; a sweep runs on a completing call).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
-fn coarse_expiry(now: u64, ttl: Duration) -> u64 {
-    now.saturating_add(clock::units(
-        ttl.min(LONGEST_TTL).saturating_add(EXPIRY_MARGIN),
-    ))
-}
-
-/// Builds a [`MemoryStore`].
-#[derive(Debug, Clone)]
-pub struct MemoryStoreBuilder {
-    max_capacity_bytes: u64,
-}
-
-impl MemoryStoreBuilder {
-    /// Upper bound on the summed size of completed outputs (plus a fixed overhead a record).
-    /// Default 64 MiB.
-    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
-        self.max_capacity_bytes = bytes.max(1);
-        self
-    }
-
-    /// The store.
-    pub fn build(self) -> MemoryStore {
-        let evicted = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&evicted);
-        let completed = Cache::builder()
-            .max_capacity(self.max_capacity_bytes)
-            .weigher(|key: &Key, done: &Arc<Done>| done.weight(key))
-            .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(move |_key, done: Arc<Done>, cause| {
-                // Only live records count: an expired one leaving for capacity costs nothing.
-                if cause == RemovalCause::Size && done.live(coarse_now()) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build_with_hasher(DigestHasher::default());
-        MemoryStore {
-            inner: Arc::new(Inner {
-                completed,
-                pending: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                max_capacity_bytes: self.max_capacity_bytes,
-                evicted,
-                next_sweep: AtomicU64::new(coarse_expiry(coarse_now(), SWEEP_EVERY)),
-            }),
-        }
-    }
-}
-
-fn weight(key: &Key, output_len: usize) -> u32 {
-    u32::try_from(output_len.saturating_add(key.namespace().len() + RECORD_OVERHEAD))
-        .unwrap_or(u32::MAX)
-}
 
 /// The in-process store: atomic, fenced, lease takeover, per-record TTL, bounded by bytes
 /// with LRU eviction. See the [module docs](self) for what happens at capacity.
@@ -293,9 +105,7 @@ impl MemoryStore {
 
     /// Configure capacity.
     pub fn builder() -> MemoryStoreBuilder {
-        MemoryStoreBuilder {
-            max_capacity_bytes: 64 << 20,
-        }
+        MemoryStoreBuilder::new()
     }
 
     /// How many completed records were dropped for capacity before their TTL passed (each
