@@ -38,15 +38,19 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
-
-use rand::{Rng as _, SeedableRng as _};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, StoreError};
+
+mod clock;
+mod key;
+mod random;
+
+pub use clock::{Clock, ManualClock, Sleep, TokioClock};
+pub use key::IdempotencyKey;
+pub use random::{RandomSource, SeededRandom, ThreadRandom};
 
 /// Decides whether an error is worth another attempt.
 ///
@@ -107,166 +111,6 @@ impl Retryable for std::io::Error {
                 | ErrorKind::Interrupted
                 | ErrorKind::WouldBlock
         )
-    }
-}
-
-/// A boxed, sendable future, as [`Clock::sleep`] returns it.
-pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Where a [`RetryPolicy`] reads the time and sleeps between attempts.
-///
-/// [`TokioClock`] is the default; [`ManualClock`] makes tests deterministic and instant.
-pub trait Clock: fmt::Debug + Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> Instant;
-    /// Waits for `duration`.
-    fn sleep(&self, duration: Duration) -> Sleep;
-}
-
-/// The tokio clock: `tokio::time`, so a test runtime with paused time skips the waits.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
-
-impl Clock for TokioClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep(&self, duration: Duration) -> Sleep {
-        Box::pin(tokio::time::sleep(duration))
-    }
-}
-
-/// A clock that only moves when told to: [`sleep`](Clock::sleep) advances it at once and
-/// records the duration, [`advance`](ManualClock::advance) simulates time spent in an attempt.
-///
-/// ```
-/// use std::time::Duration;
-/// use idempotent_core::retry::{Clock, ManualClock};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let clock = ManualClock::new();
-/// let start = clock.now();
-/// clock.sleep(Duration::from_secs(5)).await; // returns at once
-/// clock.advance(Duration::from_secs(1));
-/// assert_eq!(clock.now() - start, Duration::from_secs(6));
-/// assert_eq!(clock.sleeps(), vec![Duration::from_secs(5)]);
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-pub struct ManualClock {
-    inner: Arc<ManualInner>,
-}
-
-#[derive(Debug)]
-struct ManualInner {
-    start: Instant,
-    state: Mutex<ManualState>,
-}
-
-#[derive(Debug, Default)]
-struct ManualState {
-    elapsed: Duration,
-    sleeps: Vec<Duration>,
-}
-
-impl ManualClock {
-    /// A clock standing at the moment it is created.
-    pub fn new() -> ManualClock {
-        ManualClock {
-            inner: Arc::new(ManualInner {
-                start: Instant::now(),
-                state: Mutex::new(ManualState::default()),
-            }),
-        }
-    }
-
-    /// Moves the clock forward without recording a sleep.
-    pub fn advance(&self, duration: Duration) {
-        self.state().elapsed += duration;
-    }
-
-    /// Every sleep so far, in order.
-    pub fn sleeps(&self) -> Vec<Duration> {
-        self.state().sleeps.clone()
-    }
-
-    /// Time passed since the clock was created.
-    pub fn elapsed(&self) -> Duration {
-        self.state().elapsed
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, ManualState> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        ManualClock::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.inner.start + self.state().elapsed
-    }
-
-    fn sleep(&self, duration: Duration) -> Sleep {
-        let mut state = self.state();
-        state.elapsed += duration;
-        state.sleeps.push(duration);
-        Box::pin(std::future::ready(()))
-    }
-}
-
-/// Where a [`RetryPolicy`] draws its jitter: uniformly random 64-bit words.
-///
-/// [`ThreadRandom`] is the default; [`SeededRandom`] repeats the same sequence for a seed.
-pub trait RandomSource: fmt::Debug + Send + Sync + 'static {
-    /// The next uniformly distributed word.
-    fn next_u64(&self) -> u64;
-}
-
-/// The thread-local generator of `rand`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ThreadRandom;
-
-impl RandomSource for ThreadRandom {
-    fn next_u64(&self) -> u64 {
-        rand::rng().random()
-    }
-}
-
-/// A seeded generator: the same seed gives the same delays, for tests and simulations.
-///
-/// ```
-/// use idempotent_core::retry::{RandomSource, SeededRandom};
-///
-/// let a = SeededRandom::new(7);
-/// let b = SeededRandom::new(7);
-/// assert_eq!(a.next_u64(), b.next_u64());
-/// ```
-#[derive(Debug)]
-pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
-
-impl SeededRandom {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> SeededRandom {
-        SeededRandom(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
-    }
-}
-
-impl RandomSource for SeededRandom {
-    fn next_u64(&self) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .random()
     }
 }
 
@@ -520,72 +364,6 @@ impl RetryPolicy {
     {
         let key = IdempotencyKey::new();
         self.retry_if(classify, || attempt(key)).await
-    }
-}
-
-/// A client-generated idempotency key: a UUID v7 (time-ordered, so keys of one client sort by
-/// creation and index well), sent as the `Idempotency-Key` header or a message id.
-///
-/// ```
-/// use idempotent_core::retry::IdempotencyKey;
-///
-/// let key = IdempotencyKey::new();
-/// assert_eq!(key.as_uuid().get_version_num(), 7);
-/// assert_ne!(key, IdempotencyKey::new());
-/// let text = key.to_string();
-/// assert_eq!(text.parse::<IdempotencyKey>().unwrap(), key);
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IdempotencyKey(uuid::Uuid);
-
-impl IdempotencyKey {
-    /// A fresh key (UUID v7: a millisecond timestamp and random bits).
-    pub fn new() -> IdempotencyKey {
-        IdempotencyKey(uuid::Uuid::now_v7())
-    }
-
-    /// The UUID.
-    pub fn as_uuid(&self) -> &uuid::Uuid {
-        &self.0
-    }
-}
-
-impl Default for IdempotencyKey {
-    fn default() -> Self {
-        IdempotencyKey::new()
-    }
-}
-
-impl From<uuid::Uuid> for IdempotencyKey {
-    fn from(uuid: uuid::Uuid) -> Self {
-        IdempotencyKey(uuid)
-    }
-}
-
-impl fmt::Display for IdempotencyKey {
-    /// The hyphenated lowercase form, 36 characters.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
-    }
-}
-
-impl fmt::Debug for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdempotencyKey({})", self.0.hyphenated())
-    }
-}
-
-impl std::str::FromStr for IdempotencyKey {
-    type Err = uuid::Error;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(text).map(IdempotencyKey)
-    }
-}
-
-impl serde::Serialize for IdempotencyKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0.hyphenated())
     }
 }
 
