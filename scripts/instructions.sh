@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
 cargo bench --bench instructions --no-run 2>/dev/null
-binary=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -1)
+binary=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/instructions-* | grep -v '\.d$' | head -1)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # Prints "<total> <sha-compression>" instructions for one run.

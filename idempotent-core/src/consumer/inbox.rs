@@ -52,8 +52,6 @@
 //! # fn main() {}
 //! ```
 
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -113,16 +111,7 @@ impl<DB: SqlDialect> Inbox<DB> {
         }
     }
 
-    /// How long a processed id is remembered (default 24 h; the same as `ttl`).
-    pub fn window(self, window: Duration) -> Self {
-        self.ttl(window)
-    }
-
-    fn apply(&mut self, options: CallOptions) {
-        self.options = options.or(self.options);
-    }
-
-    call_option_setters!();
+    call_option_setters!(window, options);
 
     /// The store.
     pub fn store(&self) -> &SqlStore<DB> {

@@ -47,7 +47,6 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -123,18 +122,7 @@ impl Consumer {
         }
     }
 
-    /// How long a processed id is remembered (default 24 h; the same as `ttl`). Longer than
-    /// the broker can redeliver or a publisher can retry: a duplicate arriving after the
-    /// window runs again.
-    pub fn window(self, window: Duration) -> Self {
-        self.ttl(window)
-    }
-
-    fn apply(&mut self, options: CallOptions) {
-        self.options = options.or(self.options);
-    }
-
-    call_option_setters!();
+    call_option_setters!(window, options);
 
     /// The consumer's name.
     pub fn name(&self) -> &str {

@@ -191,9 +191,28 @@ impl Settings {
     }
 }
 
-/// The setters of [`CallOptions`] on an entry point, one by one or as one value, written once:
-/// the type implements `fn apply(&mut self, options: CallOptions)`.
+/// The setters of [`CallOptions`] on an entry point, one by one or as one value, written once.
+/// `()`: the type implements `fn apply(&mut self, options: CallOptions)`; `(options)`: the
+/// type holds them in a field `options`; `(window, options)`: a message consumer, whose `ttl`
+/// is also called its `window`.
 macro_rules! call_option_setters {
+    (window, $field:ident) => {
+        /// How long a processed id is remembered (default 24 h; the same as `ttl`). Longer
+        /// than the broker can redeliver or a publisher can retry: a duplicate arriving after
+        /// the window runs again.
+        pub fn window(self, window: ::std::time::Duration) -> Self {
+            self.ttl(window)
+        }
+
+        crate::protocol::call_option_setters!($field);
+    };
+    ($field:ident) => {
+        fn apply(&mut self, options: crate::CallOptions) {
+            self.$field = options.or(self.$field);
+        }
+
+        crate::protocol::call_option_setters!();
+    };
     () => {
         /// How long a completed output is replayed (default 24 h). See
         /// [`CallOptions::ttl`](crate::CallOptions::ttl).
