@@ -56,7 +56,7 @@ pub(crate) struct Options {
     pub(crate) key: Option<Set<Expr>>,
     pub(crate) ttl: Option<Set<DurationValue>>,
     pub(crate) lease: Option<Set<DurationValue>>,
-    pub(crate) store: Option<Set<Expr>>,
+    pub(crate) executor: Option<Set<Expr>>,
     pub(crate) skip: Option<Set<Vec<Ident>>>,
     pub(crate) name: Option<Set<LitStr>>,
     pub(crate) version: Option<Set<LitInt>>,
@@ -113,7 +113,7 @@ impl Parse for Options {
                 set(&mut options.store_errors, errors, "store_errors", span, ());
             } else if lookahead.peek(kw::store) {
                 let span = input.parse::<kw::store>()?.span;
-                set(&mut options.store, errors, "store", span, value(input)?);
+                set(&mut options.executor, errors, "store", span, value(input)?);
             } else if lookahead.peek(kw::skip) {
                 let span = input.parse::<kw::skip>()?.span;
                 let content;
