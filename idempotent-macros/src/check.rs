@@ -211,7 +211,7 @@ fn check_transaction<'a>(
     if options.executor.is_none() {
         errors.at(
             *keyword,
-            "`transaction` needs `store = …`, the `SqlStore` that records the calls in the transaction's database",
+            "`transaction` needs `executor = …` (or `store = …`), the `SqlStore` that records the calls in the transaction's database",
         );
     }
     Some(argument)
