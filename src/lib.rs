@@ -62,16 +62,18 @@
 #![forbid(unsafe_code)]
 
 pub use idempotent_core::{
-    BoxError, Bytes, Call, CanonicalError, Claim, ClaimNow, CodecOp, Digest, DigestBuilder,
-    DropErrors, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
-    InProgressPolicy, Keep, Key, Namespace, OutputMode, Record, Store, StoreError, StoreErrors,
-    StoreOp, Token, async_trait, conformance, conformance_tests, default_idempotency, output,
-    set_default, set_default_store, store, testing,
+    BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, CodecOp, Digest,
+    DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
+    InProgressPolicy, Keep, Key, Namespace, OutputMode, OutputsAndErrors, OutputsOnly, Record,
+    Store, StoreError, StoreOp, Token, async_trait, conformance, conformance_tests,
+    default_idempotency, defaults, output, set_default, set_default_store, store, testing,
 };
 
 pub use idempotent_core::consumer::{self, Consumer};
 pub use idempotent_core::retry::{self, IdempotencyKey, RetryPolicy};
 pub use idempotent_core::versioning::{self, VersionConflict, Versioned, retry_on_conflict};
+#[allow(deprecated)]
+pub use idempotent_core::{DropErrors, StoreErrors};
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -86,7 +88,9 @@ pub use idempotent_core::{RedisPrefixError, RedisStore, RedisStoreBuilder, redis
     docsrs,
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
-pub use idempotent_core::{SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, sqlx};
+pub use idempotent_core::{
+    SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, sqlx, transaction,
+};
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -24,19 +24,26 @@ mod executor;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http;
-mod inflight;
+mod kept;
 mod key;
 pub mod output;
+mod protocol;
 mod record;
 pub mod retry;
 mod sink;
 pub mod store;
 pub mod testing;
 mod trace;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
+)]
+pub mod transaction;
 pub mod versioning;
 
 #[doc(hidden)]
-#[path = "macro_support.rs"]
+#[path = "private.rs"]
 pub mod __private;
 
 pub use async_trait::async_trait;
@@ -45,11 +52,15 @@ pub use bytes::Bytes;
 pub use canonical::CanonicalError;
 pub use default::{default_idempotency, set_default, set_default_store};
 pub use error::{BoxError, CodecOp, Error, StoreError, StoreOp};
-pub use executor::{
-    Call, DropErrors, Idempotency, IdempotencyBuilder, InProgressPolicy, OutputMode, StoreErrors,
-};
+pub use executor::{Call, Idempotency, IdempotencyBuilder};
+pub use kept::Keep;
 pub use key::{Digest, DigestBuilder, Fingerprint, HexDigest, Key, Namespace};
-pub use record::{Claim, ClaimNow, HeldRecord, Keep, Record, Token};
+#[allow(deprecated)]
+pub use output::{DropErrors, StoreErrors};
+pub use output::{OutputMode, OutputsAndErrors, OutputsOnly};
+pub use protocol::defaults;
+pub use protocol::{CallOptions, InProgressPolicy};
+pub use record::{Claim, ClaimNow, HeldRecord, Record, Token};
 pub use store::Store;
 
 #[cfg(feature = "memory")]

@@ -186,36 +186,4 @@ impl fmt::Debug for ClaimNow {
     }
 }
 
-/// How to decode a stored output into the typed value it holds, for an in-process store that
-/// keeps that value beside the output's bytes, so that its replays clone the value instead of
-/// decoding the bytes. Given by the executor to
-/// [`Store::complete_keeping`](crate::Store::complete_keeping); the memory store decodes on
-/// the record's first replay.
-///
-/// The value is decoded from the stored bytes, not copied from what the body returned, so a
-/// replay from a kept value returns what decoding the record returns, as every other store
-/// replays, as long as the type's `Clone` copies faithfully and its `Deserialize` gives the
-/// same value for the same bytes. Replays share nothing mutable unless the type does (an
-/// `Arc<Mutex<_>>` field is one value shared by every replay's clone).
-#[derive(Clone, Copy)]
-pub struct Keep {
-    decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>,
-}
-
-impl Keep {
-    pub(crate) const fn new(decode: fn(&[u8]) -> Option<Box<dyn Any + Send + Sync>>) -> Keep {
-        Keep { decode }
-    }
-
-    /// The typed value `output` holds (`None` when it holds none to keep, such as a stored
-    /// error).
-    pub fn value(self, output: &[u8]) -> Option<Box<dyn Any + Send + Sync>> {
-        (self.decode)(output)
-    }
-}
-
-impl fmt::Debug for Keep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keep").finish_non_exhaustive()
-    }
-}
+pub(crate) use crate::kept::Keep;

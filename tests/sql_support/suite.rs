@@ -26,7 +26,7 @@ macro_rules! sql_suite {
         use std::time::Duration;
 
         use idempotency::sqlx::{self, Pool, Transaction};
-        use idempotency::store::sql::Claimed;
+        use idempotency::transaction::Claimed;
         use idempotency::{
             Error, Fingerprint, Idempotency, Key, Record, SqlStore, Store as _, StoreError,
             StoreOp, idempotent,

@@ -61,9 +61,10 @@ use sqlx::Transaction;
 
 use super::{Consumer, Outcome};
 use crate::error::Error;
-use crate::executor::InProgressPolicy;
 use crate::key::{Fingerprint, Key, Namespace};
-use crate::store::sql::{Claimed, InTransaction, Owner, SqlDialect, SqlStore};
+use crate::protocol::InProgressPolicy;
+use crate::store::sql::{SqlDialect, SqlStore};
+use crate::transaction::{Claimed, InTransaction, Owner};
 
 /// What [`Inbox::receive`] found for a delivery.
 #[derive(Debug)]

@@ -53,8 +53,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{CodecOp, Error};
-use crate::executor::{Idempotency, InProgressPolicy};
+use crate::executor::Idempotency;
 use crate::key::{Digest, Fingerprint, Key, Namespace};
+use crate::protocol::InProgressPolicy;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 #[cfg_attr(

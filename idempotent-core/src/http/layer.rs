@@ -10,8 +10,9 @@ use tower_layer::Layer;
 
 use super::scope::ClientScope;
 use super::service::IdempotencyService;
-use crate::executor::{Idempotency, InProgressPolicy};
+use crate::executor::Idempotency;
 use crate::key::Namespace;
+use crate::protocol::InProgressPolicy;
 
 /// The default key header, `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");

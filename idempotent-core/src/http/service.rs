@@ -22,8 +22,9 @@ use super::problem::{self, Kind};
 use super::scope::ClientId;
 use super::stored::{Stored, StoredResponse};
 use crate::error::{BoxError, Error, StoreOp};
-use crate::executor::{Call, InProgressPolicy};
+use crate::executor::Call;
 use crate::key::{Digest, Fingerprint, Key};
+use crate::protocol::InProgressPolicy;
 use crate::trace::event;
 
 /// The service [`IdempotencyLayer`](super::IdempotencyLayer) wraps around an inner service.

@@ -17,7 +17,7 @@ use serde::de::{Error as _, Visitor};
 use serde::ser::{SerializeSeq as _, SerializeStruct as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::output::{self, Count};
+use crate::output::envelope;
 
 /// A response the layer stored, shared between the request that produced it and its replays.
 #[derive(Debug, Clone)]
@@ -30,8 +30,6 @@ pub(crate) struct StoredResponse {
     pub(crate) body: Bytes,
 }
 
-/// The executor's mark in front of the value (for an `Ok` output).
-const MARK_LEN: usize = 1;
 /// At most what the record takes besides the header names and values and the body: the
 /// struct, its three keys, the status, and a length of at most 10 bytes for the body.
 const FIXED_MAX: usize = 32;
@@ -52,19 +50,15 @@ impl Stored {
         let headers = response.headers.iter().fold(0usize, |sum, (name, value)| {
             sum.saturating_add(HEADER_MAX + name.as_str().len() + value.len())
         });
-        (MARK_LEN + FIXED_MAX)
+        (envelope::MARK_LEN + FIXED_MAX)
             .saturating_add(headers)
             .saturating_add(response.body.len())
     }
 
     /// The record's exact length.
     pub(crate) fn record_len(&self) -> usize {
-        let mut count = Count::default();
         // Our `Serialize` never fails, and neither does the counter.
-        match output::encode_into(&mut count, self) {
-            Ok(()) => MARK_LEN + count.0,
-            Err(_) => usize::MAX,
-        }
+        envelope::encoded_len(self).unwrap_or(usize::MAX)
     }
 }
 
@@ -169,6 +163,7 @@ fn header_name<'de, D: Deserializer<'de>>(name: &str) -> Result<HeaderName, D::E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output;
 
     fn round_trip(response: StoredResponse) -> StoredResponse {
         let mut record = Vec::new();
@@ -205,7 +200,7 @@ mod tests {
 
     #[test]
     fn the_measured_length_is_the_executors_record() {
-        use crate::executor::{DropErrors, OutputMode};
+        use crate::output::{OutputMode, OutputsOnly};
 
         let mut headers = HeaderMap::new();
         headers.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
@@ -229,7 +224,7 @@ mod tests {
                     body: Bytes::copy_from_slice(body),
                 }));
                 let record =
-                    <DropErrors as OutputMode<Stored, crate::Error>>::encode(&Ok(stored.clone()))
+                    <OutputsOnly as OutputMode<Stored, crate::Error>>::encode(&Ok(stored.clone()))
                         .unwrap()
                         .unwrap();
                 let len = record.len();

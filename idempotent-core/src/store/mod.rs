@@ -236,6 +236,14 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Deletes the record whatever its state; `true` if there was one. For operators and
     /// tests: removing an in-progress record lets a duplicate run.
     async fn remove(&self, key: &Key) -> Result<bool, StoreError>;
+
+    /// The largest output (the envelope's bytes, as `complete` receives them) this store
+    /// accepts; `complete` refuses a larger one with [`StoreError::TooLarge`]. The executor
+    /// takes the lower of this and its own limit, so a caller learns it up front instead of by
+    /// a failed write. Default: no limit of the store's own.
+    fn max_output_bytes(&self) -> usize {
+        usize::MAX
+    }
 }
 
 macro_rules! forward_store {
@@ -272,6 +280,10 @@ macro_rules! forward_store {
 
             async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
                 (**self).remove(key).await
+            }
+
+            fn max_output_bytes(&self) -> usize {
+                (**self).max_output_bytes()
             }
         }
     )*};

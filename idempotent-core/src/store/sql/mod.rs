@@ -5,7 +5,7 @@
 //! [`SqlStore::migrate`]. Besides the [`Store`] contract it offers two things a remote
 //! key-value store cannot:
 //!
-//! * **Transactional mode** ([`SqlStore::in_transaction`], or `#[idempotent(transaction = tx,
+//! * **Transactional mode** ([`SqlStore::in_transaction`](crate::store::sql::SqlStore::in_transaction), or `#[idempotent(transaction = tx,
 //!   store = …)]`): the claim and the completed record are written in the *caller's*
 //!   transaction, next to the body's own writes, so the business effect and its record commit
 //!   or roll back together. A crash before the commit leaves neither; the retry runs once.
@@ -72,7 +72,7 @@
 //!
 //! # Transactional and pool calls on one key
 //!
-//! Calls in a transaction ([`SqlStore::in_transaction`]) and calls on the pool (the [`Store`]
+//! Calls in a transaction ([`SqlStore::in_transaction`](crate::store::sql::SqlStore::in_transaction)) and calls on the pool (the [`Store`]
 //! methods, through the executor) may claim one key at the same time. No claim waits while
 //! holding a lock that the key's owner needs to record its result, so an owner is never kept
 //! from completing into losing its lease, and no body runs twice while a claim is live:
@@ -80,8 +80,8 @@
 //! * **A transaction meets the key in progress on the pool** (a call outside any transaction
 //!   is running the body). On PostgreSQL the claim's read locks nothing, so it waits in the
 //!   transaction for the owner's result and replays it, per
-//!   [`on_in_progress`](InTransaction::on_in_progress) and
-//!   [`wait_timeout`](InTransaction::wait_timeout) (under `REPEATABLE READ` or `SERIALIZABLE`
+//!   [`on_in_progress`](crate::transaction::InTransaction::on_in_progress) and
+//!   [`wait_timeout`](crate::transaction::InTransaction::wait_timeout) (under `REPEATABLE READ` or `SERIALIZABLE`
 //!   the transaction's snapshot never shows the result: expect [`Error::InProgress`] or a
 //!   serialization error, and retry the transaction). On MySQL and SQLite the claim's insert
 //!   has already locked what the owner's `complete` must write: InnoDB keeps a shared lock on
@@ -120,7 +120,6 @@ use crate::record::{Claim, Record, Token};
 use crate::store::Store;
 
 mod sweeper;
-mod transaction;
 
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
@@ -134,7 +133,6 @@ mod sqlite;
 
 pub use sqlx;
 pub use sweeper::Sweeper;
-pub use transaction::{Claimed, InTransaction, Owner};
 
 /// The PostgreSQL store.
 #[cfg(feature = "postgres")]
@@ -650,10 +648,43 @@ impl<DB: SqlDialect> SqlStore<DB> {
         Ok(Sweeper::spawn(&runtime, self.clone(), every, batch))
     }
 
-    /// A call whose claim and completed record go into the caller's transaction: see
-    /// [`InTransaction`].
-    pub fn in_transaction(&self, key: Key, fingerprint: Fingerprint) -> InTransaction<'_, DB> {
-        InTransaction::new(self, key, fingerprint)
+    /// The claim on `conn`, the caller's transaction (transactional mode).
+    pub(crate) async fn claim_in(
+        &self,
+        conn: &mut DB::Connection,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        DB::__claim(self, conn, key, fingerprint, lease, true).await
+    }
+
+    /// `complete` on `conn`, the caller's transaction (transactional mode).
+    pub(crate) async fn complete_in(
+        &self,
+        conn: &mut DB::Connection,
+        key: &Key,
+        token: &Token,
+        output: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        DB::__complete(self, conn, key, token, output, ttl).await
+    }
+
+    /// `release` on `conn`, the caller's transaction (transactional mode).
+    pub(crate) async fn release_in(
+        &self,
+        conn: &mut DB::Connection,
+        key: &Key,
+        token: &Token,
+    ) -> Result<(), StoreError> {
+        DB::__release(self, conn, key, token).await
+    }
+
+    /// Whether a claim in a transaction may wait for a key in progress outside it: only where
+    /// the claim holds no lock the owner's `complete` needs (PostgreSQL).
+    pub(crate) fn waits_in_transaction(&self) -> bool {
+        DB::__WAITS_IN_TRANSACTION
     }
 
     pub(crate) fn sql(&self) -> &Statements {
@@ -771,6 +802,10 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
     async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
         let mut conn = self.acquire().await?;
         DB::__remove(self, &mut conn, key).await
+    }
+
+    fn max_output_bytes(&self) -> usize {
+        self.inner.max_output_bytes
     }
 }
 

@@ -9,9 +9,11 @@ use serde::Serialize;
 
 pub use crate::default::default_idempotency;
 pub use crate::error::Error;
-pub use crate::executor::{Call, Idempotency, InProgressPolicy, Keeper};
+pub use crate::executor::{Call, Idempotency};
+pub use crate::kept::{KeepByClone, KeepByDecoding, Keeper, Probe};
 pub use crate::key::{Digest, DigestBuilder};
 pub use crate::key::{Fingerprint, Key, Namespace};
+pub use crate::protocol::{CallOptions, InProgressPolicy};
 pub use core::time::Duration;
 pub use tokio;
 
@@ -114,68 +116,12 @@ pub fn start<'a, M, T, E, F, Fut>(
     >,
 >
 where
-    M: crate::executor::OutputMode<T, E>,
+    M: crate::output::OutputMode<T, E>,
     E: From<Error>,
     F: FnOnce() -> Fut,
     Fut: core::future::Future<Output = Result<T, E>>,
 {
     crate::executor::start_prepared(call, body, keeper)
-}
-
-/// Picks, by autoref, a [`Keeper`] for an output type that is `Clone` (and `Send` and `Sync`),
-/// and none for any other: `(&Probe::<T>::new()).__idempotency_keeper()` finds
-/// [`KeepByClone`]'s method on `Probe<T>` when `T` has those bounds, and [`KeepByDecoding`]'s
-/// on `&Probe<T>` otherwise.
-///
-/// Method resolution ignores lifetimes, so a `Clone` type that is not `'static` would pick
-/// [`KeepByClone`] and then fail to compile; the macro therefore uses the probe only where the
-/// output type is known to be `'static` (see `keepable` in the macro crate).
-pub struct Probe<T>(core::marker::PhantomData<fn() -> T>);
-
-impl<T> Default for Probe<T> {
-    fn default() -> Self {
-        Probe::new()
-    }
-}
-
-impl<T> core::fmt::Debug for Probe<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("Probe")
-    }
-}
-
-impl<T> Probe<T> {
-    /// The probe.
-    #[inline(always)]
-    pub const fn new() -> Probe<T> {
-        Probe(core::marker::PhantomData)
-    }
-}
-
-/// The probe's pick for a `Clone` output type.
-pub trait KeepByClone<T> {
-    /// A keeper that replays clones of the kept value.
-    fn __idempotency_keeper(&self) -> Option<Keeper<T>>;
-}
-
-impl<T: Clone + serde::de::DeserializeOwned + Send + Sync + 'static> KeepByClone<T> for Probe<T> {
-    #[inline(always)]
-    fn __idempotency_keeper(&self) -> Option<Keeper<T>> {
-        Some(Keeper::new())
-    }
-}
-
-/// The probe's pick for any other output type.
-pub trait KeepByDecoding<T> {
-    /// No keeper: replays decode the stored output.
-    fn __idempotency_keeper(&self) -> Option<Keeper<T>>;
-}
-
-impl<T> KeepByDecoding<T> for &Probe<T> {
-    #[inline(always)]
-    fn __idempotency_keeper(&self) -> Option<Keeper<T>> {
-        None
-    }
 }
 
 /// Builds the call: checks the site, takes the fingerprint, derives the key.
@@ -281,7 +227,9 @@ fn type_digest(type_name: &'static str) -> [u8; 32] {
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-pub use crate::store::sql::{Claimed, InTransaction, SqlDialect, SqlStore};
+pub use crate::store::sql::{SqlDialect, SqlStore};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use crate::transaction::{Claimed, InTransaction};
 
 /// Builds a call in the caller's SQL transaction (`transaction = …`): checks the site, takes
 /// the fingerprint, derives the key.

@@ -8,19 +8,16 @@ use futures_util::future::BoxFuture;
 use sqlx::Transaction;
 use tokio::time::Instant;
 
-use super::{SqlDialect, SqlStore};
-use crate::error::{CodecOp, Error, StoreOp};
-use crate::executor::{DropErrors, InProgressPolicy, OutputMode, StoreErrors};
+use crate::error::{Error, StoreOp};
 use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, Token};
+use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
+use crate::protocol::{
+    self, CallOptions, Caller, Next, Outcome, Refusal, Settings, call_option_setters,
+};
+use crate::record::Token;
+use crate::store::Store;
+use crate::store::sql::{SqlDialect, SqlStore};
 use crate::trace::event;
-
-// The executor's defaults, so that a call reads the same with and without a transaction.
-const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-const POLL_FIRST: Duration = Duration::from_millis(2);
-const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// One call in the caller's transaction: the claim, the body's writes and the completed
 /// record commit together, or roll back together.
@@ -32,7 +29,7 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 ///   caller commits, no one else sees the record: a concurrent duplicate's claim waits on the
 ///   row lock and then replays the output (or, if the transaction rolled back, runs the body
 ///   itself); a duplicate on the pool waits only up to a bound (PostgreSQL: the store's
-///   [`lock_timeout`](super::SqlStoreBuilder::lock_timeout)), then finds it in progress. A
+///   [`lock_timeout`](crate::store::sql::SqlStoreBuilder::lock_timeout)), then finds it in progress. A
 ///   crash before the commit leaves neither the body's writes nor the record.
 /// * **`Err`** (not stored): the claim is deleted again in the transaction and the error
 ///   returned; roll the transaction back (dropping it does) so the body's writes go too.
@@ -43,7 +40,7 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 ///   holds a lock the owner needs to complete (InnoDB's shared lock on the duplicate row,
 ///   SQLite's write lock) until the transaction ends. **Roll the transaction back (dropping it
 ///   does) before retrying**: until then the owner's `complete` waits for it. See
-///   [transactional and pool calls on one key](super#transactional-and-pool-calls-on-one-key).
+///   [transactional and pool calls on one key](crate::store::sql#transactional-and-pool-calls-on-one-key).
 ///
 /// Under PostgreSQL's `REPEATABLE READ` or `SERIALIZABLE`, a duplicate whose transaction began
 /// before the first call's commit fails with a serialization error (`could not serialize
@@ -60,7 +57,8 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), idempotent_core::BoxError> {
 /// use idempotent_core::store::sql::sqlx::{self, SqlitePool};
-/// use idempotent_core::store::sql::{Claimed, SqliteStore};
+/// use idempotent_core::store::sql::SqliteStore;
+/// use idempotent_core::transaction::Claimed;
 /// use idempotent_core::{BoxError, Fingerprint, Key};
 ///
 /// let pool = SqlitePool::connect("sqlite::memory:").await?;
@@ -96,20 +94,17 @@ const POLL_MAX: Duration = Duration::from_millis(250);
 /// ```
 #[derive(Debug)]
 #[must_use = "a call does nothing until `claim` or `run` is awaited"]
-pub struct InTransaction<'s, DB: SqlDialect, M = DropErrors> {
+pub struct InTransaction<'s, DB: SqlDialect, M = OutputsOnly> {
     store: &'s SqlStore<DB>,
     key: Key,
     fingerprint: Fingerprint,
-    ttl: Duration,
-    lease: Duration,
-    wait_timeout: Duration,
-    on_in_progress: InProgressPolicy,
+    settings: Settings,
     mode: PhantomData<M>,
 }
 
 /// What [`InTransaction::claim`] found.
 #[derive(Debug)]
-pub enum Claimed<'s, DB: SqlDialect, T, E, M = DropErrors> {
+pub enum Claimed<'s, DB: SqlDialect, T, E, M = OutputsOnly> {
     /// The key was completed by an earlier call with the same inputs: its result, replayed
     /// (an `Err` only under `store_errors`). Nothing was written.
     Replayed(Result<T, E>),
@@ -123,68 +118,50 @@ pub enum Claimed<'s, DB: SqlDialect, T, E, M = DropErrors> {
 /// rollback removes it).
 #[derive(Debug)]
 #[must_use = "record the body's result with `Owner::finish`, in the same transaction"]
-pub struct Owner<'s, DB: SqlDialect, M = DropErrors> {
+pub struct Owner<'s, DB: SqlDialect, M = OutputsOnly> {
     store: &'s SqlStore<DB>,
     key: Key,
     token: Token,
     ttl: Duration,
+    max_output_bytes: usize,
     mode: PhantomData<M>,
 }
 
-impl<'s, DB: SqlDialect> InTransaction<'s, DB> {
-    pub(super) fn new(store: &'s SqlStore<DB>, key: Key, fingerprint: Fingerprint) -> Self {
+impl<DB: SqlDialect> SqlStore<DB> {
+    /// A call whose claim and completed record go into the caller's transaction: see
+    /// [`InTransaction`]. It starts from the [defaults](crate::defaults), and stores outputs
+    /// up to the store's [`max_output_bytes`](SqlStore::max_output_bytes).
+    pub fn in_transaction(&self, key: Key, fingerprint: Fingerprint) -> InTransaction<'_, DB> {
+        let mut settings = Settings::DEFAULT;
+        settings.max_output_bytes = Store::max_output_bytes(self);
         InTransaction {
-            store,
+            store: self,
             key,
             fingerprint,
-            ttl: DEFAULT_TTL,
-            lease: DEFAULT_LEASE,
-            wait_timeout: DEFAULT_WAIT,
-            on_in_progress: InProgressPolicy::Wait,
+            settings,
             mode: PhantomData,
         }
     }
 }
 
 impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
-    /// How long the output is replayed (default 24 h).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
+    fn apply(&mut self, options: CallOptions) {
+        self.settings = self.settings.with(options);
     }
 
-    /// How long the claim holds if the transaction commits without completing it (default
-    /// 30 s). Inside the transaction the row lock, not the lease, keeps duplicates out.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
-    }
-
-    /// How long to wait for a record in progress under another owner (default 30 s).
-    /// PostgreSQL only: on MySQL and SQLite such a claim answers [`Error::InProgress`] at once
-    /// (see [`InTransaction`]).
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = wait;
-        self
-    }
-
-    /// What to do when the key is in progress under another owner. PostgreSQL only: on MySQL
-    /// and SQLite such a claim answers [`Error::InProgress`] at once (see [`InTransaction`]).
-    pub fn on_in_progress(mut self, policy: InProgressPolicy) -> Self {
-        self.on_in_progress = policy;
-        self
-    }
+    // Inside the transaction the row lock, not the lease, keeps duplicates out: the lease
+    // counts only if the transaction commits without completing the claim. `wait_timeout` and
+    // `on_in_progress` apply on PostgreSQL only: on MySQL and SQLite a claim that finds the key
+    // in progress answers `Error::InProgress` at once (see `InTransaction`).
+    call_option_setters!();
 
     /// Store `Err` outputs too and replay them (the error type must be serializable).
-    pub fn store_errors(self) -> InTransaction<'s, DB, StoreErrors> {
+    pub fn store_errors(self) -> InTransaction<'s, DB, OutputsAndErrors> {
         InTransaction {
             store: self.store,
             key: self.key,
             fingerprint: self.fingerprint,
-            ttl: self.ttl,
-            lease: self.lease,
-            wait_timeout: self.wait_timeout,
-            on_in_progress: self.on_in_progress,
+            settings: self.settings,
             mode: PhantomData,
         }
     }
@@ -195,7 +172,7 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
     }
 
     /// Claims the key in `tx` (one statement on PostgreSQL; see the
-    /// [round trips](super#round-trips)): a replay, or ownership until
+    /// [round trips](crate::store::sql#round-trips)): a replay, or ownership until
     /// [`Owner::finish`].
     pub async fn claim<T, E>(
         self,
@@ -204,88 +181,38 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
     where
         M: OutputMode<T, E>,
     {
-        if self.ttl.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "ttl",
-                problem: "must be greater than zero",
-            });
-        }
-        if self.lease.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "lease",
-                problem: "must be greater than zero",
-            });
-        }
-        let mut deadline: Option<Instant> = None;
-        let mut backoff = POLL_FIRST;
+        self.settings.check()?;
+        let mut caller = Caller::in_transaction(&self.settings, self.store.waits_in_transaction());
         loop {
-            let claim = DB::__claim(
-                self.store,
-                &mut **tx,
-                &self.key,
-                &self.fingerprint,
-                self.lease,
-                true,
-            )
-            .await
-            .map_err(|error| Error::from_store(StoreOp::Claim, &self.key, error))?;
-            match claim {
-                Claim::Acquired { token, .. } => {
+            let claim = self
+                .store
+                .claim_in(&mut **tx, &self.key, &self.fingerprint, self.settings.lease)
+                .await;
+            let next = match claim {
+                Ok(claim) => caller.on_claim(claim, &self.fingerprint, Instant::now()),
+                Err(error) => Next::Fail(Refusal::Store(error)),
+            };
+            match next {
+                Next::Own { token, .. } => {
                     event!(debug, key = %self.key, "execute (in the caller's transaction)");
                     return Ok(Claimed::Owned(Owner {
                         store: self.store,
                         key: self.key,
                         token,
-                        ttl: self.ttl,
+                        ttl: self.settings.ttl,
+                        max_output_bytes: self.settings.max_output_bytes,
                         mode: PhantomData,
                     }));
                 }
-                Claim::Completed {
-                    fingerprint,
-                    output,
-                } => {
-                    if fingerprint != self.fingerprint {
-                        return Err(Error::KeyReused { key: self.key });
-                    }
+                Next::Replay(output) => {
                     event!(debug, key = %self.key, "replay (in the caller's transaction)");
-                    return match M::decode(&output) {
-                        Ok(result) => Ok(Claimed::Replayed(result)),
-                        Err(source) => Err(Error::Codec {
-                            op: CodecOp::DecodeOutput,
-                            key: Some(self.key),
-                            source,
-                        }),
-                    };
+                    let result = protocol::decode_stored::<M, T, E>(self.key, &output)?;
+                    return Ok(Claimed::Replayed(result));
                 }
-                Claim::InProgress {
-                    fingerprint,
-                    lease_remaining,
-                } => {
-                    if fingerprint != self.fingerprint {
-                        return Err(Error::KeyReused { key: self.key });
-                    }
-                    let now = Instant::now();
-                    let deadline = *deadline.get_or_insert(now + self.wait_timeout);
-                    // Waiting here keeps the transaction's locks: only PostgreSQL's claim took
-                    // none that the owner needs. A lease of zero leaves nothing to wait for: a
-                    // lock wait that timed out (the owner is another transaction; PostgreSQL
-                    // aborted this one) or a lease passing now (a retry takes the key over).
-                    if self.on_in_progress == InProgressPolicy::Reject
-                        || !DB::__WAITS_IN_TRANSACTION
-                        || lease_remaining.is_zero()
-                        || now >= deadline
-                    {
-                        return Err(Error::InProgress {
-                            key: self.key,
-                            retry_after: lease_remaining,
-                        });
-                    }
-                    let nap = backoff
-                        .min(deadline - now)
-                        .min(lease_remaining.max(Duration::from_millis(1)));
-                    tokio::time::sleep(nap).await;
-                    backoff = (backoff * 2).min(POLL_MAX);
-                }
+                // Waiting here keeps the transaction's locks: the caller waits only where the
+                // claim took none that the owner needs (see `Caller::in_transaction`).
+                Next::Poll(nap) => tokio::time::sleep(nap).await,
+                Next::Fail(refusal) => return Err(refusal.into_error(self.key)),
             }
         }
     }
@@ -363,35 +290,21 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
         M: OutputMode<T, E>,
         E: From<Error>,
     {
-        let encoded = match M::encode(&result) {
-            None => {
+        let encoded = match protocol::outcome::<M, T, E>(&result, self.max_output_bytes) {
+            Outcome::Store(encoded) => encoded,
+            Outcome::Release => {
                 self.release(tx).await;
                 return result;
             }
-            Some(Err(source)) => {
+            Outcome::Unstorable(why) => {
                 self.release(tx).await;
-                return Err(Error::Codec {
-                    op: CodecOp::EncodeOutput,
-                    key: Some(self.key),
-                    source: Box::new(source),
-                }
-                .into());
+                return Err(why.into_error(self.key).into());
             }
-            Some(Ok(encoded)) => encoded,
         };
-        if let Err(error) = self.store.check_size(&encoded) {
-            self.release(tx).await;
-            return Err(Error::from_store(StoreOp::Complete, &self.key, error).into());
-        }
-        match DB::__complete(
-            self.store,
-            &mut **tx,
-            &self.key,
-            &self.token,
-            &encoded,
-            self.ttl,
-        )
-        .await
+        match self
+            .store
+            .complete_in(&mut **tx, &self.key, &self.token, &encoded, self.ttl)
+            .await
         {
             Ok(()) => result,
             Err(error) => Err(Error::from_store(StoreOp::Complete, &self.key, error).into()),
@@ -402,7 +315,11 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
     /// statement of the body aborts the transaction (this delete fails too), and its rollback
     /// removes the claim anyway.
     async fn release(&self, tx: &mut Transaction<'_, DB>) {
-        if let Err(error) = DB::__release(self.store, &mut **tx, &self.key, &self.token).await {
+        if let Err(error) = self
+            .store
+            .release_in(&mut **tx, &self.key, &self.token)
+            .await
+        {
             event!(debug, key = %self.key, error = %error, "could not delete the claim in the transaction; its rollback will");
             let _ = error;
         }

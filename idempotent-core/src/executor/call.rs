@@ -1,0 +1,249 @@
+//! One call: its options, and its first step — a replay answered by the store at once, or the
+//! rest of the call (`execute.rs`), boxed.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::Poll;
+
+use super::Idempotency;
+use crate::error::Error;
+use crate::kept::Keeper;
+use crate::key::{Fingerprint, Key};
+use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
+use crate::protocol::{self, CallOptions, Refusal, Settings, call_option_setters};
+use crate::record::{Claim, ClaimNow, HeldRecord};
+use crate::trace::event;
+
+/// One call's options; finish with [`run`](Call::run).
+#[derive(Debug)]
+#[must_use = "a call does nothing until `run` is awaited"]
+pub struct Call<'a, M = OutputsOnly> {
+    pub(super) idempotency: &'a Idempotency,
+    pub(super) key: Key,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) settings: Settings,
+    mode: PhantomData<M>,
+}
+
+impl<'a> Call<'a> {
+    #[inline]
+    pub(super) fn new(idempotency: &'a Idempotency, key: Key, fingerprint: Fingerprint) -> Self {
+        Call {
+            idempotency,
+            key,
+            fingerprint,
+            settings: idempotency.inner.settings,
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<'a, M> Call<'a, M> {
+    #[inline]
+    fn apply(&mut self, options: CallOptions) {
+        self.settings = self.settings.with(options);
+    }
+
+    call_option_setters!();
+
+    /// Store `Err` outputs too and replay them (the error type must be serializable).
+    pub fn store_errors(self) -> Call<'a, OutputsAndErrors> {
+        Call {
+            idempotency: self.idempotency,
+            key: self.key,
+            fingerprint: self.fingerprint,
+            settings: self.settings,
+            mode: PhantomData,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Runs `body` at most once for the key and returns its output, or replays the stored one.
+    ///
+    /// * A completed record with this fingerprint: its output, decoded (one store round trip).
+    /// * A record with another fingerprint: [`Error::KeyReused`]; the body does not run.
+    /// * Free: the body runs; `Ok` is stored (claim + complete: two round trips), `Err` is
+    ///   released and returned (claim + release) unless errors are stored. A panic releases
+    ///   the claim and resumes. A call cancelled while its body runs keeps its claim until the
+    ///   lease passes (the body may have had its effect); one cancelled after its body
+    ///   succeeded records the output in the background.
+    /// * In progress: wait or reject, per [`InProgressPolicy`](crate::InProgressPolicy).
+    /// * The store fails: [`Error::Store`], and the body does not run (unless `fail_open`).
+    pub fn run<T, E, F, Fut>(self, body: F) -> impl Future<Output = Result<T, E>>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        run_prepared(Ok(self), body, None)
+    }
+
+    /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
+    /// whole call, boxed.
+    #[allow(clippy::type_complexity)]
+    fn start<T, E, F, Fut>(
+        self,
+        body: F,
+        keeper: Option<Keeper<T>>,
+    ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let Call {
+            idempotency,
+            key,
+            fingerprint,
+            settings,
+            ..
+        } = self;
+        let inner = &*idempotency.inner;
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!("idempotent", key = %key);
+        // No invalid option to report and no flight of this process to follow: the call
+        // starts with a claim, answered at once by an in-process store.
+        let claim_first = settings.problem().is_none() && !inner.flights.busy();
+        let first = if claim_first {
+            #[cfg(feature = "tracing")]
+            let _entered = span.enter();
+            match inner.store.claim_now(&key, &fingerprint, settings.lease) {
+                Some(Ok(ClaimNow::Held(held))) => {
+                    return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
+                }
+                Some(Ok(ClaimNow::Claim(Claim::Completed {
+                    fingerprint: stored,
+                    output,
+                }))) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
+                Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
+                Some(Err(error)) => Some(Err(error)),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let execution = async move {
+            let first = match first {
+                None if claim_first => {
+                    // A remote store: its first claim is awaited here, so a replay returns
+                    // without building the whole call's future.
+                    match inner.store.claim(&key, &fingerprint, settings.lease).await {
+                        Ok(Claim::Completed {
+                            fingerprint: stored,
+                            output,
+                        }) => return replay::<M, T, E>(key, &fingerprint, &stored, &output),
+                        other => Some(other),
+                    }
+                }
+                first => first,
+            };
+            Box::pin(inner.execute::<M, T, E, F, Fut>(
+                settings,
+                key,
+                fingerprint,
+                body,
+                first,
+                keeper,
+            ))
+            .await
+        };
+        #[cfg(feature = "tracing")]
+        let execution = tracing::Instrument::instrument(execution, span);
+        Err(Box::pin(execution))
+    }
+}
+
+/// [`Call::run`] of a call still being prepared: a preparation error (from `#[idempotent]`'s
+/// hashing, say) comes out of the same future, so generated code builds no call of its own.
+///
+/// Written by hand rather than as an `async fn`: the future is only the call and the body until
+/// its first poll, which answers a replay from an in-process store at once and otherwise boxes
+/// the whole call. Small futures are cheap to move, and a replay takes a few hundred
+/// nanoseconds, so the bytes moved show.
+pub(crate) fn run_prepared<'a, M, T, E, F, Fut>(
+    call: Result<Call<'a, M>, Error>,
+    body: F,
+    keeper: Option<Keeper<T>>,
+) -> impl Future<Output = Result<T, E>>
+where
+    M: OutputMode<T, E>,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut start = Some((call, body));
+    let mut running = None;
+    std::future::poll_fn(move |cx| {
+        if let Some((call, body)) = start.take() {
+            match start_prepared(call, body, keeper) {
+                Ok(done) => return Poll::Ready(done),
+                Err(execution) => running = Some(execution),
+            }
+        }
+        match running.as_mut() {
+            Some(execution) => Pin::as_mut(execution).poll(cx),
+            None => panic!("`Call::run` polled after it completed"),
+        }
+    })
+}
+
+/// The first step of a prepared call: its answer, when a preparation error or a replay from an
+/// in-process store gives it at once, or the rest of the call, boxed.
+#[allow(clippy::type_complexity)]
+#[inline]
+pub(crate) fn start_prepared<'a, M, T, E, F, Fut>(
+    call: Result<Call<'a, M>, Error>,
+    body: F,
+    keeper: Option<Keeper<T>>,
+) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>> + use<'a, M, T, E, F, Fut>>>>
+where
+    M: OutputMode<T, E>,
+    E: From<Error>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match call {
+        Ok(call) => call.start(body, keeper),
+        Err(error) => Ok(Err(error.into())),
+    }
+}
+
+/// The answer for a completed record: its output, or key reuse when it was stored for another
+/// fingerprint.
+pub(super) fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
+    key: Key,
+    fingerprint: &Fingerprint,
+    stored: &Fingerprint,
+    output: &[u8],
+) -> Result<T, E> {
+    if stored != fingerprint {
+        return Err(Refusal::KeyReused.into_error(key).into());
+    }
+    event!(debug, key = %key, "replay");
+    protocol::decode::<M, T, E>(key, output)
+}
+
+/// The answer for a completed record an in-process store lent: its kept value, cloned, when
+/// it kept one of this type; its output, decoded, otherwise; or key reuse.
+fn replay_held<M: OutputMode<T, E>, T, E: From<Error>>(
+    key: Key,
+    fingerprint: &Fingerprint,
+    held: &dyn HeldRecord,
+    keeper: Option<Keeper<T>>,
+) -> Result<T, E> {
+    // Only `Ok` outputs are kept, and an `Ok` output replays as `Ok` in every mode.
+    if held.fingerprint() == fingerprint {
+        if let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take)) {
+            event!(debug, key = %key, "replay");
+            return Ok(value);
+        }
+    }
+    replay::<M, T, E>(key, fingerprint, held.fingerprint(), held.output())
+}

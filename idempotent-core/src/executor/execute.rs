@@ -1,0 +1,133 @@
+//! The rest of a call after its first step: the protocol's loop — follow a flight of this
+//! process, claim, wait for an owner elsewhere, or own the key.
+
+use std::future::Future;
+
+use tokio::time::Instant;
+
+use super::Inner;
+use super::call::replay;
+use super::flight::Landing;
+use crate::error::{Error, StoreError};
+use crate::kept::Keeper;
+use crate::key::{Fingerprint, Key};
+use crate::output::OutputMode;
+use crate::protocol::{self, Caller, Next, Refusal, Settings};
+use crate::record::Claim;
+use crate::trace::event;
+
+impl Inner {
+    /// The whole call. `first` is the answer to the call's first claim when `Call::start`
+    /// already had it; it checked then that no flight of this process ran the key, so the
+    /// answer is used as it is.
+    pub(super) async fn execute<M, T, E, F, Fut>(
+        &self,
+        settings: Settings,
+        key: Key,
+        fingerprint: Fingerprint,
+        body: F,
+        mut first: Option<Result<Claim, StoreError>>,
+        keeper: Option<Keeper<T>>,
+    ) -> Result<T, E>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        settings.check()?;
+        let mut caller = Caller::new(&settings);
+        loop {
+            // A task of this process owns the key: wait for its landing, no store traffic.
+            // (Not when the store already answered the first claim: that answer is ours.)
+            if let Some(flight) = first.is_none().then(|| self.flights.get(&key)).flatten() {
+                let now = Instant::now();
+                let until = match caller.on_flight(
+                    &flight.fingerprint,
+                    flight.lease_until,
+                    &fingerprint,
+                    now,
+                ) {
+                    Ok(until) => until,
+                    Err(refusal) => return Err(refusal.into_error(key).into()),
+                };
+                // Boxed, like every waiting path: waits are rare, and their timers would
+                // otherwise make every call's future large and costly to move.
+                match Box::pin(flight.wait(until)).await {
+                    Some(Landing::Completed(output)) => {
+                        event!(debug, key = %key, "replay (coalesced in process)");
+                        return protocol::decode::<M, T, E>(key, &output);
+                    }
+                    Some(Landing::Released) => continue,
+                    // The owner's lease passed: ask the store, which lets us take it over.
+                    None => {
+                        if let Err(refusal) =
+                            caller.on_flight_timeout(flight.lease_until, Instant::now())
+                        {
+                            return Err(refusal.into_error(key).into());
+                        }
+                    }
+                }
+            }
+
+            let claim = match first.take() {
+                Some(claim) => claim,
+                None => self.store.claim(&key, &fingerprint, settings.lease).await,
+            };
+            let now = Instant::now();
+            let next = match claim {
+                Ok(claim) => caller.on_claim(claim, &fingerprint, now),
+                Err(error) if caller.fails_open(&error) => {
+                    event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
+                    return body().await;
+                }
+                Err(error) => Next::Fail(Refusal::Store(error)),
+            };
+            match next {
+                Next::Replay(output) => {
+                    return replay::<M, T, E>(key, &fingerprint, &fingerprint, &output);
+                }
+                Next::Poll(nap) => {
+                    // A live local owner appeared meanwhile: follow it. A flight whose lease
+                    // has passed is a hung owner another process took over; following it would
+                    // return at once and spin on the store, so poll with backoff instead.
+                    if self
+                        .flights
+                        .get(&key)
+                        .is_some_and(|flight| flight.lease_until > now)
+                    {
+                        continue;
+                    }
+                    event!(trace, key = %key, nap = ?nap, "in progress elsewhere; polling");
+                    Box::pin(tokio::time::sleep(nap)).await;
+                }
+                Next::Own { token, took_over } => {
+                    if took_over {
+                        event!(info, key = %key, "took over a claim whose lease had passed");
+                    } else {
+                        event!(debug, key = %key, "claimed");
+                    }
+                    let _ = took_over;
+                    // Boxed: the first execution is the rare path, and keeping its state out of
+                    // this future keeps replays small and cheap to move.
+                    return Box::pin(self.own::<M, T, E, F, Fut>(
+                        settings,
+                        key,
+                        fingerprint,
+                        token,
+                        body,
+                        keeper.map(|keeper| keeper.keep),
+                    ))
+                    .await;
+                }
+                Next::Fail(refusal) => {
+                    if let Refusal::Store(error) = &refusal {
+                        event!(error, key = %key, error = %error, "store error on claim; the body does not run");
+                        let _ = error;
+                    }
+                    return Err(refusal.into_error(key).into());
+                }
+            }
+        }
+    }
+}

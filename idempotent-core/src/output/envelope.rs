@@ -1,0 +1,165 @@
+//! The envelope around a stored output: one mark byte that says `Ok` or `Err`, then the value
+//! in the [output encoding](crate::output). A store receives exactly these bytes.
+//!
+//! Whether a call stores its `Err` outputs too is its [`OutputMode`]: [`OutputsOnly`] (the
+//! default: an `Err` releases the claim) or [`OutputsAndErrors`] (`store_errors`).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Count, Out};
+use super::{OutputError, decode, encode_into};
+use crate::error::BoxError;
+
+/// How many bytes the mark takes.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) const MARK_LEN: usize = 1;
+/// The mark in front of a stored `Ok` output.
+pub(crate) const MARK_OK: u8 = 0xB0;
+/// The mark in front of a stored `Err` output (`store_errors`).
+pub(crate) const MARK_ERR: u8 = 0xB1;
+
+/// Only `Ok` outputs are stored; an `Err` releases the claim so a retry runs again (the
+/// default).
+#[derive(Debug, Clone, Copy)]
+pub struct OutputsOnly;
+
+/// `Err` outputs are stored and replayed like `Ok` ones (`store_errors`): for deterministic
+/// business outcomes such as "card declined".
+#[derive(Debug, Clone, Copy)]
+pub struct OutputsAndErrors;
+
+/// The old name of [`OutputsOnly`].
+#[deprecated(since = "0.2.0", note = "renamed to `OutputsOnly`")]
+pub type DropErrors = OutputsOnly;
+
+/// The old name of [`OutputsAndErrors`] (one letter away from [`StoreError`](crate::StoreError),
+/// with an unrelated meaning).
+#[deprecated(since = "0.2.0", note = "renamed to `OutputsAndErrors`")]
+pub type StoreErrors = OutputsAndErrors;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::OutputsOnly {}
+    impl Sealed for super::OutputsAndErrors {}
+}
+
+/// Which results a call stores: [`OutputsOnly`] or [`OutputsAndErrors`].
+#[diagnostic::on_unimplemented(
+    message = "`store_errors` needs the error type `{E}` to implement `Serialize` and `DeserializeOwned`",
+    label = "the error is stored and replayed, so it must be serializable",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `{E}`, or drop `store_errors`"
+)]
+pub trait OutputMode<T, E>: sealed::Sealed {
+    /// `None` when the result is not stored.
+    #[doc(hidden)]
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>>;
+    /// Decodes what `encode` stored.
+    #[doc(hidden)]
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, BoxError>;
+}
+
+impl<T: Serialize + DeserializeOwned, E> OutputMode<T, E> for OutputsOnly {
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>> {
+        match result {
+            Ok(value) => Some(encode_marked(MARK_OK, value)),
+            Err(_) => None,
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, BoxError> {
+        match unmark(bytes)? {
+            (MARK_OK, value) => Ok(Ok(decode(value)?)),
+            _ => Err(Box::new(EnvelopeError::ErrorNotExpected)),
+        }
+    }
+}
+
+impl<T, E> OutputMode<T, E> for OutputsAndErrors
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+{
+    fn encode(result: &Result<T, E>) -> Option<Result<Vec<u8>, OutputError>> {
+        Some(match result {
+            Ok(value) => encode_marked(MARK_OK, value),
+            Err(error) => encode_marked(MARK_ERR, error),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Result<T, E>, BoxError> {
+        match unmark(bytes)? {
+            (MARK_OK, value) => Ok(Ok(decode(value)?)),
+            (_, value) => Ok(Err(decode(value)?)),
+        }
+    }
+}
+
+fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, OutputError> {
+    let mut out = Vec::with_capacity(128);
+    out.push(mark);
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// How many bytes the envelope of `value` as an `Ok` output takes, without encoding it (the
+/// HTTP layer measures a response against the store's limit with it).
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn encoded_len<V: Serialize + ?Sized>(value: &V) -> Result<usize, OutputError> {
+    let mut count = Count::default();
+    count.byte(MARK_OK);
+    encode_into(&mut count, value)?;
+    Ok(count.0)
+}
+
+/// The value of an `Ok` envelope, decoded; `None` for an `Err` envelope or one that does not
+/// decode as `T`.
+pub(crate) fn decode_ok<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    match unmark(bytes) {
+        Ok((MARK_OK, value)) => decode(value).ok(),
+        _ => None,
+    }
+}
+
+/// A stored output whose envelope does not fit the call.
+#[derive(Debug, thiserror::Error)]
+enum EnvelopeError {
+    #[error("the stored output is an error, but this call does not use `store_errors`")]
+    ErrorNotExpected,
+    #[error("the stored output does not start with an `Ok`/`Err` mark (first byte {0:?})")]
+    UnknownMark(Option<u8>),
+}
+
+/// Splits a stored output into its mark and its value.
+pub(crate) fn unmark(bytes: &[u8]) -> Result<(u8, &[u8]), BoxError> {
+    match bytes.split_first() {
+        Some((&mark, value)) if mark == MARK_OK || mark == MARK_ERR => Ok((mark, value)),
+        other => Err(Box::new(EnvelopeError::UnknownMark(
+            other.map(|(mark, _)| *mark),
+        ))),
+    }
+}
+
+/// A stored output (as the executor stores it: its one-byte `Ok`/`Err` mark, then the value) as
+/// JSON, to look at a record read from a store's CLI. Bytes show as arrays of numbers.
+///
+/// ```
+/// use idempotent_core::output::to_json;
+///
+/// // What a store holds for `Ok(Receipt { charge_id: "ch_1", amount_cents: 1999 })`.
+/// let record = b"\xb0\x0f\x0a\x09charge_id\x0a\x04ch_1\x0a\x0camount_cents\x03\xcf\x0f\x10";
+/// let json = to_json(record).unwrap();
+/// assert_eq!(json.to_string(), r#"{"ok":{"amount_cents":1999,"charge_id":"ch_1"}}"#);
+/// ```
+pub fn to_json(record: &[u8]) -> Result<serde_json::Value, OutputError> {
+    let (mark, value) = match record.split_first() {
+        Some((&MARK_OK, value)) => ("ok", value),
+        Some((&MARK_ERR, value)) => ("err", value),
+        Some((&byte, _)) => return Err(OutputError::UnexpectedByte { byte, at: 0 }),
+        None => return Err(OutputError::Truncated { at: 0 }),
+    };
+    let value: serde_json::Value = decode(value)?;
+    let mut object = serde_json::Map::new();
+    object.insert(mark.to_owned(), value);
+    Ok(serde_json::Value::Object(object))
+}

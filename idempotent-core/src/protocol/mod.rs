@@ -1,0 +1,288 @@
+//! The call protocol, written once for every way of calling (the executor, SQL transactional
+//! mode, and through them the macro, the HTTP layer and the consumers).
+//!
+//! Pure decisions, no I/O: what a caller does with the store's answer to its claim
+//! ([`Caller::on_claim`]), with a flight of its own process ([`Caller::on_flight`]), with a
+//! store that cannot be reached ([`Caller::fails_open`]), and what an owner does with its body's result
+//! ([`outcome`]). The loops around them (await the store, sleep, run the body) live in
+//! `executor/` and `transaction.rs`.
+
+pub mod defaults;
+mod options;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::error::{CodecOp, Error, StoreError, StoreOp};
+use crate::key::{Fingerprint, Key};
+use crate::output::{OutputError, OutputMode};
+use crate::record::{Claim, Token};
+
+pub use options::{CallOptions, InProgressPolicy};
+pub(crate) use options::{Settings, call_option_setters};
+
+/// What a caller does next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// The key was completed for this fingerprint: replay this output.
+    Replay(Bytes),
+    /// The caller owns the key: run the body.
+    Own {
+        /// The claim's token.
+        token: Token,
+        /// An owner whose lease had passed was taken over.
+        took_over: bool,
+    },
+    /// The key is in progress elsewhere: claim again after this pause.
+    Poll(Duration),
+    /// The call ends with this error.
+    Fail(Refusal),
+}
+
+/// Why a call ends without running its body or replaying.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The key was claimed or completed for another fingerprint.
+    KeyReused,
+    /// The key is in progress and the caller may not (or no longer) wait.
+    InProgress {
+        /// How long until the owner's lease passes.
+        retry_after: Duration,
+    },
+    /// The store failed to answer the claim.
+    Store(StoreError),
+}
+
+impl Refusal {
+    /// The error the caller gets.
+    #[cold]
+    pub(crate) fn into_error(self, key: Key) -> Error {
+        match self {
+            Refusal::KeyReused => Error::KeyReused { key },
+            Refusal::InProgress { retry_after } => Error::InProgress { key, retry_after },
+            Refusal::Store(error) => Error::from_store(StoreOp::Claim, &key, error),
+        }
+    }
+}
+
+/// One caller's way through a call: how it treats a key in progress (reject, or wait with a
+/// deadline and a capped backoff), and whether it may run unclaimed during an outage.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    reject: bool,
+    /// A lease that reads as passed ends the wait instead of a poll that would take the key
+    /// over (transactional mode: the claim already waited on the owner's row lock).
+    busy_when_lease_passed: bool,
+    fail_open: bool,
+    wait_timeout: Duration,
+    deadline: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Caller {
+    /// A caller of the executor.
+    pub(crate) fn new(settings: &Settings) -> Caller {
+        Caller {
+            reject: settings.on_in_progress == InProgressPolicy::Reject,
+            busy_when_lease_passed: false,
+            fail_open: settings.fail_open,
+            wait_timeout: settings.wait_timeout,
+            deadline: None,
+            backoff: defaults::POLL_FIRST,
+        }
+    }
+
+    /// A caller in a SQL transaction. `may_wait`: the database's claim holds no lock the
+    /// owner needs, so waiting for it in the transaction cannot block it (PostgreSQL).
+    pub(crate) fn in_transaction(settings: &Settings, may_wait: bool) -> Caller {
+        Caller {
+            reject: !may_wait || settings.on_in_progress == InProgressPolicy::Reject,
+            busy_when_lease_passed: true,
+            fail_open: false,
+            ..Caller::new(settings)
+        }
+    }
+
+    /// When the wait ends: `wait_timeout` after the first time it was asked.
+    pub(crate) fn deadline(&mut self, now: Instant) -> Instant {
+        *self
+            .deadline
+            .get_or_insert_with(|| later(now, self.wait_timeout))
+    }
+
+    /// The store answered the claim.
+    pub(crate) fn on_claim(
+        &mut self,
+        claim: Claim,
+        fingerprint: &Fingerprint,
+        now: Instant,
+    ) -> Next {
+        match claim {
+            Claim::Acquired { token, took_over } => Next::Own { token, took_over },
+            Claim::Completed {
+                fingerprint: stored,
+                output,
+            } => {
+                if stored == *fingerprint {
+                    Next::Replay(output)
+                } else {
+                    Next::Fail(Refusal::KeyReused)
+                }
+            }
+            Claim::InProgress {
+                fingerprint: owner,
+                lease_remaining,
+            } => {
+                if owner != *fingerprint {
+                    return Next::Fail(Refusal::KeyReused);
+                }
+                let busy = Next::Fail(Refusal::InProgress {
+                    retry_after: lease_remaining,
+                });
+                if self.reject || (self.busy_when_lease_passed && lease_remaining.is_zero()) {
+                    return busy;
+                }
+                let deadline = self.deadline(now);
+                if now >= deadline {
+                    return busy;
+                }
+                let nap = self
+                    .backoff
+                    .min(deadline - now)
+                    .min(lease_remaining.max(defaults::POLL_MIN));
+                self.backoff = (self.backoff * 2).min(defaults::POLL_MAX);
+                Next::Poll(nap)
+            }
+        }
+    }
+
+    /// Whether the caller runs its body unclaimed after the store failed to answer its claim
+    /// with `error`: only a `fail_open` caller, and only when the store is unreachable or
+    /// silent (a corrupt record or any other answer from a store that is up is no outage).
+    pub(crate) fn fails_open(&self, error: &StoreError) -> bool {
+        self.fail_open && matches!(error, StoreError::Unavailable(_) | StoreError::Timeout(_))
+    }
+
+    /// A task of this process owns the key under `fingerprint` with its lease until
+    /// `lease_until`: refuse, or wait for its landing until the returned instant (the wait's
+    /// deadline or the owner's lease, the sooner).
+    pub(crate) fn on_flight(
+        &mut self,
+        owner: &Fingerprint,
+        lease_until: Instant,
+        fingerprint: &Fingerprint,
+        now: Instant,
+    ) -> Result<Instant, Refusal> {
+        if owner != fingerprint {
+            return Err(Refusal::KeyReused);
+        }
+        if self.reject {
+            return Err(Refusal::InProgress {
+                retry_after: lease_until.saturating_duration_since(now),
+            });
+        }
+        Ok(self.deadline(now).min(lease_until))
+    }
+
+    /// A wait on a flight of this process ended without a landing at `now`: refuse when the
+    /// wait's deadline passed; otherwise the owner's lease passed and the caller asks the
+    /// store, which lets it take the key over.
+    pub(crate) fn on_flight_timeout(
+        &mut self,
+        lease_until: Instant,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        if now >= self.deadline(now) {
+            return Err(Refusal::InProgress {
+                retry_after: lease_until.saturating_duration_since(now),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the owner does with its body's result.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Record the completed output: the envelope's bytes.
+    Store(Vec<u8>),
+    /// Release the claim: the body returned an `Err` that is not stored.
+    Release,
+    /// The body returned a result that cannot be stored: release the claim and return this.
+    Unstorable(Unstorable),
+}
+
+/// Why a result cannot be stored.
+#[derive(Debug)]
+pub(crate) enum Unstorable {
+    /// Its `Serialize` failed.
+    Unencodable(OutputError),
+    /// Its envelope is over the limit.
+    TooLarge {
+        /// The envelope's length.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl Unstorable {
+    /// The error the caller gets.
+    #[cold]
+    pub(crate) fn into_error(self, key: Key) -> Error {
+        match self {
+            Unstorable::Unencodable(source) => Error::Codec {
+                op: CodecOp::EncodeOutput,
+                key: Some(key),
+                source: Box::new(source),
+            },
+            Unstorable::TooLarge { size, limit } => Error::OutputTooLarge { key, size, limit },
+        }
+    }
+}
+
+/// What the owner does with `result`, for outputs stored up to `limit` bytes.
+pub(crate) fn outcome<M: OutputMode<T, E>, T, E>(result: &Result<T, E>, limit: usize) -> Outcome {
+    match M::encode(result) {
+        None => Outcome::Release,
+        Some(Err(source)) => Outcome::Unstorable(Unstorable::Unencodable(source)),
+        Some(Ok(encoded)) if encoded.len() > limit => Outcome::Unstorable(Unstorable::TooLarge {
+            size: encoded.len(),
+            limit,
+        }),
+        Some(Ok(encoded)) => Outcome::Store(encoded),
+    }
+}
+
+/// A stored output decoded for the call, or the codec error that says why it cannot be.
+pub(crate) fn decode<M: OutputMode<T, E>, T, E: From<Error>>(
+    key: Key,
+    bytes: &[u8],
+) -> Result<T, E> {
+    match decode_stored::<M, T, E>(key, bytes) {
+        Ok(result) => result,
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// A stored output decoded for the call: the stored result, or the codec error that says why
+/// it cannot be decoded.
+pub(crate) fn decode_stored<M: OutputMode<T, E>, T, E>(
+    key: Key,
+    bytes: &[u8],
+) -> Result<Result<T, E>, Error> {
+    M::decode(bytes).map_err(|source| Error::Codec {
+        op: CodecOp::DecodeOutput,
+        key: Some(key),
+        source,
+    })
+}
+
+/// `by` after `now`, saturating far in the future (durations are clamped to
+/// [`defaults::LONGEST`], but a hand-built `Settings` may not be).
+pub(crate) fn later(now: Instant, by: Duration) -> Instant {
+    now.checked_add(by)
+        .unwrap_or_else(|| now + defaults::LONGEST)
+}
