@@ -1,7 +1,7 @@
 //! Code generation from the validated [`Plan`]; nothing is decided here. Generated code names
 //! only `<crate>::__private::…` and `::core::…`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, LitStr, Type};
@@ -11,14 +11,18 @@ use crate::plan::{Duration, Mode, Namespace, Plan, Shape};
 
 pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let common = Common::new(plan);
-    let body = |block: TokenStream| match plan.mode {
-        Mode::Executor {
-            executor,
-            keep_by_clone,
-        } => through_executor(plan, &common, executor, keep_by_clone, block),
-        Mode::Transaction { transaction, store } => {
-            in_transaction(plan, &common, transaction, store, block)
-        }
+    let body = |block: TokenStream| {
+        let call = match plan.mode {
+            Mode::Executor {
+                executor,
+                keep_by_clone,
+            } => through_executor(&common, executor, keep_by_clone, block),
+            Mode::Transaction { transaction, store } => {
+                in_transaction(&common, transaction, store, block)
+            }
+        };
+        let prelude = &common.prelude;
+        quote!(#prelude #call)
     };
 
     let attrs = &plan.function.attrs;
@@ -49,8 +53,10 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 
 /// What both expansions share: the call site, the bound checks, the hashing of the
 /// arguments, the key, the output type for the fingerprint and the per-call options.
-struct Common {
+struct Common<'a> {
     private: TokenStream,
+    /// The body's output type `R`.
+    output: &'a Type,
     /// The `static` site and the bound checks.
     prelude: TokenStream,
     /// Fills `__idempotency_args` with the hashed arguments.
@@ -61,8 +67,8 @@ struct Common {
     options: TokenStream,
 }
 
-impl Common {
-    fn new(plan: &Plan<'_>) -> Self {
+impl<'a> Common<'a> {
+    fn new(plan: &Plan<'a>) -> Self {
         let krate = &plan.krate;
         let private = quote!(#krate::__private);
         let output = plan.output;
@@ -117,6 +123,7 @@ impl Common {
         let options = call_options(plan, &private);
         Common {
             private,
+            output,
             prelude,
             hashing,
             key,
@@ -124,31 +131,55 @@ impl Common {
             options,
         }
     }
+
+    /// `<crate>::__private::<prepare>(site, target, arguments, key, output type)`: the first
+    /// step of a call, through an executor or in a transaction alike.
+    fn prepare(&self, prepare: &str, target: TokenStream) -> TokenStream {
+        let Common {
+            private,
+            key,
+            output_type,
+            ..
+        } = self;
+        let prepare = Ident::new(prepare, Span::call_site());
+        quote! {
+            #private::#prepare(
+                &__IDEMPOTENCY_SITE,
+                #target,
+                __idempotency_args.finish(),
+                #key,
+                #output_type,
+            )
+        }
+    }
 }
 
-/// The per-call options as builder calls.
+/// The per-call options, applied to the prepared call: `ttl`, `lease` and `on_in_progress` as
+/// one `CallOptions` value, then `store_errors`. Empty when there are none.
 fn call_options(plan: &Plan<'_>, private: &TokenStream) -> TokenStream {
     let duration = |duration: &Duration<'_>| match duration {
         Duration::Nanos(nanos) => quote!(#private::Duration::from_nanos(#nanos)),
         Duration::Expr(expr) => quote_spanned!(expr.span()=> #expr),
     };
-    let mut options = TokenStream::new();
+    let mut set = TokenStream::new();
     if let Some(ttl) = &plan.ttl {
         let ttl = duration(ttl);
-        options.extend(quote!(.ttl(#ttl)));
+        set.extend(quote!(.ttl(#ttl)));
     }
     if let Some(lease) = &plan.lease {
         let lease = duration(lease);
-        options.extend(quote!(.lease(#lease)));
+        set.extend(quote!(.lease(#lease)));
     }
-    match plan.policy {
-        Some(Policy::Reject) => {
-            options.extend(quote!(.on_in_progress(#private::InProgressPolicy::Reject)))
-        }
-        Some(Policy::Wait) => {
-            options.extend(quote!(.on_in_progress(#private::InProgressPolicy::Wait)))
-        }
-        None => {}
+    if let Some(policy) = plan.policy {
+        let policy = match policy {
+            Policy::Wait => quote!(Wait),
+            Policy::Reject => quote!(Reject),
+        };
+        set.extend(quote!(.on_in_progress(#private::InProgressPolicy::#policy)));
+    }
+    let mut options = TokenStream::new();
+    if !set.is_empty() {
+        options.extend(quote!(.options(#private::CallOptions::new() #set)));
     }
     if plan.store_errors {
         options.extend(quote!(.store_errors()));
@@ -161,21 +192,18 @@ fn call_options(plan: &Plan<'_>, private: &TokenStream) -> TokenStream {
 /// held across the await, so the function's future is little more than its arguments. (The
 /// `let` ends the temporaries' storage before the await.)
 fn through_executor(
-    plan: &Plan<'_>,
-    common: &Common,
+    common: &Common<'_>,
     executor: Option<&Expr>,
     keep_by_clone: Option<&Type>,
     block: TokenStream,
 ) -> TokenStream {
     let Common {
         private,
-        prelude,
+        output,
         hashing,
-        key,
-        output_type,
         options,
+        ..
     } = common;
-    let output = plan.output;
     let executor = match executor {
         Some(executor) => quote_spanned!(executor.span()=> #private::executor(&(#executor))),
         None => quote!(#private::default_idempotency()),
@@ -196,19 +224,12 @@ fn through_executor(
         },
         None => quote!(::core::option::Option::None),
     };
+    let prepare = common.prepare("prepare", executor);
     quote! {
-        #prelude
         let __idempotency_rest = match {
             #hashing
             #private::start(
-                #private::prepare(
-                    &__IDEMPOTENCY_SITE,
-                    #executor,
-                    __idempotency_args.finish(),
-                    #key,
-                    #output_type,
-                )
-                #configure,
+                #prepare #configure,
                 #keeper,
                 move || async move {
                     let __idempotency_output: #output = #block;
@@ -226,32 +247,25 @@ fn through_executor(
 /// `transaction = tx`: claim in the caller's SQL transaction, run the body inline (it keeps
 /// using the transaction), record the result in it. No closure, so the body may borrow freely.
 fn in_transaction(
-    plan: &Plan<'_>,
-    common: &Common,
+    common: &Common<'_>,
     transaction: &Ident,
     store: &Expr,
     block: TokenStream,
 ) -> TokenStream {
     let Common {
         private,
-        prelude,
+        output,
         hashing,
-        key,
-        output_type,
         options,
+        ..
     } = common;
-    let output = plan.output;
-    let store = quote_spanned!(store.span()=> &(#store));
+    let prepare = common.prepare(
+        "prepare_in_transaction",
+        quote_spanned!(store.span()=> &(#store)),
+    );
     quote! {
-        #prelude
         #hashing
-        let __idempotency_call = match #private::prepare_in_transaction(
-            &__IDEMPOTENCY_SITE,
-            #store,
-            __idempotency_args.finish(),
-            #key,
-            #output_type,
-        ) {
+        let __idempotency_call = match #prepare {
             ::core::result::Result::Ok(__idempotency_call) => __idempotency_call #options,
             ::core::result::Result::Err(__idempotency_error) => {
                 return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
