@@ -181,10 +181,12 @@ pub use idempotent_core::http;
 /// async fn export_report(month: u32) -> Result<String, AppError> { Ok(format!("report-{month}")) }
 /// ```
 ///
-/// ## `store = <expr>`
+/// ## `executor = <expr>` (or `store = <expr>`)
 /// The [`Idempotency`] executor to use (any expression that borrows as `&Idempotency`, such
 /// as `self.idempotency` or `&*STATE`); default: the process default store
-/// ([`set_default_store`], else an in-process [`MemoryStore`]).
+/// ([`set_default_store`], else an in-process [`MemoryStore`]). With `transaction = tx` it
+/// is the `SqlStore` of the transaction's database instead (see below). `store = …` is
+/// another name for the same option, kept for existing code; give one of the two.
 ///
 /// ```
 /// # use idempotency::{idempotent, Idempotency, MemoryStore};
@@ -192,7 +194,7 @@ pub use idempotent_core::http;
 /// struct Payments { idempotency: Idempotency }
 ///
 /// impl Payments {
-///     #[idempotent(store = self.idempotency)]
+///     #[idempotent(executor = self.idempotency)]
 ///     async fn refund(&self, charge_id: u64) -> Result<u64, AppError> { Ok(charge_id) }
 /// }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -265,7 +267,7 @@ pub use idempotent_core::http;
 ///
 /// ## `transaction = tx` (features `postgres`, `mysql`, `sqlite`)
 /// `tx` is an argument holding the caller's SQL transaction (`tx: &mut sqlx::Transaction<'_,
-/// DB>`), and `store = …` names the `SqlStore` of the same database. The claim and the
+/// DB>`), and `executor = …` (or `store = …`) names the `SqlStore` of the same database. The claim and the
 /// completed record are written in `tx`, next to the body's own writes through `tx`, so they
 /// commit or roll back together: a crash before the commit leaves neither, and the retry runs
 /// the body once. A replay writes nothing; an `Err` deletes the claim in `tx` (drop `tx` to
@@ -285,7 +287,7 @@ pub use idempotent_core::http;
 ///     Database(#[from] sqlx::Error),
 /// }
 ///
-/// #[idempotent(key = client_order_id, transaction = tx, store = store, skip(store))]
+/// #[idempotent(key = client_order_id, transaction = tx, executor = store, skip(store))]
 /// async fn create_order(
 ///     tx: &mut Transaction<'_, Sqlite>,
 ///     store: &SqliteStore,
@@ -328,11 +330,11 @@ pub use idempotent_core::http;
 ///
 /// # Errors at compile time
 ///
-/// Unknown or duplicate options, a non-`async` function, `skip` of an argument that does not
-/// exist, a return type that cannot be `Result<T, E>`, an argument that is not `Serialize`,
-/// a `ttl` or `lease` literal that is not a duration, and a `transaction` that names no
-/// `&mut` argument or comes without `store` are compile errors pointing at the offending
-/// token.
+/// Unknown or duplicate options (`executor` and `store` together count as a duplicate), a
+/// non-`async` function, `skip` of an argument that does not exist, a return type that
+/// cannot be `Result<T, E>`, an argument that is not `Serialize`, a `ttl` or `lease` literal
+/// that is not a duration, and a `transaction` that names no `&mut` argument or comes without
+/// `executor` are compile errors pointing at the offending token.
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 #[doc(inline)]

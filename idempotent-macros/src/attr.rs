@@ -10,6 +10,7 @@ mod kw {
     syn::custom_keyword!(key);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(lease);
+    syn::custom_keyword!(executor);
     syn::custom_keyword!(store);
     syn::custom_keyword!(skip);
     syn::custom_keyword!(name);
@@ -21,7 +22,7 @@ mod kw {
     syn::custom_keyword!(reject);
 }
 
-pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `store`, `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `transaction`, `crate`";
+pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `executor` (or `store`), `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `transaction`, `crate`";
 
 /// A duration option: a humantime literal (`"24h"`, checked at compile time) or any
 /// expression of type `Duration`.
@@ -49,6 +50,8 @@ pub(crate) enum Policy {
 /// An option's value (a wrapper, so every option is set through [`set`]).
 pub(crate) struct Set<T> {
     pub(crate) value: T,
+    /// The name it was given under (`executor` has the alias `store`).
+    name: &'static str,
 }
 
 #[derive(Default)]
@@ -56,7 +59,8 @@ pub(crate) struct Options {
     pub(crate) key: Option<Set<Expr>>,
     pub(crate) ttl: Option<Set<DurationValue>>,
     pub(crate) lease: Option<Set<DurationValue>>,
-    pub(crate) store: Option<Set<Expr>>,
+    /// `executor = …`, or its alias `store = …`.
+    pub(crate) executor: Option<Set<Expr>>,
     pub(crate) skip: Option<Set<Vec<Ident>>>,
     pub(crate) name: Option<Set<LitStr>>,
     pub(crate) version: Option<Set<LitInt>>,
@@ -70,21 +74,28 @@ pub(crate) struct Options {
     pub(crate) errors: Vec<syn::Error>,
 }
 
-/// Every option goes through here, so a duplicate is always caught the same way.
+/// Every option goes through here, so a duplicate (also under another name) is always caught
+/// the same way, on the second one.
 fn set<T>(
     slot: &mut Option<Set<T>>,
     errors: &mut Vec<syn::Error>,
-    name: &str,
+    name: &'static str,
     span: Span,
     value: T,
 ) {
-    if slot.is_some() {
-        errors.push(syn::Error::new(
+    match slot {
+        None => *slot = Some(Set { value, name }),
+        Some(first) if first.name == name => errors.push(syn::Error::new(
             span,
             format!("duplicate `#[idempotent]` option `{name}`; give each option once"),
-        ));
-    } else {
-        *slot = Some(Set { value });
+        )),
+        Some(first) => errors.push(syn::Error::new(
+            span,
+            format!(
+                "duplicate `#[idempotent]` option `{name}`: `{}` is another name for it; give it once",
+                first.name
+            ),
+        )),
     }
 }
 
@@ -111,9 +122,18 @@ impl Parse for Options {
             } else if lookahead.peek(kw::store_errors) {
                 let span = input.parse::<kw::store_errors>()?.span;
                 set(&mut options.store_errors, errors, "store_errors", span, ());
+            } else if lookahead.peek(kw::executor) {
+                let span = input.parse::<kw::executor>()?.span;
+                set(
+                    &mut options.executor,
+                    errors,
+                    "executor",
+                    span,
+                    value(input)?,
+                );
             } else if lookahead.peek(kw::store) {
                 let span = input.parse::<kw::store>()?.span;
-                set(&mut options.store, errors, "store", span, value(input)?);
+                set(&mut options.executor, errors, "store", span, value(input)?);
             } else if lookahead.peek(kw::skip) {
                 let span = input.parse::<kw::skip>()?.span;
                 let content;

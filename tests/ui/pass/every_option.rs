@@ -38,7 +38,7 @@ const LEASE: Duration = Duration::from_secs(10);
     key = req.order_id,
     ttl = "24h",
     lease = LEASE,
-    store = idempotency,
+    executor = idempotency,
     skip(gateway, idempotency),
     name = "payments.charge",
     version = 3,
