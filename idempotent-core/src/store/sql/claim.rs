@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use super::dialect::{self, Args, Dialect, Statement};
+use futures_util::future::BoxFuture;
+
+use super::dialect::{self, Args, ClaimStatements, Dialect, Statement};
 use super::record::{
     completed_output, decode, fingerprint_from, locked_elsewhere, remaining, row_key,
 };
@@ -79,42 +81,45 @@ impl Current {
     }
 }
 
-/// The claim on `conn`.
-pub(crate) async fn read_then_insert<DB>(
-    store: &SqlStore<DB>,
-    conn: &mut DB::Connection,
-    key: &Key,
-    fingerprint: &Fingerprint,
-    lease: Duration,
-    in_transaction: bool,
-) -> Result<Claim, StoreError>
-where
-    DB: SqlDialect + Dialect<ClaimStatements = ReadThenInsert>,
-{
-    let (id, key_text) = row_key(key);
-    let token = Token::random();
-    let mut claiming = Claiming {
-        store,
-        statements: &store.sql().claim,
-        conn,
-        args: Args {
-            id: &id,
-            key_text: &key_text,
-            token: token.as_bytes(),
-            fingerprint: fingerprint.as_bytes(),
-            lease,
-            expiry: lease.saturating_add(store.abandoned_after()),
-            ..Args::default()
-        },
-        token,
-        lock_timed_out: false,
-    };
-    let insert_first = in_transaction || store.claims_insert_first();
-    match claiming.run(in_transaction, insert_first).await {
-        // Another transaction holds the row (a claim not committed yet) past the session's
-        // `innodb_lock_wait_timeout` (MySQL): the key is in progress there.
-        Err(_) if claiming.lock_timed_out => Ok(locked_elsewhere(fingerprint)),
-        answer => answer,
+impl<DB: Dialect> ClaimStatements<DB> for ReadThenInsert {
+    fn claim<'c>(
+        &'c self,
+        store: &'c SqlStore<DB>,
+        conn: &'c mut DB::Connection,
+        key: &'c Key,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+        in_transaction: bool,
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    where
+        DB: SqlDialect,
+    {
+        Box::pin(async move {
+            let (id, key_text) = row_key(key);
+            let token = Token::random();
+            let mut claiming = Claiming {
+                store,
+                statements: self,
+                conn,
+                args: Args::claim(
+                    &id,
+                    &key_text,
+                    &token,
+                    fingerprint,
+                    lease,
+                    store.abandoned_after(),
+                ),
+                token,
+                lock_timed_out: false,
+            };
+            let insert_first = in_transaction || store.claims_insert_first();
+            match claiming.run(in_transaction, insert_first).await {
+                // Another transaction holds the row (a claim not committed yet) past the
+                // session's `innodb_lock_wait_timeout` (MySQL): the key is in progress there.
+                Err(_) if claiming.lock_timed_out => Ok(locked_elsewhere(fingerprint)),
+                answer => answer,
+            }
+        })
     }
 }
 

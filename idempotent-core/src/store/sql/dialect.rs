@@ -16,7 +16,7 @@ use super::record::micros;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
-use crate::record::Claim;
+use crate::record::{Claim, Token};
 
 /// A database the SQL store and the versioned update run on.
 pub trait Dialect: Database {
@@ -30,23 +30,11 @@ pub trait Dialect: Database {
     /// ends, so there the claim answers in progress at once.
     const WAITS_IN_TRANSACTION: bool;
 
-    /// The statements a claim runs (one, or a read and two writes).
-    type ClaimStatements: Send + Sync + 'static;
+    /// The statements a claim runs (one, or a read and two writes), which run it.
+    type ClaimStatements: ClaimStatements<Self>;
 
     /// The statements of one store, written once for its table.
     fn statements(table: &TableName) -> Statements<Self>;
-
-    /// The store's claim on `conn`, in the caller's transaction or on a pooled connection.
-    fn claim<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut Self::Connection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>>
-    where
-        Self: SqlDialect;
 
     /// Runs the migration statements on `conn`.
     fn migrate<'c>(
@@ -106,6 +94,22 @@ pub trait Dialect: Database {
     fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
     /// Column `index` of `row` as an integer or `NULL`.
     fn maybe_int(row: &Self::Row, index: usize) -> Result<Option<i64>, sqlx::Error>;
+}
+
+/// A claim's statements, and how a claim runs them: atomicity is the database's own.
+pub trait ClaimStatements<DB: Database>: Send + Sync + 'static {
+    /// The store's claim on `conn`, in the caller's transaction or on a pooled connection.
+    fn claim<'c>(
+        &'c self,
+        store: &'c SqlStore<DB>,
+        conn: &'c mut DB::Connection,
+        key: &'c Key,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+        in_transaction: bool,
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    where
+        DB: SqlDialect;
 }
 
 /// The sqlx calls of [`Dialect`], written once and expanded in each database's impl.
@@ -284,7 +288,27 @@ pub(crate) struct Args<'a> {
     pub(crate) now: Option<i64>,
 }
 
-impl Args<'_> {
+impl<'a> Args<'a> {
+    /// The values of a claim (the token is new, the key formatted once).
+    pub(crate) fn claim(
+        id: &'a [u8],
+        key_text: &'a str,
+        token: &'a Token,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+        abandoned_after: Duration,
+    ) -> Args<'a> {
+        Args {
+            id,
+            key_text,
+            token: token.as_bytes(),
+            fingerprint: fingerprint.as_bytes(),
+            lease,
+            expiry: lease.saturating_add(abandoned_after),
+            ..Args::default()
+        }
+    }
+
     /// A duration from now: bound as it is for the server to add, or added to the process's
     /// now.
     fn after(&self, duration: Duration) -> i64 {

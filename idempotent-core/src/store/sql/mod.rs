@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sqlx::Pool;
 
 use self::builder::TableName;
-use self::dialect::{Args, Dialect, Statement, Statements};
+use self::dialect::{Args, ClaimStatements as _, Dialect, Statement, Statements};
 use self::record::{fenced, record_from, row_id};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -237,7 +237,8 @@ impl<DB: SqlDialect> SqlStore<DB> {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        DB::claim(self, conn, key, fingerprint, lease, true).await
+        let claim = &self.sql().claim;
+        claim.claim(self, conn, key, fingerprint, lease, true).await
     }
 
     /// `complete` on `conn`, the caller's transaction (transactional mode), or a pooled
@@ -393,7 +394,10 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.acquire().await?;
-        DB::claim(self, &mut conn, key, fingerprint, lease, false).await
+        let claim = &self.sql().claim;
+        claim
+            .claim(self, &mut conn, key, fingerprint, lease, false)
+            .await
     }
 
     async fn complete(

@@ -2,19 +2,13 @@
 //! there (in a transaction: inserts first; see [`claim`](super::claim)); times come from the
 //! server's `UTC_TIMESTAMP(6)`.
 
-use std::time::Duration;
-
-use futures_util::future::BoxFuture;
 use sqlx::MySql;
-use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
+use sqlx::mysql::MySqlDatabaseError;
 
+use super::SqlDialect;
 use super::builder::TableName;
-use super::claim::{ReadThenInsert, read_then_insert};
+use super::claim::ReadThenInsert;
 use super::dialect::{Clock, Dialect, Statement, Statements, sqlx_calls};
-use super::{SqlDialect, SqlStore};
-use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
-use crate::record::Claim;
 
 const NOW: &str = "UTC_TIMESTAMP(6)";
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock wait passed `innodb_lock_wait_timeout`.
@@ -120,24 +114,6 @@ impl Dialect for MySql {
 
     fn statements(table: &TableName) -> Statements<MySql> {
         statements(table)
-    }
-
-    fn claim<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut MySqlConnection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>> {
-        Box::pin(read_then_insert(
-            store,
-            conn,
-            key,
-            fingerprint,
-            lease,
-            in_transaction,
-        ))
     }
 
     fn lock_wait_timed_out(error: &sqlx::Error) -> bool {

@@ -9,7 +9,9 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection as _, Postgres, Row as _};
 
 use super::builder::TableName;
-use super::dialect::{self, Args, Clock, Dialect, Statement, Statements, sqlx_calls};
+use super::dialect::{
+    self, Args, ClaimStatements, Clock, Dialect, Statement, Statements, sqlx_calls,
+};
 use super::record::{
     completed_output, decode, fingerprint_from, locked_elsewhere, remaining, row_key,
 };
@@ -139,10 +141,10 @@ $claim$",
 
     Statements {
         create,
-        claim: Statement::new(
+        claim: ReadOrUpsert(Statement::new(
             claim,
             &[Id, KeyText, Token, Fingerprint, Lease, Expiry, Lock],
-        ),
+        )),
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
         complete: Statement::new(format!(
@@ -221,27 +223,24 @@ fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, 
 #[error("the claim statement returned no row")]
 struct NoRow;
 
-impl SqlDialect for Postgres {}
+/// The claim: one statement that reads the row and, only without a live record there, calls
+/// the table's claim function (see `statements`).
+#[derive(Debug)]
+pub struct ReadOrUpsert(Statement);
 
-impl Dialect for Postgres {
-    const QUOTE: char = '"';
-    const CLOCK: Clock = Clock::Server;
-    const WAITS_IN_TRANSACTION: bool = true;
-
-    type ClaimStatements = Statement;
-
-    fn statements(table: &TableName) -> Statements<Postgres> {
-        statements(table)
-    }
-
+impl ClaimStatements<Postgres> for ReadOrUpsert {
     fn claim<'c>(
-        store: &'c SqlStore<Self>,
+        &'c self,
+        store: &'c SqlStore<Postgres>,
         conn: &'c mut PgConnection,
         key: &'c Key,
         fingerprint: &'c Fingerprint,
         lease: Duration,
         in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>> {
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    where
+        Postgres: SqlDialect,
+    {
         Box::pin(async move {
             let token = Token::random();
             // On the pool, bound the wait for a row lock held by an uncommitted transaction;
@@ -249,31 +248,44 @@ impl Dialect for Postgres {
             let lock_timeout = store.lock_timeout();
             let bound = !in_transaction && !lock_timeout.is_zero();
             let (id, key_text) = row_key(key);
-            let args = Args {
-                id: &id,
-                key_text: &key_text,
-                token: token.as_bytes(),
-                fingerprint: fingerprint.as_bytes(),
+            let mut args = Args::claim(
+                &id,
+                &key_text,
+                &token,
+                fingerprint,
                 lease,
-                expiry: lease.saturating_add(store.abandoned_after()),
-                // Whole milliseconds, at least one (`0` would mean no bound).
-                lock: bound.then(|| {
-                    lock_timeout
-                        .as_millis()
-                        .clamp(1, i32::MAX as u128)
-                        .to_string()
-                }),
-                ..Args::default()
-            };
-            let row = match dialect::fetch::<Postgres>(conn, &store.sql().claim, &args).await {
+                store.abandoned_after(),
+            );
+            // Whole milliseconds, at least one (`0` would mean no bound).
+            args.lock = bound.then(|| {
+                lock_timeout
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128)
+                    .to_string()
+            });
+            let row = match dialect::fetch::<Postgres>(conn, &self.0, &args).await {
                 Ok(row) => row.ok_or_else(|| StoreError::backend(NoRow))?,
-                Err(error) if Self::lock_wait_timed_out(&error) => {
+                Err(error) if Postgres::lock_wait_timed_out(&error) => {
                     return Ok(locked_elsewhere(fingerprint));
                 }
                 Err(error) => return Err(store.error(error)),
             };
             claim_from(&row, token, in_transaction)
         })
+    }
+}
+
+impl SqlDialect for Postgres {}
+
+impl Dialect for Postgres {
+    const QUOTE: char = '"';
+    const CLOCK: Clock = Clock::Server;
+    const WAITS_IN_TRANSACTION: bool = true;
+
+    type ClaimStatements = ReadOrUpsert;
+
+    fn statements(table: &TableName) -> Statements<Postgres> {
+        statements(table)
     }
 
     fn migrate<'c>(

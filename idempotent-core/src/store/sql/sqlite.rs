@@ -3,19 +3,12 @@
 //! clock, bound as microseconds since the Unix epoch (SQLite runs in the application, so there
 //! is no other clock to share).
 
-use std::time::Duration;
-
-use futures_util::future::BoxFuture;
 use sqlx::Sqlite;
-use sqlx::sqlite::SqliteConnection;
 
+use super::SqlDialect;
 use super::builder::TableName;
-use super::claim::{ReadThenInsert, read_then_insert};
+use super::claim::ReadThenInsert;
 use super::dialect::{Clock, Dialect, Statement, Statements, sqlx_calls};
-use super::{SqlDialect, SqlStore};
-use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
-use crate::record::Claim;
 
 fn statements(table: &TableName) -> Statements<Sqlite> {
     use super::dialect::Param::*;
@@ -121,24 +114,6 @@ impl Dialect for Sqlite {
 
     fn statements(table: &TableName) -> Statements<Sqlite> {
         statements(table)
-    }
-
-    fn claim<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut SqliteConnection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>> {
-        Box::pin(read_then_insert(
-            store,
-            conn,
-            key,
-            fingerprint,
-            lease,
-            in_transaction,
-        ))
     }
 
     sqlx_calls!();
