@@ -95,6 +95,14 @@ impl TableName {
         })
     }
 
+    /// [`DEFAULT_TABLE`], which needs no check.
+    pub(crate) fn default_table() -> TableName {
+        TableName {
+            text: DEFAULT_TABLE.to_owned(),
+            name_at: 0,
+        }
+    }
+
     /// The schema, if the name is qualified.
     pub(crate) fn schema(&self) -> Option<&str> {
         self.name_at.checked_sub(1).map(|dot| &self.text[..dot])
@@ -285,6 +293,10 @@ mod tests {
         assert_eq!(table.beside("_claim", '"'), "\"app\".\"records_claim\"");
         assert_eq!(table.to_string(), "app.records");
         assert_eq!((table.schema(), table.name()), (Some("app"), "records"));
+        assert_eq!(
+            TableName::default_table(),
+            TableName::parse(DEFAULT_TABLE).unwrap()
+        );
         let plain = TableName::parse("records").unwrap();
         assert_eq!(
             (plain.schema(), plain.quoted('`')),

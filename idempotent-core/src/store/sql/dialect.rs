@@ -1,9 +1,13 @@
 //! What one database says and the others do not: its statements, the order it binds their
-//! values in, where "now" comes from, and (PostgreSQL) a one-statement claim. Everything else
-//! is written once, in terms of this trait.
+//! values in ([`Param`]), where "now" comes from ([`Clock`]), and how its claim runs
+//! ([`ClaimStatements`]: PostgreSQL's one statement, or the read-then-insert of MySQL and
+//! SQLite). Everything else (statement bodies, rows to records, fencing) is written once, in
+//! terms of [`Dialect`].
 //!
-//! The trait is public only so that the public, sealed [`SqlDialect`](super::SqlDialect) can
-//! name it as a supertrait; its module is private, so users never see or implement it.
+//! [`Dialect`] is `pub` only so that the public [`SqlDialect`](super::SqlDialect) can name it
+//! as its supertrait; its module is private to the crate, so users can neither see its methods
+//! nor implement it, which seals [`SqlDialect`](super::SqlDialect). The versioned update
+//! ([`VersionedTable`](crate::versioning::sql::VersionedTable)) runs on the same trait.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -239,10 +243,7 @@ pub enum Value<'a> {
 
 /// One statement and the values it binds, in order.
 #[derive(Debug, Default)]
-// Reachable from outside only through PostgreSQL's `ClaimStatements`, which the lint does not
-// count when that feature is off.
-#[allow(unreachable_pub)]
-pub struct Statement {
+pub(crate) struct Statement {
     pub(crate) sql: String,
     pub(crate) binds: &'static [Param],
 }

@@ -135,10 +135,7 @@ impl<DB: SqlDialect> SqlStore<DB> {
     /// A store on `pool`, in the default table [`DEFAULT_TABLE`]. Call
     /// [`migrate`](Self::migrate) once to create it.
     pub fn new(pool: Pool<DB>) -> SqlStore<DB> {
-        // The default name is a valid one.
-        SqlStore::builder(pool)
-            .build()
-            .unwrap_or_else(|error| unreachable!("{error}"))
+        SqlStore::with(SqlStore::builder(pool), TableName::default_table())
     }
 
     /// Configure the table and limits.

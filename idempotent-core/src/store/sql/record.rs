@@ -14,7 +14,7 @@ use crate::record::{Claim, Record, Token};
 
 /// Durations are bound as microseconds and capped at about a century, so that `now + d` stays
 /// inside every database's timestamp range.
-pub(crate) const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
+const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 
 /// The key's text form and its row id, for a claim, which stores both: the key formatted once.
 pub(crate) fn row_key(key: &Key) -> ([u8; 32], String) {
