@@ -49,7 +49,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{AsVersionConflict, VersionConflict};
 use crate::retry::Retryable;
-use crate::store::sql::builder::{TableName, check_identifier, quote};
+use crate::store::sql::builder::{MAX_IDENTIFIER, TableName, check_identifier, quote};
 
 /// The [sqlx](https://docs.rs/sqlx) the helpers are built on, re-exported so that pools and
 /// connections match.
@@ -65,7 +65,7 @@ pub use crate::store::sql::SqlDialect as VersionedDialect;
 /// which are bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{name}` is not a plain SQL identifier (1 to 48 of `a-z`, `0-9` and `_`, not starting with a digit)"
+    "`{name}` is not a plain SQL identifier (1 to {MAX_IDENTIFIER} of `a-z`, `0-9` and `_`, not starting with a digit)"
 )]
 pub struct InvalidIdentifier {
     /// The name refused.
