@@ -44,128 +44,45 @@
 //! # fn main() {}
 //! ```
 
-use futures_util::future::BoxFuture;
 use sqlx::query::Query;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{AsVersionConflict, VersionConflict};
 use crate::retry::Retryable;
+use crate::store::sql::builder::{MAX_IDENTIFIER, TableName, check_identifier, quote};
 
 /// The [sqlx](https://docs.rs/sqlx) the helpers are built on, re-exported so that pools and
 /// connections match.
 pub use sqlx;
 
-mod sealed {
-    pub trait Sealed {}
-}
-
 /// The databases the versioned update runs on: `Postgres`, `MySql` and `Sqlite`, each behind
-/// its feature. Sealed.
-pub trait VersionedDialect: Database + sealed::Sealed {
-    /// Quotes an identifier already checked to be `[A-Za-z_][A-Za-z0-9_]*`.
-    #[doc(hidden)]
-    fn __quote(identifier: &str) -> String;
+/// its feature; the SQL store's [`SqlDialect`](crate::store::sql::SqlDialect). Sealed.
+pub use crate::store::sql::SqlDialect as VersionedDialect;
 
-    /// Binds a version.
-    #[doc(hidden)]
-    fn __push_version(sql: &mut QueryBuilder<'_, Self>, version: i64);
-
-    /// Runs the update; the number of rows it matched.
-    #[doc(hidden)]
-    fn __execute<'e, 'q: 'e, 'a: 'q>(
-        conn: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments<'a>>,
-    ) -> BoxFuture<'e, Result<u64, sqlx::Error>>;
-
-    /// Runs the version read-back; the version, if the row exists.
-    #[doc(hidden)]
-    fn __fetch_version<'e, 'q: 'e, 'a: 'q>(
-        conn: &'e mut Self::Connection,
-        query: Query<'q, Self, Self::Arguments<'a>>,
-    ) -> BoxFuture<'e, Result<Option<i64>, sqlx::Error>>;
-}
-
-macro_rules! dialect {
-    ($feature:literal, $db:ty, $quote:literal) => {
-        #[cfg(feature = $feature)]
-        impl sealed::Sealed for $db {}
-
-        #[cfg(feature = $feature)]
-        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
-        impl VersionedDialect for $db {
-            fn __quote(identifier: &str) -> String {
-                format!(concat!($quote, "{}", $quote), identifier)
-            }
-
-            fn __push_version(sql: &mut QueryBuilder<'_, Self>, version: i64) {
-                sql.push_bind(version);
-            }
-
-            fn __execute<'e, 'q: 'e, 'a: 'q>(
-                conn: &'e mut Self::Connection,
-                query: Query<'q, Self, Self::Arguments<'a>>,
-            ) -> BoxFuture<'e, Result<u64, sqlx::Error>> {
-                Box::pin(async move { Ok(query.execute(&mut *conn).await?.rows_affected()) })
-            }
-
-            fn __fetch_version<'e, 'q: 'e, 'a: 'q>(
-                conn: &'e mut Self::Connection,
-                query: Query<'q, Self, Self::Arguments<'a>>,
-            ) -> BoxFuture<'e, Result<Option<i64>, sqlx::Error>> {
-                Box::pin(async move {
-                    use sqlx::Row as _;
-                    match query.fetch_optional(&mut *conn).await? {
-                        Some(row) => Ok(Some(row.try_get::<i64, _>(0)?)),
-                        None => Ok(None),
-                    }
-                })
-            }
-        }
-    };
-}
-
-dialect!("postgres", sqlx::Postgres, "\"");
-dialect!("mysql", sqlx::MySql, "`");
-dialect!("sqlite", sqlx::Sqlite, "\"");
-
-/// A table or column name that is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at
-/// most 63 characters; a table may be `schema.table`). Names are checked because they are
-/// written into the statement, unlike values, which are bound.
+/// A table or column name that is not a plain SQL identifier (1 to 48 of `a-z`, `0-9` and
+/// `_`, not starting with a digit; a table may be `schema.table`): the rule of the SQL store's
+/// table name. Names are checked because they are written into the statement, unlike values,
+/// which are bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{name}` is not a plain SQL identifier (letters, digits and `_`, not starting with a digit)"
+    "`{name}` is not a plain SQL identifier (1 to {MAX_IDENTIFIER} of `a-z`, `0-9` and `_`, not starting with a digit)"
 )]
 pub struct InvalidIdentifier {
     /// The name refused.
     pub name: String,
 }
 
-fn check(name: &str, dotted: bool) -> Result<(), InvalidIdentifier> {
-    let plain = |part: &str| {
-        let mut chars = part.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && part.len() <= 63
-    };
-    let ok = match name.split_once('.') {
-        Some((schema, table)) if dotted => plain(schema) && plain(table),
-        Some(_) => false,
-        None => plain(name),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidIdentifier {
+impl InvalidIdentifier {
+    fn of(name: &str) -> InvalidIdentifier {
+        InvalidIdentifier {
             name: name.to_owned(),
-        })
+        }
     }
 }
 
-fn quoted<DB: VersionedDialect>(name: &str) -> String {
-    name.split('.')
-        .map(DB::__quote)
-        .collect::<Vec<_>>()
-        .join(".")
+/// Checks a column name.
+fn column(name: &str) -> Result<(), InvalidIdentifier> {
+    check_identifier(name).map_err(|_| InvalidIdentifier::of(name))
 }
 
 /// A table whose rows carry a version: where [`update`](Self::update) runs.
@@ -173,7 +90,7 @@ fn quoted<DB: VersionedDialect>(name: &str) -> String {
 /// The id column defaults to `id` and the version column to `version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionedTable {
-    table: String,
+    table: TableName,
     id_column: String,
     version_column: String,
 }
@@ -181,9 +98,8 @@ pub struct VersionedTable {
 impl VersionedTable {
     /// The table `name` (optionally `schema.table`).
     pub fn new(name: &str) -> Result<VersionedTable, InvalidIdentifier> {
-        check(name, true)?;
         Ok(VersionedTable {
-            table: name.to_owned(),
+            table: TableName::parse(name).map_err(|_| InvalidIdentifier::of(name))?,
             id_column: "id".to_owned(),
             version_column: "version".to_owned(),
         })
@@ -191,21 +107,21 @@ impl VersionedTable {
 
     /// The id column (default `id`).
     pub fn id_column(mut self, name: &str) -> Result<VersionedTable, InvalidIdentifier> {
-        check(name, false)?;
+        column(name)?;
         self.id_column = name.to_owned();
         Ok(self)
     }
 
     /// The version column (default `version`; `BIGINT`, or `INTEGER` on SQLite).
     pub fn version_column(mut self, name: &str) -> Result<VersionedTable, InvalidIdentifier> {
-        check(name, false)?;
+        column(name)?;
         self.version_column = name.to_owned();
         Ok(self)
     }
 
     /// The table's name.
     pub fn name(&self) -> &str {
-        &self.table
+        self.table.as_str()
     }
 
     /// Starts the update of row `id`, computed from `expected_version`; add columns with
@@ -217,7 +133,7 @@ impl VersionedTable {
         DB::Arguments<'a>: Default,
     {
         let mut sql = QueryBuilder::new("UPDATE ");
-        sql.push(quoted::<DB>(&self.table)).push(" SET ");
+        sql.push(self.table.quoted(DB::QUOTE)).push(" SET ");
         VersionedUpdate {
             table: self,
             sql,
@@ -239,7 +155,7 @@ impl VersionedTable {
         DB::Arguments<'a>: Default,
     {
         let mut sql = self.select_version::<DB, I>(id);
-        DB::__fetch_version(conn, sql.build()).await
+        fetch_version::<DB>(conn, sql.build()).await
     }
 
     fn select_version<'a, DB, I>(&self, id: I) -> QueryBuilder<'a, DB>
@@ -249,11 +165,11 @@ impl VersionedTable {
         DB::Arguments<'a>: Default,
     {
         let mut sql = QueryBuilder::new("SELECT ");
-        sql.push(DB::__quote(&self.version_column))
+        sql.push(quote(&self.version_column, DB::QUOTE))
             .push(" FROM ")
-            .push(quoted::<DB>(&self.table))
+            .push(self.table.quoted(DB::QUOTE))
             .push(" WHERE ")
-            .push(DB::__quote(&self.id_column))
+            .push(quote(&self.id_column, DB::QUOTE))
             .push(" = ")
             .push_bind(id);
         sql
@@ -274,7 +190,7 @@ pub struct VersionedUpdate<'a, DB: Database, I> {
 impl<DB: Database, I> std::fmt::Debug for VersionedUpdate<'_, DB, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VersionedUpdate")
-            .field("table", &self.table.table)
+            .field("table", &self.table.table.as_str())
             .field("sql", &self.sql.sql())
             .field("expected_version", &self.expected_version)
             .finish_non_exhaustive()
@@ -293,12 +209,12 @@ where
     where
         T: 'a + Encode<'a, DB> + Type<DB>,
     {
-        if let Err(invalid) = check(column, false) {
+        if let Err(invalid) = self::column(column) {
             self.invalid.get_or_insert(invalid);
             return self;
         }
         self.sql
-            .push(DB::__quote(column))
+            .push(quote(column, DB::QUOTE))
             .push(" = ")
             .push_bind(value)
             .push(", ");
@@ -322,26 +238,26 @@ where
         if let Some(invalid) = invalid {
             return Err(UpdateError::InvalidIdentifier(invalid));
         }
-        let version = DB::__quote(&table.version_column);
+        let version = quote(&table.version_column, DB::QUOTE);
         sql.push(&version)
             .push(" = ")
             .push(&version)
             .push(" + 1 WHERE ")
-            .push(DB::__quote(&table.id_column))
+            .push(quote(&table.id_column, DB::QUOTE))
             .push(" = ")
             .push_bind(id.clone())
             .push(" AND ")
             .push(&version)
             .push(" = ");
-        DB::__push_version(&mut sql, expected_version);
-        let matched = DB::__execute(&mut *conn, sql.build())
+        DB::push_int(&mut sql, expected_version);
+        let matched = DB::execute(&mut *conn, sql.build())
             .await
             .map_err(UpdateError::Database)?;
         if matched == 1 {
             return Ok(expected_version + 1);
         }
         let mut read = table.select_version::<DB, I>(id);
-        match DB::__fetch_version(conn, read.build())
+        match fetch_version::<DB>(conn, read.build())
             .await
             .map_err(UpdateError::Database)?
         {
@@ -350,9 +266,20 @@ where
                 current: Some(current),
             })),
             None => Err(UpdateError::NotFound {
-                table: table.table.clone(),
+                table: table.name().to_owned(),
             }),
         }
+    }
+}
+
+/// Runs the version read-back; the version, if the row exists.
+async fn fetch_version<'q, 'a: 'q, DB: VersionedDialect>(
+    conn: &mut DB::Connection,
+    query: Query<'q, DB, DB::Arguments<'a>>,
+) -> Result<Option<i64>, sqlx::Error> {
+    match DB::fetch_optional(conn, query).await? {
+        Some(row) => Ok(Some(DB::int(&row, 0)?)),
+        None => Ok(None),
     }
 }
 

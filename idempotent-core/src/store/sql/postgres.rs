@@ -8,15 +8,17 @@ use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection as _, Postgres, Row as _};
 
-use super::{
-    NoRow, SqlDialect, SqlStore, Statements, TableName, completed_output, fingerprint_from,
-    locked_elsewhere, micros, remaining, row_id, row_key, sealed, token_from, wall_clock,
+use super::builder::TableName;
+use super::dialect::{
+    self, Args, ClaimStatements, Clock, Dialect, Statement, Statements, sqlx_calls,
 };
+use super::record::{
+    completed_output, decode, fingerprint_from, locked_elsewhere, remaining, row_key,
+};
+use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, Record, Token};
-
-impl sealed::Sealed for Postgres {}
+use crate::record::{Claim, Token};
 
 /// `x` as microseconds since the Unix epoch (`int8`).
 fn epoch_micros(x: &str) -> String {
@@ -25,10 +27,8 @@ fn epoch_micros(x: &str) -> String {
 
 const NOW: &str = "statement_timestamp()";
 
-// `..Statements::default()` fills the other databases' statements, which exist only when
-// their features are on too.
-#[allow(clippy::needless_update)]
-fn statements(table: &TableName) -> Statements {
+fn statements(table: &TableName) -> Statements<Postgres> {
+    use super::dialect::Param::*;
     let t = table.quoted('"');
     let index = format!("\"{}_expires_at\"", table.name());
     let after = |param: &str| format!("{NOW} + {param}::int8 * INTERVAL '1 microsecond'");
@@ -49,10 +49,7 @@ fn statements(table: &TableName) -> Statements {
     // the answer is the same.) State 1 says the function ran and kept another owner's record
     // (a claim committed after this statement's snapshot): its `DO UPDATE` locked the row,
     // and in the caller's transaction that lock lasts until the transaction ends.
-    let function = match table.schema() {
-        Some(schema) => format!("\"{schema}\".\"{}_claim\"", table.name()),
-        None => format!("\"{}_claim\"", table.name()),
-    };
+    let function = table.beside("_claim", '"');
     let live = format!("{} > {NOW}", until(""));
     // Time left on an in-progress lease; a completed record's is not needed (0), which keeps
     // replays from computing it.
@@ -144,10 +141,13 @@ $claim$",
 
     Statements {
         create,
-        claim,
+        claim: ReadOrUpsert(Statement::new(
+            claim,
+            &[Id, KeyText, Token, Fingerprint, Lease, Expiry, Lock],
+        )),
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
-        complete: format!(
+        complete: Statement::new(format!(
             "WITH done AS (
     UPDATE {t} SET completed = TRUE, output = $3, lease_until = NULL, expires_at = {ttl}
     WHERE id = $1 AND token = $2 AND NOT completed
@@ -156,28 +156,31 @@ $claim$",
 SELECT EXISTS (SELECT 1 FROM done)
     OR EXISTS (SELECT 1 FROM {t} WHERE id = $1 AND token = $2 AND completed AND expires_at > {NOW})",
             ttl = after("$4"),
+        ), &[Id, Token, Output, Ttl]),
+        completed_by: None,
+        release: Statement::new(
+            format!("DELETE FROM {t} WHERE id = $1 AND token = $2 AND NOT completed"),
+            &[Id, Token],
         ),
-        release: format!("DELETE FROM {t} WHERE id = $1 AND token = $2 AND NOT completed"),
-        renew: format!(
+        renew: Statement::new(format!(
             "UPDATE {t} SET lease_until = {lease}, expires_at = {expiry}
 WHERE id = $1 AND token = $2 AND NOT completed",
             lease = after("$3"),
             expiry = after("$4"),
-        ),
-        get: format!(
+        ), &[Id, Token, Lease, Expiry]),
+        get: Statement::new(format!(
             "SELECT completed, token, fingerprint, output, {lease}, {expiry}
 FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
             lease = epoch_micros("lease_until"),
             expiry = epoch_micros("expires_at"),
-        ),
-        remove: format!("DELETE FROM {t} WHERE id = $1"),
-        purge: format!(
+        ), &[Id]),
+        remove: Statement::new(format!("DELETE FROM {t} WHERE id = $1"), &[Id]),
+        purge: Statement::new(format!(
             "DELETE FROM {t} WHERE id IN (
     SELECT id FROM {t} WHERE expires_at < {NOW}
     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )"
-        ),
-        ..Statements::default()
+        ), &[Limit]),
     }
 }
 
@@ -185,7 +188,6 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, StoreError> {
-    let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
     let state: i16 = row.try_get(0).map_err(decode)?;
     if state >= 2 {
         return Ok(Claim::Acquired {
@@ -216,55 +218,29 @@ fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, 
     })
 }
 
-fn record_from(row: &PgRow) -> Result<Record, StoreError> {
-    let decode = |error: sqlx::Error| StoreError::corrupt(error.to_string());
-    let completed: bool = row.try_get(0).map_err(decode)?;
-    let token: Vec<u8> = row.try_get(1).map_err(decode)?;
-    let fingerprint: Vec<u8> = row.try_get(2).map_err(decode)?;
-    let output: Option<Vec<u8>> = row.try_get(3).map_err(decode)?;
-    let lease_until: Option<i64> = row.try_get(4).map_err(decode)?;
-    let expires_at: i64 = row.try_get(5).map_err(decode)?;
-    let token = token_from(&token)?;
-    let fingerprint = fingerprint_from(&fingerprint)?;
-    Ok(if completed {
-        Record::Completed {
-            token,
-            fingerprint,
-            output: completed_output(output)?,
-            expires_at: wall_clock(expires_at),
-        }
-    } else {
-        Record::InProgress {
-            token,
-            fingerprint,
-            lease_until: wall_clock(lease_until.unwrap_or(expires_at)),
-        }
-    })
-}
+/// A statement that always answers a row answered none.
+#[derive(Debug, thiserror::Error)]
+#[error("the claim statement returned no row")]
+struct NoRow;
 
-fn fenced(rows: u64) -> Result<(), StoreError> {
-    if rows == 0 {
-        Err(StoreError::LeaseLost)
-    } else {
-        Ok(())
-    }
-}
+/// The claim: one statement that reads the row and, only without a live record there, calls
+/// the table's claim function (see `statements`).
+#[derive(Debug)]
+pub struct ReadOrUpsert(Statement);
 
-impl SqlDialect for Postgres {
-    const __WAITS_IN_TRANSACTION: bool = true;
-
-    fn __statements(table: &TableName) -> Statements {
-        statements(table)
-    }
-
-    fn __claim<'c>(
-        store: &'c SqlStore<Self>,
+impl ClaimStatements<Postgres> for ReadOrUpsert {
+    fn claim<'c>(
+        &'c self,
+        store: &'c SqlStore<Postgres>,
         conn: &'c mut PgConnection,
         key: &'c Key,
         fingerprint: &'c Fingerprint,
         lease: Duration,
         in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>> {
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    where
+        Postgres: SqlDialect,
+    {
         Box::pin(async move {
             let token = Token::random();
             // On the pool, bound the wait for a row lock held by an uncommitted transaction;
@@ -272,26 +248,24 @@ impl SqlDialect for Postgres {
             let lock_timeout = store.lock_timeout();
             let bound = !in_transaction && !lock_timeout.is_zero();
             let (id, key_text) = row_key(key);
+            let mut args = Args::claim(
+                &id,
+                &key_text,
+                &token,
+                fingerprint,
+                lease,
+                store.abandoned_after(),
+            );
             // Whole milliseconds, at least one (`0` would mean no bound).
-            let lock = bound.then(|| {
+            args.lock = bound.then(|| {
                 lock_timeout
                     .as_millis()
                     .clamp(1, i32::MAX as u128)
                     .to_string()
             });
-            let query = sqlx::query(&store.sql().claim)
-                .bind(&id[..])
-                .bind(key_text)
-                .bind(&token.as_bytes()[..])
-                .bind(&fingerprint.as_bytes()[..])
-                .bind(micros(lease))
-                .bind(micros(lease.saturating_add(store.abandoned_after())))
-                .bind(lock);
-            let row = match query.fetch_optional(&mut *conn).await {
+            let row = match dialect::fetch::<Postgres>(conn, &self.0, &args).await {
                 Ok(row) => row.ok_or_else(|| StoreError::backend(NoRow))?,
-                Err(sqlx::Error::Database(error))
-                    if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
-                {
+                Err(error) if Postgres::lock_wait_timed_out(&error) => {
                     return Ok(locked_elsewhere(fingerprint));
                 }
                 Err(error) => return Err(store.error(error)),
@@ -299,115 +273,22 @@ impl SqlDialect for Postgres {
             claim_from(&row, token, in_transaction)
         })
     }
+}
 
-    fn __complete<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-        token: &'c Token,
-        output: &'c [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'c, Result<(), StoreError>> {
-        Box::pin(async move {
-            let done: bool = sqlx::query_scalar(&store.sql().complete)
-                .bind(&row_id(key)[..])
-                .bind(&token.as_bytes()[..])
-                .bind(output)
-                .bind(micros(ttl))
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            if done {
-                Ok(())
-            } else {
-                Err(StoreError::LeaseLost)
-            }
-        })
+impl SqlDialect for Postgres {}
+
+impl Dialect for Postgres {
+    const QUOTE: char = '"';
+    const CLOCK: Clock = Clock::Server;
+    const WAITS_IN_TRANSACTION: bool = true;
+
+    type ClaimStatements = ReadOrUpsert;
+
+    fn statements(table: &TableName) -> Statements<Postgres> {
+        statements(table)
     }
 
-    fn __release<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-        token: &'c Token,
-    ) -> BoxFuture<'c, Result<(), StoreError>> {
-        Box::pin(async move {
-            let result = sqlx::query(&store.sql().release)
-                .bind(&row_id(key)[..])
-                .bind(&token.as_bytes()[..])
-                .execute(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            fenced(result.rows_affected())
-        })
-    }
-
-    fn __renew<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-        token: &'c Token,
-        lease: Duration,
-    ) -> BoxFuture<'c, Result<(), StoreError>> {
-        Box::pin(async move {
-            let result = sqlx::query(&store.sql().renew)
-                .bind(&row_id(key)[..])
-                .bind(&token.as_bytes()[..])
-                .bind(micros(lease))
-                .bind(micros(lease.saturating_add(store.abandoned_after())))
-                .execute(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            fenced(result.rows_affected())
-        })
-    }
-
-    fn __get<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-    ) -> BoxFuture<'c, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
-            let row = sqlx::query(&store.sql().get)
-                .bind(&row_id(key)[..])
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            row.as_ref().map(record_from).transpose()
-        })
-    }
-
-    fn __remove<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-    ) -> BoxFuture<'c, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let result = sqlx::query(&store.sql().remove)
-                .bind(&row_id(key)[..])
-                .execute(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            Ok(result.rows_affected() > 0)
-        })
-    }
-
-    fn __purge<'c>(
-        store: &'c SqlStore<Self>,
-        conn: &'c mut PgConnection,
-        limit: u32,
-    ) -> BoxFuture<'c, Result<u64, StoreError>> {
-        Box::pin(async move {
-            let result = sqlx::query(&store.sql().purge)
-                .bind(i64::from(limit))
-                .execute(&mut *conn)
-                .await
-                .map_err(|error| store.error(error))?;
-            Ok(result.rows_affected())
-        })
-    }
-
-    fn __migrate<'c>(
+    fn migrate<'c>(
         store: &'c SqlStore<Self>,
         conn: &'c mut PgConnection,
     ) -> BoxFuture<'c, Result<(), StoreError>> {
@@ -430,6 +311,13 @@ impl SqlDialect for Postgres {
             tx.commit().await.map_err(error)
         })
     }
+
+    fn lock_wait_timed_out(error: &sqlx::Error) -> bool {
+        matches!(error, sqlx::Error::Database(database)
+            if database.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+    }
+
+    sqlx_calls!();
 }
 
 /// An advisory lock id for migrating `table` (FNV-1a of its name).

@@ -1,0 +1,370 @@
+//! What one database says and the others do not: its statements, the order it binds their
+//! values in ([`Param`]), where "now" comes from ([`Clock`]), and how its claim runs
+//! ([`ClaimStatements`]: PostgreSQL's one statement, or the read-then-insert of MySQL and
+//! SQLite). Everything else (statement bodies, rows to records, fencing) is written once, in
+//! terms of [`Dialect`].
+//!
+//! [`Dialect`] is `pub` only so that the public [`SqlDialect`](super::SqlDialect) can name it
+//! as its supertrait; its module is private to the crate, so users can neither see its methods
+//! nor implement it, which seals [`SqlDialect`](super::SqlDialect). The versioned update
+//! ([`VersionedTable`](crate::versioning::sql::VersionedTable)) runs on the same trait.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use sqlx::query::Query;
+use sqlx::{Database, QueryBuilder};
+
+use super::builder::TableName;
+use super::record::micros;
+use super::{SqlDialect, SqlStore};
+use crate::error::StoreError;
+use crate::key::{Fingerprint, Key};
+use crate::record::{Claim, Token};
+
+/// A database the SQL store and the versioned update run on.
+pub trait Dialect: Database {
+    /// The identifier quote character.
+    const QUOTE: char;
+    /// Where "now" comes from.
+    const CLOCK: Clock;
+    /// Whether a claim in a transaction may wait for a key in progress outside it: only where
+    /// the claim holds no lock the owner's `complete` needs (PostgreSQL). MySQL's refused
+    /// insert keeps a shared lock on the row and SQLite's the write lock until the transaction
+    /// ends, so there the claim answers in progress at once.
+    const WAITS_IN_TRANSACTION: bool;
+
+    /// The statements a claim runs (one, or a read and two writes), which run it.
+    type ClaimStatements: ClaimStatements<Self>;
+
+    /// The statements of one store, written once for its table.
+    fn statements(table: &TableName) -> Statements<Self>;
+
+    /// Runs the migration statements on `conn`.
+    fn migrate<'c>(
+        store: &'c SqlStore<Self>,
+        conn: &'c mut Self::Connection,
+    ) -> BoxFuture<'c, Result<(), StoreError>>
+    where
+        Self: SqlDialect,
+    {
+        Box::pin(async move {
+            for statement in store.migration() {
+                Self::execute(&mut *conn, sqlx::query(statement))
+                    .await
+                    .map_err(|error| store.error(error))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `error` is a row lock wait that gave up (a key claimed by a transaction that
+    /// has not committed).
+    fn lock_wait_timed_out(_error: &sqlx::Error) -> bool {
+        false
+    }
+
+    // The sqlx calls, one body for every database (see `sqlx_calls!`): generic code cannot
+    // name the bounds they need without repeating them at every use.
+
+    /// Binds `value`.
+    fn bind<'q>(
+        query: Query<'q, Self, Self::Arguments<'q>>,
+        value: Value<'q>,
+    ) -> Query<'q, Self, Self::Arguments<'q>>;
+
+    /// Binds an integer to a query being built.
+    fn push_int(sql: &mut QueryBuilder<'_, Self>, value: i64);
+
+    /// Runs `query`; the number of rows it changed (MySQL: matched).
+    fn execute<'e, 'q: 'e, 'a: 'q>(
+        conn: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments<'a>>,
+    ) -> BoxFuture<'e, Result<u64, sqlx::Error>>;
+
+    /// Runs `query`; its first row, if any.
+    fn fetch_optional<'e, 'q: 'e, 'a: 'q>(
+        conn: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments<'a>>,
+    ) -> BoxFuture<'e, Result<Option<Self::Row>, sqlx::Error>>;
+
+    /// Column `index` of `row` as a boolean.
+    fn flag(row: &Self::Row, index: usize) -> Result<bool, sqlx::Error>;
+    /// Column `index` of `row` as bytes.
+    fn bytes(row: &Self::Row, index: usize) -> Result<Vec<u8>, sqlx::Error>;
+    /// Column `index` of `row` as bytes or `NULL`.
+    fn maybe_bytes(row: &Self::Row, index: usize) -> Result<Option<Vec<u8>>, sqlx::Error>;
+    /// Column `index` of `row` as an integer.
+    fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
+    /// Column `index` of `row` as an integer or `NULL`.
+    fn maybe_int(row: &Self::Row, index: usize) -> Result<Option<i64>, sqlx::Error>;
+}
+
+/// A claim's statements, and how a claim runs them: atomicity is the database's own.
+pub trait ClaimStatements<DB: Database>: Send + Sync + 'static {
+    /// The store's claim on `conn`, in the caller's transaction or on a pooled connection.
+    fn claim<'c>(
+        &'c self,
+        store: &'c SqlStore<DB>,
+        conn: &'c mut DB::Connection,
+        key: &'c Key,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+        in_transaction: bool,
+    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    where
+        DB: SqlDialect;
+}
+
+/// The sqlx calls of [`Dialect`], written once and expanded in each database's impl.
+macro_rules! sqlx_calls {
+    () => {
+        fn bind<'q>(
+            query: ::sqlx::query::Query<'q, Self, Self::Arguments<'q>>,
+            value: $crate::store::sql::dialect::Value<'q>,
+        ) -> ::sqlx::query::Query<'q, Self, Self::Arguments<'q>> {
+            use $crate::store::sql::dialect::Value;
+            match value {
+                Value::Bytes(bytes) => query.bind(bytes),
+                Value::Text(text) => query.bind(text),
+                Value::Int(int) => query.bind(int),
+                Value::MaybeText(text) => query.bind(text),
+            }
+        }
+
+        fn push_int(sql: &mut ::sqlx::QueryBuilder<'_, Self>, value: i64) {
+            sql.push_bind(value);
+        }
+
+        fn execute<'e, 'q: 'e, 'a: 'q>(
+            conn: &'e mut Self::Connection,
+            query: ::sqlx::query::Query<'q, Self, Self::Arguments<'a>>,
+        ) -> ::futures_util::future::BoxFuture<'e, Result<u64, ::sqlx::Error>> {
+            Box::pin(async move { Ok(query.execute(&mut *conn).await?.rows_affected()) })
+        }
+
+        fn fetch_optional<'e, 'q: 'e, 'a: 'q>(
+            conn: &'e mut Self::Connection,
+            query: ::sqlx::query::Query<'q, Self, Self::Arguments<'a>>,
+        ) -> ::futures_util::future::BoxFuture<'e, Result<Option<Self::Row>, ::sqlx::Error>> {
+            Box::pin(query.fetch_optional(&mut *conn))
+        }
+
+        fn flag(row: &Self::Row, index: usize) -> Result<bool, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+
+        fn bytes(row: &Self::Row, index: usize) -> Result<Vec<u8>, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+
+        fn maybe_bytes(row: &Self::Row, index: usize) -> Result<Option<Vec<u8>>, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+
+        fn int(row: &Self::Row, index: usize) -> Result<i64, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+
+        fn maybe_int(row: &Self::Row, index: usize) -> Result<Option<i64>, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+    };
+}
+pub(crate) use sqlx_calls;
+
+/// Where "now" comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The database server's clock, so that several application servers agree on leases:
+    /// durations are bound as microseconds and the statement adds them to its own "now".
+    Server,
+    /// This process's clock (SQLite runs in the application): times are bound as
+    /// microseconds since the Unix epoch.
+    Process,
+}
+
+impl Clock {
+    /// Now in microseconds since the Unix epoch, for a process clock; `None` for the server's.
+    pub(crate) fn now(self) -> Option<i64> {
+        match self {
+            Clock::Server => None,
+            Clock::Process => Some(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(micros)
+                    .unwrap_or(0),
+            ),
+        }
+    }
+}
+
+/// A value a statement binds, named in its bind list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Param {
+    /// The row id.
+    Id,
+    /// The key's text form.
+    KeyText,
+    /// The owner's token.
+    Token,
+    /// The call's fingerprint.
+    Fingerprint,
+    /// The output to store.
+    Output,
+    /// End of the lease.
+    Lease,
+    /// End of the lease plus `abandoned_after`: when an abandoned claim may be purged.
+    Expiry,
+    /// End of the TTL.
+    Ttl,
+    /// Now (process clock).
+    #[cfg(feature = "sqlite")]
+    Now,
+    /// A purge's batch size.
+    Limit,
+    /// PostgreSQL's `lock_timeout` for a claim, or `NULL`.
+    #[cfg(feature = "postgres")]
+    Lock,
+}
+
+/// A bound value, as the database sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    /// `BYTEA` / `BINARY` / `BLOB`.
+    Bytes(&'a [u8]),
+    /// Text.
+    Text(&'a str),
+    /// A 64-bit integer.
+    Int(i64),
+    /// Text or `NULL`.
+    MaybeText(Option<&'a str>),
+}
+
+/// One statement and the values it binds, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Statement {
+    pub(crate) sql: String,
+    pub(crate) binds: &'static [Param],
+}
+
+impl Statement {
+    pub(crate) fn new(sql: String, binds: &'static [Param]) -> Statement {
+        Statement { sql, binds }
+    }
+}
+
+/// The statements of one store, written once for its table.
+#[derive(Debug)]
+pub struct Statements<DB: Dialect> {
+    pub(crate) create: Vec<String>,
+    pub(crate) claim: DB::ClaimStatements,
+    /// Completes; PostgreSQL: answers whether it did, now or earlier by this token.
+    pub(crate) complete: Statement,
+    /// MySQL, SQLite: after a `complete` that changed nothing, whether this token completed
+    /// the record already (a retried complete whose answer was lost).
+    pub(crate) completed_by: Option<Statement>,
+    pub(crate) release: Statement,
+    pub(crate) renew: Statement,
+    pub(crate) get: Statement,
+    pub(crate) remove: Statement,
+    pub(crate) purge: Statement,
+}
+
+/// The values of one call's statements; each statement binds those its list names.
+#[derive(Debug, Default)]
+pub(crate) struct Args<'a> {
+    pub(crate) id: &'a [u8],
+    pub(crate) key_text: &'a str,
+    pub(crate) token: &'a [u8],
+    pub(crate) fingerprint: &'a [u8],
+    pub(crate) output: &'a [u8],
+    pub(crate) lease: Duration,
+    pub(crate) expiry: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) limit: u32,
+    #[cfg(feature = "postgres")]
+    pub(crate) lock: Option<String>,
+    /// Now, on a process clock (see [`Clock::now`]).
+    pub(crate) now: Option<i64>,
+}
+
+impl<'a> Args<'a> {
+    /// The values of a claim (the token is new, the key formatted once).
+    pub(crate) fn claim(
+        id: &'a [u8],
+        key_text: &'a str,
+        token: &'a Token,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+        abandoned_after: Duration,
+    ) -> Args<'a> {
+        Args {
+            id,
+            key_text,
+            token: token.as_bytes(),
+            fingerprint: fingerprint.as_bytes(),
+            lease,
+            expiry: lease.saturating_add(abandoned_after),
+            ..Args::default()
+        }
+    }
+
+    /// A duration from now: bound as it is for the server to add, or added to the process's
+    /// now.
+    fn after(&self, duration: Duration) -> i64 {
+        match self.now {
+            Some(now) => now.saturating_add(micros(duration)),
+            None => micros(duration),
+        }
+    }
+
+    fn value(&self, param: Param) -> Value<'_> {
+        match param {
+            Param::Id => Value::Bytes(self.id),
+            Param::KeyText => Value::Text(self.key_text),
+            Param::Token => Value::Bytes(self.token),
+            Param::Fingerprint => Value::Bytes(self.fingerprint),
+            Param::Output => Value::Bytes(self.output),
+            Param::Lease => Value::Int(self.after(self.lease)),
+            Param::Expiry => Value::Int(self.after(self.expiry)),
+            Param::Ttl => Value::Int(self.after(self.ttl)),
+            #[cfg(feature = "sqlite")]
+            Param::Now => Value::Int(self.now.unwrap_or(0)),
+            Param::Limit => Value::Int(i64::from(self.limit)),
+            #[cfg(feature = "postgres")]
+            Param::Lock => Value::MaybeText(self.lock.as_deref()),
+        }
+    }
+}
+
+/// `statement` with `args` bound in its order.
+fn bound<'q, DB: Dialect>(
+    statement: &'q Statement,
+    args: &'q Args<'_>,
+) -> Query<'q, DB, DB::Arguments<'q>> {
+    statement
+        .binds
+        .iter()
+        .fold(sqlx::query(&statement.sql), |query, param| {
+            DB::bind(query, args.value(*param))
+        })
+}
+
+/// Runs `statement` with `args`; the number of rows it changed.
+pub(crate) async fn execute<DB: Dialect>(
+    conn: &mut DB::Connection,
+    statement: &Statement,
+    args: &Args<'_>,
+) -> Result<u64, sqlx::Error> {
+    DB::execute(conn, bound::<DB>(statement, args)).await
+}
+
+/// Runs `statement` with `args`; its first row, if any.
+pub(crate) async fn fetch<DB: Dialect>(
+    conn: &mut DB::Connection,
+    statement: &Statement,
+    args: &Args<'_>,
+) -> Result<Option<DB::Row>, sqlx::Error> {
+    DB::fetch_optional(conn, bound::<DB>(statement, args)).await
+}
