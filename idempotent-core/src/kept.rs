@@ -97,7 +97,7 @@ impl<T: Clone + DeserializeOwned + Send + Sync + 'static> Default for Keeper<T> 
     }
 }
 
-/// Picks, by autoref, a [`Keeper`] for an output type that is `Clone` (and `Send` and `Sync`),
+/// Picks, by autoref, a `Keeper` for an output type that is `Clone` (and `Send` and `Sync`),
 /// and none for any other: `(&Probe::<T>::new()).__idempotency_keeper()` finds
 /// [`KeepByClone`]'s method on `Probe<T>` when `T` has those bounds, and [`KeepByDecoding`]'s
 /// on `&Probe<T>` otherwise.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// A boxed, sendable future, as [`Clock::sleep`] returns it.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// Where a [`RetryPolicy`] reads the time and sleeps between attempts.
+/// Where a [`RetryPolicy`](super::RetryPolicy) reads the time and sleeps between attempts.
 ///
 /// [`TokioClock`] is the default; [`ManualClock`] makes tests deterministic and instant.
 pub trait Clock: fmt::Debug + Send + Sync + 'static {

@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rand::{Rng as _, SeedableRng as _};
 
-/// Where a [`RetryPolicy`] draws its jitter: uniformly random 64-bit words.
+/// Where a [`RetryPolicy`](super::RetryPolicy) draws its jitter: uniformly random 64-bit words.
 ///
 /// [`ThreadRandom`] is the default; [`SeededRandom`] repeats the same sequence for a seed.
 pub trait RandomSource: fmt::Debug + Send + Sync + 'static {

@@ -10,9 +10,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::dialect::{self, Args, ClaimStatements, Dialect, Statement};
-use super::record::{
-    completed_output, decode, fingerprint_from, locked_elsewhere, remaining, row_key,
-};
+use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
+use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};

@@ -16,7 +16,7 @@ use sqlx::query::Query;
 use sqlx::{Database, QueryBuilder};
 
 use super::builder::TableName;
-use super::record::micros;
+use super::time::micros;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};

@@ -22,6 +22,7 @@ mod claim;
 pub(crate) mod dialect;
 mod record;
 mod sweeper;
+mod time;
 
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]

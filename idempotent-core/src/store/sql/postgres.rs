@@ -12,9 +12,8 @@ use super::builder::TableName;
 use super::dialect::{
     self, Args, ClaimStatements, Clock, Dialect, Statement, Statements, sqlx_calls,
 };
-use super::record::{
-    completed_output, decode, fingerprint_from, locked_elsewhere, remaining, row_key,
-};
+use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
+use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};

@@ -1,20 +1,17 @@
-//! Rows and records: row ids, time conversions, and the decoding of a row into a record or a
+//! Rows and records: row ids and the decoding of a row into a record or a
 //! claim's answer, written once for every database.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use super::dialect::Dialect;
+use super::time::wall_clock;
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
 use crate::record::{Claim, Record, Token};
-
-/// Durations are bound as microseconds and capped at about a century, so that `now + d` stays
-/// inside every database's timestamp range.
-const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 
 /// The key's text form and its row id, for a claim, which stores both: the key formatted once.
 pub(crate) fn row_key(key: &Key) -> ([u8; 32], String) {
@@ -36,26 +33,6 @@ pub(crate) fn row_id(key: &Key) -> [u8; 32] {
     // Writing into a hasher cannot fail.
     let _ = fmt::write(&mut hashing, format_args!("{key}"));
     hashing.0.finalize().into()
-}
-
-/// `duration` in microseconds, capped (see [`MAX_MICROS`]).
-pub(crate) fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(MAX_MICROS)
-}
-
-/// A lease or TTL's remaining time from a signed count of microseconds (negative: passed).
-pub(crate) fn remaining(micros: i64) -> Duration {
-    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
-}
-
-/// A wall-clock time from microseconds since the Unix epoch.
-pub(crate) fn wall_clock(micros: i64) -> SystemTime {
-    match u64::try_from(micros) {
-        Ok(after) => UNIX_EPOCH + Duration::from_micros(after),
-        Err(_) => UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs()),
-    }
 }
 
 /// A column that does not decode as this store wrote it.
@@ -138,14 +115,5 @@ mod tests {
         assert_eq!(row_key(&key), (expected, key.to_string()));
         let other = Key::derive("ns", 2, &"material").unwrap();
         assert_ne!(row_id(&key), row_id(&other));
-    }
-
-    #[test]
-    fn durations_are_capped_microseconds() {
-        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
-        assert_eq!(micros(Duration::MAX), MAX_MICROS);
-        assert_eq!(remaining(-5), Duration::ZERO);
-        assert_eq!(remaining(7), Duration::from_micros(7));
-        assert_eq!(wall_clock(1_000_000), UNIX_EPOCH + Duration::from_secs(1));
     }
 }
