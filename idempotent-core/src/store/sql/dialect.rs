@@ -9,14 +9,14 @@
 //! nor implement it, which seals [`SqlDialect`](super::SqlDialect). The versioned update
 //! ([`VersionedTable`](crate::versioning::sql::VersionedTable)) runs on the same trait.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use sqlx::query::Query;
 use sqlx::{Database, QueryBuilder};
 
 use super::builder::TableName;
-use super::time::micros;
+use super::time::{epoch_micros, micros};
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
@@ -189,12 +189,7 @@ impl Clock {
     pub(crate) fn now(self) -> Option<i64> {
         match self {
             Clock::Server => None,
-            Clock::Process => Some(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(micros)
-                    .unwrap_or(0),
-            ),
+            Clock::Process => Some(epoch_micros(SystemTime::now())),
         }
     }
 }

@@ -13,6 +13,14 @@ pub(crate) fn micros(duration: Duration) -> i64 {
         .min(MAX_MICROS)
 }
 
+/// `time` in microseconds since the Unix epoch (an instant, not capped like a duration; before
+/// the epoch reads as the epoch).
+pub(crate) fn epoch_micros(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// A lease or TTL's remaining time from a signed count of microseconds (negative: passed).
 pub(crate) fn remaining(micros: i64) -> Duration {
     Duration::from_micros(u64::try_from(micros).unwrap_or(0))
@@ -37,5 +45,17 @@ mod tests {
         assert_eq!(remaining(-5), Duration::ZERO);
         assert_eq!(remaining(7), Duration::from_micros(7));
         assert_eq!(wall_clock(1_000_000), UNIX_EPOCH + Duration::from_secs(1));
+        // An instant is not a duration: today is past the longest duration after the epoch.
+        let now = SystemTime::now();
+        assert_eq!(
+            wall_clock(epoch_micros(now)),
+            UNIX_EPOCH + now.duration_since(UNIX_EPOCH).unwrap_or_default()
+                - Duration::from_nanos(u64::from(
+                    now.duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos()
+                        % 1000
+                ))
+        );
     }
 }
