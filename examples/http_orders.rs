@@ -2,7 +2,7 @@
 //! `Idempotency-Key` gets the first order back instead of creating a second one.
 //!
 //! ```sh
-//! cargo run --example http_orders --features axum      # listens on 127.0.0.1:$PORT (3000)
+//! cargo run --example http_orders --features http      # listens on 127.0.0.1:$PORT (3000)
 //! ```
 //!
 //! * `POST /orders` with `Idempotency-Key` and a JSON body `{"item": "book", "quantity": 2}`:
@@ -12,8 +12,8 @@
 //! * `GET /orders/{id}`: the order, or `404`.
 //!
 //! The idempotency records live in the in-process memory store; with `REDIS_URL` (and the
-//! `redis` feature: `--features axum,redis`) in Redis; with `POSTGRES_URL` (and the `postgres`
-//! feature: `--features axum,postgres`) in a PostgreSQL table, created at start-up. Keys are
+//! `redis` feature: `--features http,redis`) in Redis; with `POSTGRES_URL` (and the `postgres`
+//! feature: `--features http,postgres`) in a PostgreSQL table, created at start-up. Keys are
 //! scoped per client by the `Authorization` header (requests without one share the anonymous
 //! scope).
 
@@ -115,7 +115,7 @@ async fn idempotency() -> Result<(Idempotency, &'static str), Box<dyn std::error
         }
         #[cfg(not(feature = "postgres"))]
         return Err(format!(
-            "POSTGRES_URL is set ({url}), but the example was built without PostgreSQL: add `--features axum,postgres`"
+            "POSTGRES_URL is set ({url}), but the example was built without PostgreSQL: add `--features http,postgres`"
         )
         .into());
     }
@@ -129,7 +129,7 @@ async fn idempotency() -> Result<(Idempotency, &'static str), Box<dyn std::error
         }
         #[cfg(not(feature = "redis"))]
         return Err(format!(
-            "REDIS_URL is set ({url}), but the example was built without Redis: add `--features axum,redis`"
+            "REDIS_URL is set ({url}), but the example was built without Redis: add `--features http,redis`"
         )
         .into());
     }

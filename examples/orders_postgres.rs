@@ -48,7 +48,7 @@ enum ShopError {
 #[idempotent(
     key = order.client_order_id,
     transaction = tx,
-    store = store,
+    executor = store,
     skip(store),
     name = "shop.create_order"
 )]

@@ -49,7 +49,7 @@ struct PaymentService {
 
 impl PaymentService {
     /// Runs once per `order_id` for 10 minutes, whichever instance the request reaches.
-    #[idempotent(store = self.idempotency, key = req.order_id, name = "payments.charge", ttl = "10m")]
+    #[idempotent(executor = self.idempotency, key = req.order_id, name = "payments.charge", ttl = "10m")]
     async fn charge(&self, req: ChargeRequest) -> Result<Receipt, PaymentError> {
         tokio::time::sleep(Duration::from_millis(100)).await; // the provider's latency
         let n = self.gateway.charges.fetch_add(1, Ordering::SeqCst) + 1;
