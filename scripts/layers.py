@@ -4,8 +4,9 @@
 Reads every `use crate::…`, `use super::…` and inline `crate::…` path in
 idempotent-core/src, maps it to the file that defines the module, and reports:
   * import cycles between files (a file that re-exports from a module it is used by counts);
-  * files under store/ or output/ that import the executor;
-  * files under output/ that import anything but output/, error.rs or key.rs;
+  * the layer rules in RULES below (stores never import the executor, the protocol or an
+    entry point; output/ imports nothing above it; the protocol imports no store and no
+    entry point);
   * files over 600 lines (idempotent-core/src, idempotent-macros/src).
 Exits 1 on any finding. Doc comments and string literals are ignored.
 """
@@ -14,6 +15,31 @@ import os, re, sys
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SRC = os.path.join(ROOT, "idempotent-core", "src")
 MAX_LINES = 600
+
+ENTRY_POINTS = ("executor/", "transaction.rs", "private.rs", "http/", "consumer/", "global.rs")
+
+
+def under(rel, *prefixes):
+    return any(rel == p or rel.startswith(p) for p in prefixes)
+
+
+# Each rule: (importing file, imported file) -> a finding or None. Paths relative to src/.
+RULES = [
+    # Stores are below the protocol and every entry point: they may read the table of
+    # defaults, nothing else of the protocol, and nothing that calls them.
+    lambda rel, trel: f"{rel} (a store) imports {trel}"
+    if under(rel, "store/")
+    and (under(trel, *ENTRY_POINTS) or (under(trel, "protocol/") and trel != "protocol/defaults.rs"))
+    else None,
+    # The bytes a store receives: output/ imports nothing above it.
+    lambda rel, trel: f"{rel} imports {trel}, above output/"
+    if under(rel, "output/") and not under(trel, "output/", "error.rs", "key.rs")
+    else None,
+    # The protocol is pure decisions: no store, no executor, no entry point.
+    lambda rel, trel: f"{rel} (the protocol) imports {trel}"
+    if under(rel, "protocol/") and under(trel, "store/", *ENTRY_POINTS)
+    else None,
+]
 
 
 def module_of(path):
@@ -91,12 +117,10 @@ def main():
         rel = os.path.relpath(path, SRC)
         for target in targets:
             trel = os.path.relpath(target, SRC)
-            if (rel.startswith("store" + os.sep) or rel.startswith("output" + os.sep)) and trel.startswith("executor"):
-                findings.append(f"{rel} imports the executor ({trel})")
-            if rel.startswith("output" + os.sep) and not (
-                trel.startswith("output" + os.sep) or trel in ("error.rs", "key.rs")
-            ):
-                findings.append(f"{rel} imports {trel}, above output/")
+            for rule in RULES:
+                message = rule(rel, trel)
+                if message:
+                    findings.append(message)
 
     # cycles between files: ignore a parent mod.rs declaring its children (not an import)
     def parent_of(child, parent):

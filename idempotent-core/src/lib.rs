@@ -20,7 +20,7 @@ mod canonical;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod consumer;
-mod default;
+mod global;
 mod error;
 mod executor;
 #[cfg(feature = "http")]
@@ -54,7 +54,7 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use canonical::CanonicalError;
-pub use default::{default_idempotency, set_default, set_default_store};
+pub use global::{default_idempotency, set_default, set_default_store};
 pub use error::{BoxError, CodecOp, Error, StoreError, StoreOp};
 pub use executor::{Call, Idempotency, IdempotencyBuilder};
 pub use kept::Keep;
@@ -81,11 +81,8 @@ pub use store::redis::{RedisPrefixError, RedisStore, RedisStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ::redis;
 
+// docs.rs shows the feature from the re-exported items' own `doc(cfg)`.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
-)]
 pub use store::sql::{SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, sqlx};
 
 #[cfg(feature = "postgres")]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use serde::Serialize;
 
 // Exactly the names the expansion of `#[idempotent]` writes.
-pub use crate::default::default_idempotency;
+pub use crate::global::default_idempotency;
 pub use crate::kept::{KeepByClone, KeepByDecoding, Probe};
 pub use crate::key::DigestBuilder;
 pub use crate::protocol::{CallOptions, InProgressPolicy};

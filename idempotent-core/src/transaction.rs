@@ -12,7 +12,7 @@ use crate::error::{Error, StoreOp};
 use crate::key::{Fingerprint, Key};
 use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
 use crate::protocol::{
-    self, CallOptions, Caller, Next, Outcome, Refusal, Settings, call_option_setters,
+    self, CallOptions, Caller, Next, Outcome, Refusal, Request, Settings, call_option_setters,
 };
 use crate::record::Token;
 use crate::store::Store;
@@ -96,10 +96,7 @@ use crate::trace::event;
 #[must_use = "a call does nothing until `claim` or `run` is awaited"]
 pub struct InTransaction<'s, DB: SqlDialect, M = OutputsOnly> {
     store: &'s SqlStore<DB>,
-    key: Key,
-    fingerprint: Fingerprint,
-    settings: Settings,
-    mode: PhantomData<M>,
+    request: Request<M>,
 }
 
 /// What [`InTransaction::claim`] found.
@@ -136,17 +133,14 @@ impl<DB: SqlDialect> SqlStore<DB> {
         settings.max_output_bytes = Store::max_output_bytes(self);
         InTransaction {
             store: self,
-            key,
-            fingerprint,
-            settings,
-            mode: PhantomData,
+            request: Request::new(key, fingerprint, settings),
         }
     }
 }
 
 impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
     fn apply(&mut self, options: CallOptions) {
-        self.settings = self.settings.with(options);
+        self.request.apply(options);
     }
 
     // Inside the transaction the row lock, not the lease, keeps duplicates out: the lease
@@ -159,16 +153,13 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
     pub fn store_errors(self) -> InTransaction<'s, DB, OutputsAndErrors> {
         InTransaction {
             store: self.store,
-            key: self.key,
-            fingerprint: self.fingerprint,
-            settings: self.settings,
-            mode: PhantomData,
+            request: self.request.store_errors(),
         }
     }
 
     /// The key.
     pub fn key(&self) -> &Key {
-        &self.key
+        &self.request.key
     }
 
     /// Claims the key in `tx` (one statement on PostgreSQL; see the
@@ -181,38 +172,44 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
     where
         M: OutputMode<T, E>,
     {
-        self.settings.check()?;
-        let mut caller = Caller::in_transaction(&self.settings, self.store.waits_in_transaction());
+        let store = self.store;
+        let Request {
+            key,
+            fingerprint,
+            settings,
+            ..
+        } = self.request;
+        settings.check()?;
+        let mut caller = Caller::in_transaction(&settings, store.waits_in_transaction());
         loop {
-            let claim = self
-                .store
-                .claim_in(&mut **tx, &self.key, &self.fingerprint, self.settings.lease)
+            let claim = store
+                .claim_in(&mut **tx, &key, &fingerprint, settings.lease)
                 .await;
             let next = match claim {
-                Ok(claim) => caller.on_claim(claim, &self.fingerprint, Instant::now()),
+                Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now()),
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
             match next {
                 Next::Own { token, .. } => {
-                    event!(debug, key = %self.key, "execute (in the caller's transaction)");
+                    event!(debug, key = %key, "execute (in the caller's transaction)");
                     return Ok(Claimed::Owned(Owner {
-                        store: self.store,
-                        key: self.key,
+                        store,
+                        key,
                         token,
-                        ttl: self.settings.ttl,
-                        max_output_bytes: self.settings.max_output_bytes,
+                        ttl: settings.ttl,
+                        max_output_bytes: settings.max_output_bytes,
                         mode: PhantomData,
                     }));
                 }
                 Next::Replay(output) => {
-                    event!(debug, key = %self.key, "replay (in the caller's transaction)");
-                    let result = protocol::decode_stored::<M, T, E>(self.key, &output)?;
+                    event!(debug, key = %key, "replay (in the caller's transaction)");
+                    let result = protocol::decode_stored::<M, T, E>(key, &output)?;
                     return Ok(Claimed::Replayed(result));
                 }
                 // Waiting here keeps the transaction's locks: the caller waits only where the
                 // claim took none that the owner needs (see `Caller::in_transaction`).
                 Next::Poll(nap) => tokio::time::sleep(nap).await,
-                Next::Fail(refusal) => return Err(refusal.into_error(self.key)),
+                Next::Fail(refusal) => return Err(refusal.into_error(key)),
             }
         }
     }

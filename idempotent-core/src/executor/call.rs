@@ -2,7 +2,6 @@
 //! rest of the call (`execute.rs`), boxed.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -11,7 +10,7 @@ use crate::error::Error;
 use crate::kept::Keeper;
 use crate::key::{Fingerprint, Key};
 use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
-use crate::protocol::{self, CallOptions, Refusal, Settings, call_option_setters};
+use crate::protocol::{self, CallOptions, Refusal, Request, call_option_setters};
 use crate::record::{Claim, ClaimNow, HeldRecord};
 use crate::trace::event;
 
@@ -19,11 +18,8 @@ use crate::trace::event;
 #[derive(Debug)]
 #[must_use = "a call does nothing until `run` is awaited"]
 pub struct Call<'a, M = OutputsOnly> {
-    pub(super) idempotency: &'a Idempotency,
-    pub(super) key: Key,
-    pub(super) fingerprint: Fingerprint,
-    pub(super) settings: Settings,
-    mode: PhantomData<M>,
+    idempotency: &'a Idempotency,
+    request: Request<M>,
 }
 
 impl<'a> Call<'a> {
@@ -31,10 +27,7 @@ impl<'a> Call<'a> {
     pub(super) fn new(idempotency: &'a Idempotency, key: Key, fingerprint: Fingerprint) -> Self {
         Call {
             idempotency,
-            key,
-            fingerprint,
-            settings: idempotency.inner.settings,
-            mode: PhantomData,
+            request: Request::new(key, fingerprint, idempotency.inner.settings),
         }
     }
 }
@@ -42,7 +35,7 @@ impl<'a> Call<'a> {
 impl<'a, M> Call<'a, M> {
     #[inline]
     fn apply(&mut self, options: CallOptions) {
-        self.settings = self.settings.with(options);
+        self.request.apply(options);
     }
 
     call_option_setters!();
@@ -51,16 +44,13 @@ impl<'a, M> Call<'a, M> {
     pub fn store_errors(self) -> Call<'a, OutputsAndErrors> {
         Call {
             idempotency: self.idempotency,
-            key: self.key,
-            fingerprint: self.fingerprint,
-            settings: self.settings,
-            mode: PhantomData,
+            request: self.request.store_errors(),
         }
     }
 
     /// The key.
     pub fn key(&self) -> &Key {
-        &self.key
+        &self.request.key
     }
 
     /// Runs `body` at most once for the key and returns its output, or replays the stored one.
@@ -98,13 +88,13 @@ impl<'a, M> Call<'a, M> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let Call {
-            idempotency,
+        let idempotency = self.idempotency;
+        let Request {
             key,
             fingerprint,
             settings,
             ..
-        } = self;
+        } = self.request;
         let inner = &*idempotency.inner;
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("idempotent", key = %key);

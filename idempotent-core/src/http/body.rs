@@ -8,152 +8,55 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The request body the inner service receives: the client's stream, untouched, for
-    /// requests the layer lets through, or the bytes it read to fingerprint the request.
-    ///
-    /// It implements [`http_body::Body`], so axum's router and handlers take it like any body.
+    /// Either a stream (with bytes already read from it, sent first) or bytes in memory: what
+    /// both of the layer's bodies are.
+    #[project = KindProj]
     #[derive(Debug)]
-    pub struct RequestBody<B> {
-        #[pin]
-        kind: RequestKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = RequestKindProj]
-    #[derive(Debug)]
-    enum RequestKind<B> {
-        Stream { #[pin] body: B },
-        Buffered { bytes: Option<Bytes> },
-    }
-}
-
-impl<B> RequestBody<B> {
-    pub(crate) fn stream(body: B) -> Self {
-        RequestBody {
-            kind: RequestKind::Stream { body },
-        }
-    }
-
-    pub(crate) fn buffered(bytes: Bytes) -> Self {
-        RequestBody {
-            kind: RequestKind::Buffered {
-                bytes: (!bytes.is_empty()).then_some(bytes),
-            },
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            RequestKindProj::Stream { body } => body.poll_frame(cx),
-            RequestKindProj::Buffered { bytes } => {
-                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            RequestKind::Stream { body } => body.is_end_stream(),
-            RequestKind::Buffered { bytes } => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            RequestKind::Stream { body } => body.size_hint(),
-            RequestKind::Buffered { bytes } => exact(bytes.as_ref()),
-        }
-    }
-}
-
-fn exact(bytes: Option<&Bytes>) -> SizeHint {
-    SizeHint::with_exact(bytes.map_or(0, |b| b.len() as u64))
-}
-
-pin_project! {
-    /// The response body the layer returns: the inner service's stream, untouched (responses
-    /// it does not store, requests it lets through), or bytes (stored responses, replays and
-    /// the layer's own problem responses).
-    #[derive(Debug)]
-    pub struct ResponseBody<B> {
-        #[pin]
-        kind: ResponseKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = ResponseKindProj]
-    #[derive(Debug)]
-    enum ResponseKind<B> {
-        // `prefix`: what the layer already read of `body` before deciding not to store it.
+    enum Kind<B> {
         Stream { prefix: Option<Bytes>, #[pin] body: B },
         Full { bytes: Option<Bytes> },
     }
 }
 
-impl<B> ResponseBody<B> {
-    pub(crate) fn stream(body: B) -> Self {
-        ResponseBody {
-            kind: ResponseKind::Stream { prefix: None, body },
+impl<B> Kind<B> {
+    fn stream(prefix: Bytes, body: B) -> Self {
+        Kind::Stream {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            body,
         }
     }
 
-    pub(crate) fn prefixed(prefix: Bytes, body: B) -> Self {
-        ResponseBody {
-            kind: ResponseKind::Stream {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                body,
-            },
-        }
-    }
-
-    pub(crate) fn full(bytes: Bytes) -> Self {
-        ResponseBody {
-            kind: ResponseKind::Full {
-                bytes: (!bytes.is_empty()).then_some(bytes),
-            },
+    fn full(bytes: Bytes) -> Self {
+        Kind::Full {
+            bytes: (!bytes.is_empty()).then_some(bytes),
         }
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
+impl<B: Body<Data = Bytes>> Kind<B> {
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            ResponseKindProj::Stream { prefix, body } => match prefix.take() {
+        match self.project() {
+            KindProj::Stream { prefix, body } => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => body.poll_frame(cx),
             },
-            ResponseKindProj::Full { bytes } => {
-                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
-            }
+            KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ResponseKind::Stream { prefix, body } => prefix.is_none() && body.is_end_stream(),
-            ResponseKind::Full { bytes } => bytes.is_none(),
+        match self {
+            Kind::Stream { prefix, body } => prefix.is_none() && body.is_end_stream(),
+            Kind::Full { bytes } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ResponseKind::Stream { prefix, body } => {
+        match self {
+            Kind::Stream { prefix, body } => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
                 let inner = body.size_hint();
                 let mut hint = SizeHint::new();
@@ -163,7 +66,92 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 }
                 hint
             }
-            ResponseKind::Full { bytes } => exact(bytes.as_ref()),
+            Kind::Full { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+/// The two public bodies are one `Kind` each; their `Body` impls only forward to it.
+macro_rules! forward_body {
+    ($($body:ident),*) => {$(
+        impl<B: Body<Data = Bytes>> Body for $body<B> {
+            type Data = Bytes;
+            type Error = B::Error;
+
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+                self.project().kind.poll_frame(cx)
+            }
+
+            fn is_end_stream(&self) -> bool {
+                self.kind.is_end_stream()
+            }
+
+            fn size_hint(&self) -> SizeHint {
+                self.kind.size_hint()
+            }
+        }
+    )*};
+}
+
+forward_body!(RequestBody, ResponseBody);
+
+pin_project! {
+    /// The request body the inner service receives: the client's stream, untouched, for
+    /// requests the layer lets through, or the bytes it read to fingerprint the request.
+    ///
+    /// It implements [`http_body::Body`], so axum's router and handlers take it like any body.
+    #[derive(Debug)]
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn stream(body: B) -> Self {
+        RequestBody {
+            kind: Kind::stream(Bytes::new(), body),
+        }
+    }
+
+    pub(crate) fn buffered(bytes: Bytes) -> Self {
+        RequestBody {
+            kind: Kind::full(bytes),
+        }
+    }
+}
+
+pin_project! {
+    /// The response body the layer returns: the inner service's stream, untouched (responses
+    /// it does not store, requests it lets through), or bytes (stored responses, replays and
+    /// the layer's own problem responses).
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn stream(body: B) -> Self {
+        Self::prefixed(Bytes::new(), body)
+    }
+
+    /// `prefix`: what the layer already read of `body` before deciding not to store it.
+    pub(crate) fn prefixed(prefix: Bytes, body: B) -> Self {
+        ResponseBody {
+            kind: Kind::stream(prefix, body),
+        }
+    }
+
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::full(bytes),
         }
     }
 }

@@ -170,7 +170,7 @@ mod layer;
 mod problem;
 mod scope;
 mod service;
-mod stored;
+mod record;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, StoredStatuses};

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
-use super::stored::StoredResponse;
+use super::record::StoredResponse;
 
 /// Where the problem types are described (the `http` module's docs, one heading per type).
 const TYPE_BASE: &str = "https://docs.rs/idempotency/latest/idempotency/http/index.html#";

@@ -20,7 +20,7 @@ use super::config::{Config, IDEMPOTENT_REPLAYED};
 use super::header::{parse_key, replayable};
 use super::problem::{self, Kind};
 use super::scope::ClientId;
-use super::stored::{ResponseRecord, StoredResponse};
+use super::record::{ResponseRecord, StoredResponse};
 use crate::error::{BoxError, Error, StoreOp};
 use crate::key::{Digest, Fingerprint, Key};
 use crate::trace::event;

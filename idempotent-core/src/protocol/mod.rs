@@ -10,6 +10,7 @@
 pub mod defaults;
 mod options;
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,11 +18,44 @@ use tokio::time::Instant;
 
 use crate::error::{CodecOp, Error, StoreError, StoreOp};
 use crate::key::{Fingerprint, Key};
-use crate::output::{OutputError, OutputMode};
+use crate::output::{OutputError, OutputMode, OutputsAndErrors};
 use crate::record::{Claim, Token};
 
 pub use options::{CallOptions, InProgressPolicy};
 pub(crate) use options::{Settings, call_option_setters};
+
+/// One call as an entry point hands it to the protocol: its key, its fingerprint, the settings
+/// it runs with, and (`M`) which results it stores.
+#[derive(Debug)]
+pub(crate) struct Request<M> {
+    pub(crate) key: Key,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) settings: Settings,
+    mode: PhantomData<M>,
+}
+
+impl<M> Request<M> {
+    #[inline]
+    pub(crate) fn new(key: Key, fingerprint: Fingerprint, settings: Settings) -> Request<M> {
+        Request {
+            key,
+            fingerprint,
+            settings,
+            mode: PhantomData,
+        }
+    }
+
+    /// `options` over the settings.
+    #[inline]
+    pub(crate) fn apply(&mut self, options: CallOptions) {
+        self.settings = self.settings.with(options);
+    }
+
+    /// The same call, storing `Err` results too.
+    pub(crate) fn store_errors(self) -> Request<OutputsAndErrors> {
+        Request::new(self.key, self.fingerprint, self.settings)
+    }
+}
 
 /// What a caller does next.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The process default executor, used by `#[idempotent]` without `store = …`.
+//! The process-wide default executor, used by `#[idempotent]` without `executor = …`.
 
 use std::sync::OnceLock;
 
