@@ -64,9 +64,11 @@
 //! A handler whose response has a stored status never runs again because that response could
 //! not be stored. The response's record (status, headers and body, bytes as they are, in the
 //! executor's [output encoding](crate::output)) is measured against
-//! [`max_response_bytes`](IdempotencyLayer::max_response_bytes): 1 MiB by default, like the
-//! `max_output_bytes` of the executor and of the Redis and SQL stores, so what the layer
-//! decides to store fits (keep it at most theirs if you lower them). A larger response is sent
+//! [`max_response_bytes`](IdempotencyLayer::max_response_bytes) (1 MiB by default), or the
+//! executor's limit when lower: the layer asks the executor up front
+//! ([`Idempotency::max_output_bytes`](crate::Idempotency::max_output_bytes): the lower of its
+//! own and its store's [`Store::max_output_bytes`](crate::Store::max_output_bytes)), so what it
+//! decides to store fits. A larger response is sent
 //! to the first client whole (streamed as it comes), and a small
 //! [response-too-large](#response-too-large) problem is stored in its place; a response whose
 //! body fails while the layer reads it is answered and stored as
