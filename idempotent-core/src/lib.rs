@@ -20,9 +20,9 @@ mod canonical;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod consumer;
-mod global;
 mod error;
 mod executor;
+mod global;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
@@ -54,9 +54,9 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use canonical::CanonicalError;
-pub use global::{default_idempotency, set_default, set_default_store};
 pub use error::{BoxError, CodecOp, Error, StoreError, StoreOp};
 pub use executor::{Call, Idempotency, IdempotencyBuilder};
+pub use global::{default_idempotency, set_default, set_default_store};
 pub use kept::Keep;
 pub use key::{Digest, DigestBuilder, Fingerprint, HexDigest, Key, Namespace};
 #[allow(deprecated)]

@@ -170,9 +170,9 @@ mod config;
 mod header;
 mod layer;
 mod problem;
+mod record;
 mod scope;
 mod service;
-mod record;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, StoredStatuses};
