@@ -21,6 +21,7 @@ mod canonical;
 pub mod conformance;
 pub mod consumer;
 mod default;
+mod encoding;
 mod error;
 mod executor;
 #[cfg(feature = "http")]
