@@ -88,30 +88,34 @@ struct Canon<'a> {
 }
 
 impl<'a> Canon<'a> {
+    // The integer writers return the `Serializer`'s result, so that its methods forward to them.
     #[inline]
-    fn int(self, v: i64) {
+    fn int(self, v: i64) -> Result<(), CanonicalError> {
         self.h.byte(tag::INT64);
         // Zigzag: small magnitudes of either sign stay short.
         self.h.varint(((v << 1) ^ (v >> 63)) as u64);
+        Ok(())
     }
 
-    fn int128(self, v: i128) {
+    /// An integer beyond 64 bits: `tag`, then its 16 bytes, little-endian.
+    fn wide(self, tag: u8, le_bytes: [u8; 16]) -> Result<(), CanonicalError> {
+        self.h.byte(tag);
+        self.h.bytes(&le_bytes);
+        Ok(())
+    }
+
+    fn int128(self, v: i128) -> Result<(), CanonicalError> {
         match i64::try_from(v) {
             Ok(small) => self.int(small),
-            Err(_) => {
-                self.h.byte(tag::INT128);
-                self.h.bytes(&v.to_le_bytes());
-            }
+            Err(_) => self.wide(tag::INT128, v.to_le_bytes()),
         }
     }
 
-    fn uint128(self, v: u128) {
+    fn uint128(self, v: u128) -> Result<(), CanonicalError> {
+        // Up to `i128::MAX`, the bytes of the same value as an `i128`.
         match i128::try_from(v) {
             Ok(signed) => self.int128(signed),
-            Err(_) => {
-                self.h.byte(tag::UINT128);
-                self.h.bytes(&v.to_le_bytes());
-            }
+            Err(_) => self.wide(tag::UINT128, v.to_le_bytes()),
         }
     }
 
@@ -176,8 +180,10 @@ impl<'a> ser::Serializer for Canon<'a> {
 
     // Every integer type encodes the same value the same way, and `f32` widens to `f64`.
     serialize_widened! {
-        serialize_i64(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        int(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64),
             serialize_u8(u8), serialize_u16(u16), serialize_u32(u32);
+        int128(i128) <- serialize_i128(i128);
+        uint128(u128) <- serialize_u128(u128);
         serialize_f64(f64) <- serialize_f32(f32);
     }
 
@@ -194,18 +200,6 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
 
     #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.int(v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
-        self.int128(v);
-        Ok(())
-    }
-
-    #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
         // The same bytes as through `uint128`, without its two range checks for the values
         // that fit an `i64` (nearly all).
@@ -213,13 +207,6 @@ impl<'a> ser::Serializer for Canon<'a> {
             Ok(small) => self.int(small),
             Err(_) => self.uint128(u128::from(v)),
         }
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
-        self.uint128(v);
-        Ok(())
     }
 
     #[inline]

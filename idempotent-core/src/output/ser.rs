@@ -75,7 +75,8 @@ impl<W: Out> Encoder<'_, W> {
         self.out.bytes(text.as_bytes());
     }
 
-    fn int(&mut self, v: i64) {
+    /// Returns the `Serializer`'s result, so that its methods forward here.
+    fn int(&mut self, v: i64) -> Result<(), OutputError> {
         if v >= 0 {
             self.out.byte(tag::UINT);
             self.varint(v as u64);
@@ -83,6 +84,14 @@ impl<W: Out> Encoder<'_, W> {
             self.out.byte(tag::NINT);
             self.varint(!(v as u64));
         }
+        Ok(())
+    }
+
+    /// An integer beyond 64 bits: `tag`, then its 16 bytes, little-endian.
+    fn wide(&mut self, tag: u8, le_bytes: [u8; 16]) -> Result<(), OutputError> {
+        self.out.byte(tag);
+        self.out.bytes(&le_bytes);
+        Ok(())
     }
 
     /// Opens a sequence or map (`open`), one level deeper.
@@ -153,7 +162,7 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
     );
 
     serialize_widened! {
-        serialize_i64(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32);
+        int(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64);
         serialize_u64(u64) <- serialize_u8(u8), serialize_u16(u16), serialize_u32(u32);
     }
 
@@ -168,22 +177,14 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
         Ok(())
     }
 
-    fn serialize_i64(self, v: i64) -> Result<(), OutputError> {
-        self.int(v);
-        Ok(())
-    }
-
     fn serialize_i128(self, v: i128) -> Result<(), OutputError> {
         if let Ok(small) = i64::try_from(v) {
-            self.int(small);
+            self.int(small)
         } else if let Ok(unsigned) = u64::try_from(v) {
-            self.out.byte(tag::UINT);
-            self.varint(unsigned);
+            self.serialize_u64(unsigned)
         } else {
-            self.out.byte(tag::I128);
-            self.out.bytes(&v.to_le_bytes());
+            self.wide(tag::I128, v.to_le_bytes())
         }
-        Ok(())
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), OutputError> {
@@ -193,13 +194,10 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
     }
 
     fn serialize_u128(self, v: u128) -> Result<(), OutputError> {
-        match u64::try_from(v) {
-            Ok(small) => self.serialize_u64(small),
-            Err(_) => {
-                self.out.byte(tag::U128);
-                self.out.bytes(&v.to_le_bytes());
-                Ok(())
-            }
+        if let Ok(small) = u64::try_from(v) {
+            self.serialize_u64(small)
+        } else {
+            self.wide(tag::U128, v.to_le_bytes())
         }
     }
 
