@@ -150,12 +150,17 @@ macro_rules! serialize_named {
 /// and `finish()`, and these impls forward to them.
 macro_rules! serialize_compound {
     ($generics:tt $compound:ty, Error = $error:ty) => {
-        serialize_compound!(@impl $generics $compound, $error, SerializeSeq: element serialize_element);
-        serialize_compound!(@impl $generics $compound, $error, SerializeTuple: element serialize_element);
-        serialize_compound!(@impl $generics $compound, $error, SerializeTupleStruct: element serialize_field);
-        serialize_compound!(@impl $generics $compound, $error, SerializeTupleVariant: element serialize_field);
-        serialize_compound!(@impl $generics $compound, $error, SerializeStruct: field serialize_field);
-        serialize_compound!(@impl $generics $compound, $error, SerializeStructVariant: field serialize_field);
+        serialize_compound!(@each $generics $compound, $error;
+            SerializeSeq: element serialize_element,
+            SerializeTuple: element serialize_element,
+            SerializeTupleStruct: element serialize_field,
+            SerializeTupleVariant: element serialize_field,
+            SerializeStruct: field serialize_field,
+            SerializeStructVariant: field serialize_field
+        );
+    };
+    (@each $generics:tt $compound:ty, $error:ty; $($trait:ident: $kind:ident $method:ident),*) => {
+        $(serialize_compound!(@impl $generics $compound, $error, $trait: $kind $method);)*
     };
     (@impl [$($generics:tt)*] $compound:ty, $error:ty, $trait:ident: $kind:ident $method:ident) => {
         impl<$($generics)*> ::serde::ser::$trait for $compound {
@@ -170,7 +175,10 @@ macro_rules! serialize_compound {
         }
     };
     (@element $method:ident) => {
-        fn $method<T: ::serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        fn $method<T: ::serde::Serialize + ?Sized>(
+            &mut self,
+            value: &T,
+        ) -> Result<(), Self::Error> {
             self.element(value)
         }
     };
