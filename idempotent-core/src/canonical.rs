@@ -23,6 +23,10 @@ use std::fmt::{self, Display, Write as _};
 
 use serde::ser::{self, Serialize};
 
+use crate::encoding::{
+    serialize_compound, serialize_named, serialize_widened, serializer_types, tags,
+};
+
 /// A value's `Serialize` impl failed while it was being hashed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -38,28 +42,15 @@ impl ser::Error for CanonicalError {
     }
 }
 
-/// One-byte tags of the encoding. They never change meaning once released.
-mod tag {
-    pub(super) const UNIT: u8 = 0x00;
-    pub(super) const FALSE: u8 = 0x01;
-    pub(super) const TRUE: u8 = 0x02;
-    pub(super) const INT64: u8 = 0x03;
-    pub(super) const INT128: u8 = 0x04;
-    pub(super) const UINT128: u8 = 0x05;
-    pub(super) const FLOAT: u8 = 0x06;
-    pub(super) const CHAR: u8 = 0x07;
-    pub(super) const STR: u8 = 0x08;
-    pub(super) const BYTES: u8 = 0x09;
-    pub(super) const NONE: u8 = 0x0A;
-    pub(super) const SOME: u8 = 0x0B;
-    pub(super) const UNIT_VARIANT: u8 = 0x0C;
-    pub(super) const NEWTYPE_VARIANT: u8 = 0x0D;
-    pub(super) const SEQ: u8 = 0x0E;
-    pub(super) const END: u8 = 0x0F;
-    pub(super) const TUPLE_VARIANT: u8 = 0x10;
-    pub(super) const MAP: u8 = 0x11;
-    pub(super) const STRUCT: u8 = 0x12;
-    pub(super) const STRUCT_VARIANT: u8 = 0x13;
+tags! {
+    /// One-byte tags of the encoding. They never change meaning once released.
+    mod tag {
+        UNIT = 0x00, FALSE = 0x01, TRUE = 0x02,
+        INT64 = 0x03, INT128 = 0x04, UINT128 = 0x05, FLOAT = 0x06, CHAR = 0x07,
+        STR = 0x08, BYTES = 0x09, NONE = 0x0A, SOME = 0x0B,
+        UNIT_VARIANT = 0x0C, NEWTYPE_VARIANT = 0x0D, SEQ = 0x0E, END = 0x0F,
+        TUPLE_VARIANT = 0x10, MAP = 0x11, STRUCT = 0x12, STRUCT_VARIANT = 0x13,
+    }
 }
 
 /// Where the encoding goes: SHA-256 directly, through a sink built for small writes.
@@ -96,32 +87,66 @@ struct Canon<'a> {
     h: &'a mut Sink,
 }
 
-impl Canon<'_> {
+impl<'a> Canon<'a> {
+    // The integer writers return the `Serializer`'s result, so that its methods forward to them.
     #[inline]
-    fn int(self, v: i64) {
+    fn int(self, v: i64) -> Result<(), CanonicalError> {
         self.h.byte(tag::INT64);
         // Zigzag: small magnitudes of either sign stay short.
         self.h.varint(((v << 1) ^ (v >> 63)) as u64);
+        Ok(())
     }
 
-    fn int128(self, v: i128) {
+    /// An integer beyond 64 bits: `tag`, then its 16 bytes, little-endian.
+    fn wide(self, tag: u8, le_bytes: [u8; 16]) -> Result<(), CanonicalError> {
+        self.h.byte(tag);
+        self.h.bytes(&le_bytes);
+        Ok(())
+    }
+
+    fn int128(self, v: i128) -> Result<(), CanonicalError> {
         match i64::try_from(v) {
             Ok(small) => self.int(small),
-            Err(_) => {
-                self.h.byte(tag::INT128);
-                self.h.bytes(&v.to_le_bytes());
-            }
+            Err(_) => self.wide(tag::INT128, v.to_le_bytes()),
         }
     }
 
-    fn uint128(self, v: u128) {
+    fn uint128(self, v: u128) -> Result<(), CanonicalError> {
+        // Up to `i128::MAX`, the bytes of the same value as an `i128`.
         match i128::try_from(v) {
             Ok(signed) => self.int128(signed),
-            Err(_) => {
-                self.h.byte(tag::UINT128);
-                self.h.bytes(&v.to_le_bytes());
-            }
+            Err(_) => self.wide(tag::UINT128, v.to_le_bytes()),
         }
+    }
+
+    /// Sequences and structs: `tag`, then the elements or fields.
+    #[inline]
+    fn compound(self, tag: u8) -> Result<Compound<'a>, CanonicalError> {
+        self.h.byte(tag);
+        Ok(Compound { h: self.h })
+    }
+
+    /// Variants: `tag`, the variant's name, then its content.
+    #[inline]
+    fn variant(self, name: &'static str, tag: u8) -> Result<Compound<'a>, CanonicalError> {
+        self.h.byte(tag);
+        write_str(self.h, name);
+        Ok(Compound { h: self.h })
+    }
+
+    #[inline]
+    fn unit_variant(self, name: &'static str) -> Result<(), CanonicalError> {
+        self.variant(name, tag::UNIT_VARIANT)?;
+        Ok(())
+    }
+
+    fn newtype_variant<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), CanonicalError> {
+        let content = self.variant(name, tag::NEWTYPE_VARIANT)?;
+        value.serialize(Canon { h: content.h })
     }
 }
 
@@ -151,67 +176,26 @@ impl fmt::Write for HashingWriter<'_> {
 }
 
 impl<'a> ser::Serializer for Canon<'a> {
-    type Ok = ();
-    type Error = CanonicalError;
-    type SerializeSeq = Compound<'a>;
-    type SerializeTuple = Compound<'a>;
-    type SerializeTupleStruct = Compound<'a>;
-    type SerializeTupleVariant = Compound<'a>;
-    type SerializeMap = MapState<'a>;
-    type SerializeStruct = Compound<'a>;
-    type SerializeStructVariant = Compound<'a>;
+    serializer_types!(Error = CanonicalError, Compound = Compound<'a>, Map = MapState<'a>);
+
+    // Every integer type encodes the same value the same way, and `f32` widens to `f64`.
+    serialize_widened! {
+        int(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64),
+            serialize_u8(u8), serialize_u16(u16), serialize_u32(u32);
+        int128(i128) <- serialize_i128(i128);
+        uint128(u128) <- serialize_u128(u128);
+        serialize_f64(f64) <- serialize_f32(f32);
+    }
+
+    serialize_named!(
+        struct = tag::STRUCT,
+        tuple_variant = tag::TUPLE_VARIANT,
+        struct_variant = tag::STRUCT_VARIANT,
+    );
 
     #[inline]
     fn serialize_bool(self, v: bool) -> Result<(), CanonicalError> {
         self.h.byte(if v { tag::TRUE } else { tag::FALSE });
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.int(v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
-        self.int128(v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        self.int(i64::from(v));
         Ok(())
     }
 
@@ -223,18 +207,6 @@ impl<'a> ser::Serializer for Canon<'a> {
             Ok(small) => self.int(small),
             Err(_) => self.uint128(u128::from(v)),
         }
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
-        self.uint128(v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_f32(self, v: f32) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
     }
 
     #[inline]
@@ -290,73 +262,8 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
 
     #[inline]
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), CanonicalError> {
-        self.serialize_unit()
-    }
-
-    #[inline]
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-    ) -> Result<(), CanonicalError> {
-        self.h.byte(tag::UNIT_VARIANT);
-        write_str(self.h, variant);
-        Ok(())
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), CanonicalError> {
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        value: &T,
-    ) -> Result<(), CanonicalError> {
-        self.h.byte(tag::NEWTYPE_VARIANT);
-        write_str(self.h, variant);
-        value.serialize(self)
-    }
-
-    #[inline]
     fn serialize_seq(self, _len: Option<usize>) -> Result<Compound<'a>, CanonicalError> {
-        self.h.byte(tag::SEQ);
-        Ok(Compound { h: self.h })
-    }
-
-    #[inline]
-    fn serialize_tuple(self, _len: usize) -> Result<Compound<'a>, CanonicalError> {
-        self.serialize_seq(None)
-    }
-
-    #[inline]
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, CanonicalError> {
-        self.serialize_seq(None)
-    }
-
-    #[inline]
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.byte(tag::TUPLE_VARIANT);
-        write_str(self.h, variant);
-        Ok(Compound { h: self.h })
+        self.compound(tag::SEQ)
     }
 
     #[inline]
@@ -367,29 +274,6 @@ impl<'a> ser::Serializer for Canon<'a> {
             sum: [0; 4],
             count: 0,
         })
-    }
-
-    #[inline]
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.byte(tag::STRUCT);
-        Ok(Compound { h: self.h })
-    }
-
-    #[inline]
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, CanonicalError> {
-        self.h.byte(tag::STRUCT_VARIANT);
-        write_str(self.h, variant);
-        Ok(Compound { h: self.h })
     }
 
     // serde's default `collect_str` formats into a `String`; two passes over `Display` (count,
@@ -429,50 +313,8 @@ impl Compound<'_> {
     }
 }
 
-/// serde splits sequences and structs over six traits with the same two methods; they all mean
-/// "elements in order" or "named fields in order" here.
-macro_rules! compound {
-    ($($trait:ident :: $method:ident),*) => {$(
-        impl ser::$trait for Compound<'_> {
-            type Ok = ();
-            type Error = CanonicalError;
-
-            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
-                self.element(value)
-            }
-
-            fn end(self) -> Result<(), CanonicalError> {
-                self.finish()
-            }
-        }
-    )*};
-    (fields: $($trait:ident),*) => {$(
-        impl ser::$trait for Compound<'_> {
-            type Ok = ();
-            type Error = CanonicalError;
-
-            fn serialize_field<T: Serialize + ?Sized>(
-                &mut self,
-                key: &'static str,
-                value: &T,
-            ) -> Result<(), Self::Error> {
-                self.field(key, value)
-            }
-
-            fn end(self) -> Result<(), CanonicalError> {
-                self.finish()
-            }
-        }
-    )*};
-}
-
-compound!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field,
-    SerializeTupleVariant::serialize_field
-);
-compound!(fields: SerializeStruct, SerializeStructVariant);
+// Sequences, tuples and structs: elements in order, or named fields in order.
+serialize_compound!([] Compound<'_>, Error = CanonicalError);
 
 /// Maps: every entry hashed on its own, the entry digests summed mod 2^256 (order-independent),
 /// then the map tag, the entry count and the sum go to the parent.

@@ -20,6 +20,7 @@ mod canonical;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod consumer;
+mod encoding;
 mod error;
 mod executor;
 mod global;

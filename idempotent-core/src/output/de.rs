@@ -119,25 +119,18 @@ impl<'de> Decoder<'de> {
         }
     }
 
-    fn visit_seq<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, OutputError> {
+    /// A sequence's elements or a map's entries, one level deeper, up to the end tag: `visit`
+    /// is the visitor's `visit_seq` or `visit_map`.
+    fn visit_elements<T>(
+        &mut self,
+        visit: impl FnOnce(&mut Elements<'_, 'de>) -> Result<T, OutputError>,
+    ) -> Result<T, OutputError> {
         self.descend()?;
         let mut access = Elements {
             decoder: self,
             done: false,
         };
-        let value = visitor.visit_seq(&mut access)?;
-        access.finish()?;
-        self.depth -= 1;
-        Ok(value)
-    }
-
-    fn visit_map<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, OutputError> {
-        self.descend()?;
-        let mut access = Elements {
-            decoder: self,
-            done: false,
-        };
-        let value = visitor.visit_map(&mut access)?;
+        let value = visit(&mut access)?;
         access.finish()?;
         self.depth -= 1;
         Ok(value)
@@ -183,8 +176,8 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
                 self.depth -= 1;
                 Ok(value)
             }
-            tag::SEQ => self.visit_seq(visitor),
-            tag::MAP => self.visit_map(visitor),
+            tag::SEQ => self.visit_elements(|elements| visitor.visit_seq(elements)),
+            tag::MAP => self.visit_elements(|entries| visitor.visit_map(entries)),
             other => Err(self.unexpected(other)),
         }
     }
@@ -285,38 +278,37 @@ impl Elements<'_, '_> {
     }
 }
 
-impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
-    type Error = OutputError;
+/// serde reads a sequence's elements and a map's keys through two traits with the same step: a
+/// value, unless the end tag comes first. `{ … }` holds the trait's other methods.
+macro_rules! next_unless_end {
+    ($($trait:ident::$method:ident { $($more:tt)* })*) => {$(
+        impl<'de> de::$trait<'de> for Elements<'_, 'de> {
+            type Error = OutputError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, OutputError> {
-        if self.at_end()? {
-            return Ok(None);
+            fn $method<T: DeserializeSeed<'de>>(
+                &mut self,
+                seed: T,
+            ) -> Result<Option<T::Value>, OutputError> {
+                if self.at_end()? {
+                    return Ok(None);
+                }
+                seed.deserialize(&mut *self.decoder).map(Some)
+            }
+
+            $($more)*
         }
-        seed.deserialize(&mut *self.decoder).map(Some)
-    }
+    )*};
 }
 
-impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
-    type Error = OutputError;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, OutputError> {
-        if self.at_end()? {
-            return Ok(None);
+next_unless_end! {
+    SeqAccess::next_element_seed {}
+    MapAccess::next_key_seed {
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, OutputError> {
+            seed.deserialize(&mut *self.decoder)
         }
-        seed.deserialize(&mut *self.decoder).map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, OutputError> {
-        seed.deserialize(&mut *self.decoder)
     }
 }
 

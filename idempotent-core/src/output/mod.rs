@@ -42,25 +42,15 @@ pub(crate) use ser::{Count, Out, encode_into};
 /// Deepest nesting of sequences, maps and options encoded or decoded (as serde_json's limit).
 pub const MAX_DEPTH: usize = 128;
 
-/// The tag that starts each encoded value.
-mod tag {
-    pub(super) const UNIT: u8 = 0x00;
-    pub(super) const FALSE: u8 = 0x01;
-    pub(super) const TRUE: u8 = 0x02;
-    pub(super) const UINT: u8 = 0x03;
-    pub(super) const NINT: u8 = 0x04;
-    pub(super) const U128: u8 = 0x05;
-    pub(super) const I128: u8 = 0x06;
-    pub(super) const F32: u8 = 0x07;
-    pub(super) const F64: u8 = 0x08;
-    pub(super) const CHAR: u8 = 0x09;
-    pub(super) const STR: u8 = 0x0A;
-    pub(super) const BYTES: u8 = 0x0B;
-    pub(super) const NONE: u8 = 0x0C;
-    pub(super) const SOME: u8 = 0x0D;
-    pub(super) const SEQ: u8 = 0x0E;
-    pub(super) const MAP: u8 = 0x0F;
-    pub(super) const END: u8 = 0x10;
+crate::encoding::tags! {
+    /// The tag that starts each encoded value (the table above).
+    mod tag {
+        UNIT = 0x00, FALSE = 0x01, TRUE = 0x02,
+        UINT = 0x03, NINT = 0x04, U128 = 0x05, I128 = 0x06,
+        F32 = 0x07, F64 = 0x08, CHAR = 0x09,
+        STR = 0x0A, BYTES = 0x0B, NONE = 0x0C, SOME = 0x0D,
+        SEQ = 0x0E, MAP = 0x0F, END = 0x10,
+    }
 }
 
 /// An output could not be encoded for storage, or a stored output could not be decoded.

@@ -5,6 +5,7 @@ use std::fmt::Display;
 use serde::ser::{self, Serialize};
 
 use super::{MAX_DEPTH, OutputError, tag};
+use crate::encoding::{serialize_compound, serialize_named, serialize_widened, serializer_types};
 
 impl ser::Error for OutputError {
     fn custom<T: Display>(msg: T) -> Self {
@@ -74,7 +75,8 @@ impl<W: Out> Encoder<'_, W> {
         self.out.bytes(text.as_bytes());
     }
 
-    fn int(&mut self, v: i64) {
+    /// Returns the `Serializer`'s result, so that its methods forward here.
+    fn int(&mut self, v: i64) -> Result<(), OutputError> {
         if v >= 0 {
             self.out.byte(tag::UINT);
             self.varint(v as u64);
@@ -82,6 +84,14 @@ impl<W: Out> Encoder<'_, W> {
             self.out.byte(tag::NINT);
             self.varint(!(v as u64));
         }
+        Ok(())
+    }
+
+    /// An integer beyond 64 bits: `tag`, then its 16 bytes, little-endian.
+    fn wide(&mut self, tag: u8, le_bytes: [u8; 16]) -> Result<(), OutputError> {
+        self.out.byte(tag);
+        self.out.bytes(&le_bytes);
+        Ok(())
     }
 
     /// Opens a sequence or map (`open`), one level deeper.
@@ -101,6 +111,15 @@ impl<W: Out> Encoder<'_, W> {
 }
 
 impl<'w, W: Out> Encoder<'w, W> {
+    /// A sequence or map (`open`), closed by the returned compound.
+    fn compound<'a>(&'a mut self, open: u8) -> Result<Compound<'a, 'w, W>, OutputError> {
+        self.open(open)?;
+        Ok(Compound {
+            encoder: self,
+            closes: 1,
+        })
+    }
+
     /// A tuple or struct variant: a one-entry map from its name to its content (`content`
     /// opens a sequence or a map), closed by the returned compound.
     fn variant<'a>(
@@ -110,73 +129,62 @@ impl<'w, W: Out> Encoder<'w, W> {
     ) -> Result<Compound<'a, 'w, W>, OutputError> {
         self.open(tag::MAP)?;
         self.str(variant);
-        self.open(content)?;
-        Ok(Compound {
-            encoder: self,
-            closes: 2,
-        })
+        let mut compound = self.compound(content)?;
+        compound.closes = 2;
+        Ok(compound)
+    }
+
+    /// A unit variant is its name.
+    fn unit_variant(&mut self, variant: &'static str) -> Result<(), OutputError> {
+        self.str(variant);
+        Ok(())
+    }
+
+    /// A newtype variant is a one-entry map from its name to its value.
+    fn newtype_variant<T: Serialize + ?Sized>(
+        &mut self,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), OutputError> {
+        self.open(tag::MAP)?;
+        self.str(variant);
+        value.serialize(&mut *self)?;
+        self.close();
+        Ok(())
     }
 }
 
 impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
-    type Ok = ();
-    type Error = OutputError;
-    type SerializeSeq = Compound<'a, 'w, W>;
-    type SerializeTuple = Compound<'a, 'w, W>;
-    type SerializeTupleStruct = Compound<'a, 'w, W>;
-    type SerializeTupleVariant = Compound<'a, 'w, W>;
-    type SerializeMap = Compound<'a, 'w, W>;
-    type SerializeStruct = Compound<'a, 'w, W>;
-    type SerializeStructVariant = Compound<'a, 'w, W>;
+    serializer_types!(
+        Error = OutputError,
+        Compound = Compound<'a, 'w, W>,
+        Map = Compound<'a, 'w, W>,
+    );
+
+    serialize_widened! {
+        int(i64) <- serialize_i8(i8), serialize_i16(i16), serialize_i32(i32), serialize_i64(i64);
+        serialize_u64(u64) <- serialize_u8(u8), serialize_u16(u16), serialize_u32(u32);
+    }
+
+    serialize_named!(
+        struct = tag::MAP,
+        tuple_variant = tag::SEQ,
+        struct_variant = tag::MAP,
+    );
 
     fn serialize_bool(self, v: bool) -> Result<(), OutputError> {
         self.out.byte(if v { tag::TRUE } else { tag::FALSE });
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), OutputError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), OutputError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), OutputError> {
-        self.int(i64::from(v));
-        Ok(())
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), OutputError> {
-        self.int(v);
-        Ok(())
-    }
-
     fn serialize_i128(self, v: i128) -> Result<(), OutputError> {
         if let Ok(small) = i64::try_from(v) {
-            self.int(small);
+            self.int(small)
         } else if let Ok(unsigned) = u64::try_from(v) {
-            self.out.byte(tag::UINT);
-            self.varint(unsigned);
+            self.serialize_u64(unsigned)
         } else {
-            self.out.byte(tag::I128);
-            self.out.bytes(&v.to_le_bytes());
+            self.wide(tag::I128, v.to_le_bytes())
         }
-        Ok(())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), OutputError> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), OutputError> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), OutputError> {
-        self.serialize_u64(u64::from(v))
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), OutputError> {
@@ -186,13 +194,10 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
     }
 
     fn serialize_u128(self, v: u128) -> Result<(), OutputError> {
-        match u64::try_from(v) {
-            Ok(small) => self.serialize_u64(small),
-            Err(_) => {
-                self.out.byte(tag::U128);
-                self.out.bytes(&v.to_le_bytes());
-                Ok(())
-            }
+        if let Ok(small) = u64::try_from(v) {
+            self.serialize_u64(small)
+        } else {
+            self.wide(tag::U128, v.to_le_bytes())
         }
     }
 
@@ -247,96 +252,12 @@ impl<'a, 'w, W: Out> ser::Serializer for &'a mut Encoder<'w, W> {
         Ok(())
     }
 
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), OutputError> {
-        self.serialize_unit()
-    }
-
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-    ) -> Result<(), OutputError> {
-        self.str(variant);
-        Ok(())
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        value: &T,
-    ) -> Result<(), OutputError> {
-        value.serialize(self)
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        value: &T,
-    ) -> Result<(), OutputError> {
-        self.open(tag::MAP)?;
-        self.str(variant);
-        value.serialize(&mut *self)?;
-        self.close();
-        Ok(())
-    }
-
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, OutputError> {
-        self.open(tag::SEQ)?;
-        Ok(Compound {
-            encoder: self,
-            closes: 1,
-        })
-    }
-
-    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, OutputError> {
-        self.serialize_seq(Some(len))
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeTupleStruct, OutputError> {
-        self.serialize_seq(Some(len))
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleVariant, OutputError> {
-        self.variant(variant, tag::SEQ)
+        self.compound(tag::SEQ)
     }
 
     fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, OutputError> {
-        self.open(tag::MAP)?;
-        Ok(Compound {
-            encoder: self,
-            closes: 1,
-        })
-    }
-
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeStruct, OutputError> {
-        self.serialize_map(Some(len))
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStructVariant, OutputError> {
-        self.variant(variant, tag::MAP)
+        self.compound(tag::MAP)
     }
 }
 
@@ -347,8 +268,17 @@ struct Compound<'a, 'w, W: Out> {
 }
 
 impl<W: Out> Compound<'_, '_, W> {
-    fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), OutputError> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), OutputError> {
         value.serialize(&mut *self.encoder)
+    }
+
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), OutputError> {
+        self.encoder.str(name);
+        self.element(value)
     }
 
     fn finish(self) -> Result<(), OutputError> {
@@ -359,64 +289,19 @@ impl<W: Out> Compound<'_, '_, W> {
     }
 }
 
-macro_rules! elements {
-    ($($trait:ident :: $method:ident),*) => {$(
-        impl<W: Out> ser::$trait for Compound<'_, '_, W> {
-            type Ok = ();
-            type Error = OutputError;
-
-            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), OutputError> {
-                self.value(value)
-            }
-
-            fn end(self) -> Result<(), OutputError> {
-                self.finish()
-            }
-        }
-    )*};
-}
-
-elements!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field,
-    SerializeTupleVariant::serialize_field
-);
-
-macro_rules! fields {
-    ($($trait:ident),*) => {$(
-        impl<W: Out> ser::$trait for Compound<'_, '_, W> {
-            type Ok = ();
-            type Error = OutputError;
-
-            fn serialize_field<T: Serialize + ?Sized>(
-                &mut self,
-                key: &'static str,
-                value: &T,
-            ) -> Result<(), OutputError> {
-                self.encoder.str(key);
-                self.value(value)
-            }
-
-            fn end(self) -> Result<(), OutputError> {
-                self.finish()
-            }
-        }
-    )*};
-}
-
-fields!(SerializeStruct, SerializeStructVariant);
+// Sequences and tuples are elements in order, structs are maps keyed by field name.
+serialize_compound!([W: Out] Compound<'_, '_, W>, Error = OutputError);
 
 impl<W: Out> ser::SerializeMap for Compound<'_, '_, W> {
     type Ok = ();
     type Error = OutputError;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), OutputError> {
-        self.value(key)
+        self.element(key)
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), OutputError> {
-        self.value(value)
+        self.element(value)
     }
 
     fn end(self) -> Result<(), OutputError> {

@@ -12,6 +12,14 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// `tag`, then a varint of `continued` bytes `0xff` and a last `0x7f`.
+fn varint_of(tag: u8, continued: usize) -> Vec<u8> {
+    let mut bytes = vec![tag];
+    bytes.extend(std::iter::repeat_n(0xff, continued));
+    bytes.push(0x7f);
+    bytes
+}
+
 #[track_caller]
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T) {
     let bytes = encode(&value);
@@ -222,33 +230,9 @@ fn damaged_records_are_errors() {
         decode::<String>(&not_utf8),
         Err(OutputError::InvalidUtf8 { .. })
     ));
-    let huge_length = [
-        tag::STR,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0x7f,
-    ];
-    assert!(decode::<String>(&huge_length).is_err());
-    let long_varint = [
-        tag::UINT,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0xff,
-        0x7f,
-    ];
-    assert!(decode::<u64>(&long_varint).is_err());
+    // A string length past the end of the record, and a varint longer than a `u64`.
+    assert!(decode::<String>(&varint_of(tag::STR, 8)).is_err());
+    assert!(decode::<u64>(&varint_of(tag::UINT, 9)).is_err());
 }
 
 #[test]
