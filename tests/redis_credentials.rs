@@ -228,7 +228,7 @@ async fn debug_output_prints_no_password() {
     let store = RedisStore::new(manager.clone());
     let sentinel = SentinelClient::build(
         vec![format!("redis://:{DEFAULT_PASSWORD}@127.0.0.1:1")],
-        "mymaster".to_owned(),
+        String::from("mymaster"), // a `String`: what `build` takes with and without `redis-tls`
         None,
         SentinelServerType::Master,
     )
@@ -246,5 +246,8 @@ async fn debug_output_prints_no_password() {
     }
     // The builder does print its connection's settings, with the password redacted.
     let builder = format!("{builder:?}");
-    assert!(builder.contains("alice") && builder.contains("<redacted>"), "{builder}");
+    assert!(
+        builder.contains("alice") && builder.contains("<redacted>"),
+        "{builder}"
+    );
 }

@@ -128,7 +128,7 @@ impl Drop for SentinelGroup {
 fn connection(urls: &[String]) -> SentinelConnection {
     let client = SentinelClient::build(
         urls.to_vec(),
-        "mymaster".to_owned(),
+        String::from("mymaster"), // a `String`: what `build` takes with and without `redis-tls`
         None,
         SentinelServerType::Master,
     )
