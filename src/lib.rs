@@ -85,7 +85,9 @@ pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use idempotent_core::{RedisPrefixError, RedisStore, RedisStoreBuilder, redis};
+pub use idempotent_core::{
+    RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection, redis,
+};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 #[cfg_attr(

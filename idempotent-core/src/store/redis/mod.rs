@@ -19,10 +19,12 @@ use crate::store::Store;
 
 mod builder;
 mod record;
+mod sentinel;
 
 use builder::Config;
 pub use builder::{RedisPrefixError, RedisStoreBuilder};
 use record::millis;
+pub use sentinel::SentinelConnection;
 
 struct Scripts {
     claim: Script,
@@ -42,7 +44,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 /// fenced by token, one key a record. See the [module docs](self) for the layout, round trips and outage behaviour.
 ///
 /// `C` is the connection: a [`ConnectionManager`] (the default; it reconnects by itself), a
-/// [`ClusterConnection`](::redis::cluster_async::ClusterConnection) (Redis Cluster), or
+/// [`ClusterConnection`](::redis::cluster_async::ClusterConnection) (Redis Cluster), a
+/// [`SentinelConnection`] (the master of a Sentinel group, followed across failovers), or
 /// any other cheap-to-clone [`ConnectionLike`]. Cloning the store clones the connection
 /// handle, which shares the underlying connection.
 ///
@@ -295,6 +298,7 @@ fn store_error(redis_key: &str, error: RedisError) -> StoreError {
         || matches!(
             error.kind(),
             ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
                 | ErrorKind::Server(
                     ServerErrorKind::BusyLoading
                         | ServerErrorKind::MasterDown
