@@ -128,6 +128,7 @@ impl Caller {
         }
     }
 
+    #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
     /// A caller in a SQL transaction. `may_wait`: the database's claim holds no lock the
     /// owner needs, so waiting for it in the transaction cannot block it (PostgreSQL).
     pub(crate) fn in_transaction(settings: &Settings, may_wait: bool) -> Caller {
