@@ -15,6 +15,9 @@
 #   scripts/redis-cluster.sh stop /tmp/idem-cluster
 set -euo pipefail
 
+# shellcheck source=redis-lib.sh
+source "$(dirname "$0")/redis-lib.sh"
+
 NODES=3
 MARKER=".idempotency-redis-cluster"
 
@@ -23,37 +26,12 @@ usage() {
     exit 2
 }
 
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
-# Waits (up to ~10 s) until the node on port $1 answers PING.
-wait_for_ping() {
-    local port=$1 pid=$2
-    for _ in $(seq 1 100); do
-        if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" = "PONG" ]; then
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 stop() {
     local dir=$1
     [ -f "$dir/$MARKER" ] || { echo "$dir is not a cluster directory of this script" >&2; return 1; }
-    local pidfile pid
-    for pidfile in "$dir"/*.pid; do
-        [ -e "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    done
+    stop_pids "$dir"
     rm -f "$dir"/*.pid "$dir"/*.log "$dir"/nodes-*.conf "$dir/urls" "$dir/$MARKER"
     rmdir "$dir" 2>/dev/null || true
 }

@@ -17,6 +17,9 @@
 #   scripts/redis-sentinel.sh stop /tmp/idem-sentinel
 set -euo pipefail
 
+# shellcheck source=redis-lib.sh
+source "$(dirname "$0")/redis-lib.sh"
+
 SENTINELS=3
 MASTER_NAME=mymaster
 DOWN_AFTER_MS=1000
@@ -27,9 +30,6 @@ usage() {
     exit 2
 }
 
-port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 free_port() {
     local port
@@ -45,18 +45,6 @@ free_port() {
     return 1
 }
 
-# Waits (up to ~10 s) until the server on port $1 answers PING.
-wait_for_ping() {
-    local port=$1 pid=$2
-    for _ in $(seq 1 100); do
-        if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" = "PONG" ]; then
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 # Waits (up to ~$2 tenths of a second) until command "$1" succeeds.
 wait_until() {
@@ -83,17 +71,7 @@ spawn() {
 stop() {
     local dir=$1
     [ -f "$dir/$MARKER" ] || { echo "$dir is not a sentinel directory of this script" >&2; return 1; }
-    local pidfile pid
-    for pidfile in "$dir"/*.pid; do
-        [ -e "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    done
+    stop_pids "$dir"
     rm -f "$dir"/*.pid "$dir"/*.log "$dir"/*.rdb "$dir"/sentinel-*.conf "$dir/urls" "$dir/master" \
         "$dir/ports" "$dir/$MARKER"
     rmdir "$dir" 2>/dev/null || true

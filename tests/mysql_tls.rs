@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use idempotency::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use idempotency::sqlx::{self, MySqlPool};
 use idempotency::testing::unreachable;
-use idempotency::{Error, Fingerprint, Idempotency, Key, MySqlStore, Token};
+use idempotency::{Idempotency, MySqlStore, Token};
 use tls_support::{Certificates, Scratch, Server, certificates, free_port};
 
 const SUITE: &str = "mysql_tls";
@@ -176,23 +176,6 @@ fn pool_options() -> MySqlPoolOptions {
         .acquire_timeout(Duration::from_secs(5))
 }
 
-async fn charge(
-    idempotency: &Idempotency,
-    runs: &Arc<AtomicUsize>,
-    order: &str,
-) -> Result<String, Error> {
-    let key = Key::derive("mysql_tls::charge", 1, &order).expect("key");
-    let fingerprint = Fingerprint::of(&order).expect("fingerprint");
-    let runs = Arc::clone(runs);
-    let order = order.to_owned();
-    idempotency
-        .run(key, fingerprint, || async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Error>(format!("receipt for {order}"))
-        })
-        .await
-}
-
 async fn runs_once_and_replays(pool: MySqlPool, what: &str) {
     let (_, cipher): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
         .fetch_one(&pool)
@@ -208,11 +191,15 @@ async fn runs_once_and_replays(pool: MySqlPool, what: &str) {
     store.migrate().await.expect("migrate");
     let idempotency = Idempotency::new(store);
     let runs = Arc::new(AtomicUsize::new(0));
-    let first = charge(&idempotency, &runs, "order-1").await.expect(what);
-    let replay = charge(&idempotency, &runs, "order-1").await.expect(what);
+    let first = tls_support::charge(&idempotency, &runs, "mysql_tls::charge", "order-1")
+        .await
+        .expect(what);
+    let replay = tls_support::charge(&idempotency, &runs, "mysql_tls::charge", "order-1")
+        .await
+        .expect(what);
     assert_eq!(
         (first.as_str(), replay.as_str()),
-        ("receipt for order-1", "receipt for order-1")
+        ("receipt for order-1, run 1", "receipt for order-1, run 1")
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "{what}: the body ran once");
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use idempotency::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use idempotency::sqlx::{self, PgPool};
 use idempotency::testing::unreachable;
-use idempotency::{Error, Fingerprint, Idempotency, Key, PostgresStore, Token};
+use idempotency::{Idempotency, PostgresStore, Token};
 use tls_support::{Certificates, Scratch, certificates, free_port};
 
 const SUITE: &str = "postgres_tls";
@@ -219,23 +219,6 @@ fn pool_options() -> PgPoolOptions {
         .acquire_timeout(Duration::from_secs(10))
 }
 
-async fn charge(
-    idempotency: &Idempotency,
-    runs: &Arc<AtomicUsize>,
-    order: &str,
-) -> Result<String, Error> {
-    let key = Key::derive("postgres_tls::charge", 1, &order).expect("key");
-    let fingerprint = Fingerprint::of(&(order, 1999u64)).expect("fingerprint");
-    let runs = Arc::clone(runs);
-    let order = order.to_owned();
-    idempotency
-        .run(key, fingerprint, || async move {
-            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok::<_, Error>(format!("receipt for {order}, run {n}"))
-        })
-        .await
-}
-
 /// A first execution and a replay through a store on `pool`, and proof that `pool`'s
 /// connections are encrypted.
 async fn runs_once_and_replays(pool: PgPool, what: &str) {
@@ -254,8 +237,10 @@ async fn runs_once_and_replays(pool: PgPool, what: &str) {
     store.migrate().await.expect("migrate");
     let idempotency = Idempotency::new(store);
     let runs = Arc::new(AtomicUsize::new(0));
-    let first = charge(&idempotency, &runs, "order-1").await.expect("first");
-    let replay = charge(&idempotency, &runs, "order-1")
+    let first = tls_support::charge(&idempotency, &runs, "postgres_tls::charge", "order-1")
+        .await
+        .expect("first");
+    let replay = tls_support::charge(&idempotency, &runs, "postgres_tls::charge", "order-1")
         .await
         .expect("replay");
     assert_eq!(first, "receipt for order-1, run 1", "{what}");

@@ -12,16 +12,12 @@ mod tls_support;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use idempotency::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use idempotency::redis::aio::ConnectionManager;
 use idempotency::redis::sentinel::{SentinelClient, SentinelServerType};
 use idempotency::redis::{Client, ConnectionAddr, IntoConnectionInfo as _, RedisConnectionInfo};
 use idempotency::testing::unreachable;
-use idempotency::{
-    Error, Fingerprint, Idempotency, Key, RedisStore, SentinelConnection, StoreError, StoreOp,
-    Token,
-};
+use idempotency::{Error, Idempotency, RedisStore, SentinelConnection, StoreError, StoreOp, Token};
 use tls_support::{Scratch, Server, free_port};
 
 const SUITE: &str = "redis_credentials";
@@ -68,35 +64,9 @@ impl PasswordRedis {
     }
 }
 
-fn config() -> ConnectionManagerConfig {
-    let timeout = Duration::from_secs(2);
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(200))
-}
-
-async fn charge(
-    idempotency: &Idempotency,
-    runs: &Arc<AtomicUsize>,
-    order: &str,
-) -> Result<String, Error> {
-    let key = Key::derive("redis_credentials::charge", 1, &order).expect("key");
-    let fingerprint = Fingerprint::of(&order).expect("fingerprint");
-    let runs = Arc::clone(runs);
-    let order = order.to_owned();
-    idempotency
-        .run(key, fingerprint, || async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Error>(format!("receipt for {order}"))
-        })
-        .await
-}
-
 /// A first execution and a replay through a store over `client` under `prefix`.
 async fn runs_once_and_replays(client: Client, prefix: &str, what: &str) {
-    let connection = ConnectionManager::new_with_config(client, config())
+    let connection = ConnectionManager::new_with_config(client, tls_support::redis_config())
         .await
         .unwrap_or_else(|error| panic!("{what}: connect: {error}"));
     let store = RedisStore::builder(connection)
@@ -105,11 +75,15 @@ async fn runs_once_and_replays(client: Client, prefix: &str, what: &str) {
         .expect("prefix");
     let idempotency = Idempotency::new(store);
     let runs = Arc::new(AtomicUsize::new(0));
-    let first = charge(&idempotency, &runs, "order-1").await.expect(what);
-    let replay = charge(&idempotency, &runs, "order-1").await.expect(what);
+    let first = tls_support::charge(&idempotency, &runs, "redis_credentials::charge", "order-1")
+        .await
+        .expect(what);
+    let replay = tls_support::charge(&idempotency, &runs, "redis_credentials::charge", "order-1")
+        .await
+        .expect(what);
     assert_eq!(
         (first.as_str(), replay.as_str()),
-        ("receipt for order-1", "receipt for order-1")
+        ("receipt for order-1, run 1", "receipt for order-1, run 1")
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "{what}: the body ran once");
 }
@@ -155,7 +129,7 @@ async fn keys_outside_the_acl_users_pattern_fail_closed() {
         return;
     };
     let alice = Client::open(redis.url(&format!("alice:{ALICE_PASSWORD}"))).expect("url");
-    let connection = ConnectionManager::new_with_config(alice, config())
+    let connection = ConnectionManager::new_with_config(alice, tls_support::redis_config())
         .await
         .expect("connect");
     let store = RedisStore::builder(connection)
@@ -164,7 +138,8 @@ async fn keys_outside_the_acl_users_pattern_fail_closed() {
         .expect("prefix");
     let idempotency = Idempotency::new(store);
     let runs = Arc::new(AtomicUsize::new(0));
-    let refused = charge(&idempotency, &runs, "order-1").await;
+    let refused =
+        tls_support::charge(&idempotency, &runs, "redis_credentials::charge", "order-1").await;
     match &refused {
         Err(
             error @ Error::Store {
@@ -191,7 +166,7 @@ async fn a_wrong_password_is_refused_and_never_printed() {
         return;
     };
     let wrong = Client::open(redis.url(&format!("alice:{WRONG_PASSWORD}"))).expect("url");
-    let refused = ConnectionManager::new_with_config(wrong.clone(), config())
+    let refused = ConnectionManager::new_with_config(wrong.clone(), tls_support::redis_config())
         .await
         .map(|_| ())
         .expect_err("a wrong password");
@@ -204,10 +179,12 @@ async fn a_wrong_password_is_refused_and_never_printed() {
     assert_no_password(&format!("{refused:?}"));
 
     // Through the store: the claim fails with a typed error that prints no password.
-    let lazy = ConnectionManager::new_lazy_with_config(wrong.clone(), config()).expect("lazy");
+    let lazy = ConnectionManager::new_lazy_with_config(wrong.clone(), tls_support::redis_config())
+        .expect("lazy");
     let idempotency = Idempotency::new(RedisStore::new(lazy));
     let runs = Arc::new(AtomicUsize::new(0));
-    let failed = charge(&idempotency, &runs, "order-1").await;
+    let failed =
+        tls_support::charge(&idempotency, &runs, "redis_credentials::charge", "order-1").await;
     let error = failed.expect_err("a wrong password fails the claim");
     assert!(matches!(error, Error::Store { .. }), "{error:?}");
     assert_no_password(&format!("{error} / {error:?}"));
@@ -223,7 +200,9 @@ async fn a_wrong_password_is_refused_and_never_printed() {
 async fn debug_output_prints_no_password() {
     // Nothing here connects: clients, managers, builders and stores are only formatted.
     let client = Client::open(format!("redis://alice:{ALICE_PASSWORD}@127.0.0.1:1")).expect("url");
-    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config()).expect("lazy");
+    let manager =
+        ConnectionManager::new_lazy_with_config(client.clone(), tls_support::redis_config())
+            .expect("lazy");
     let builder = RedisStore::builder(manager.clone()).prefix("app:");
     let store = RedisStore::new(manager.clone());
     let sentinel = SentinelClient::build(

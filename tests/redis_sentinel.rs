@@ -8,6 +8,8 @@
 //! Without `redis-server` / `redis-cli` the test prints SKIPPED;
 //! `IDEMPOTENCY_REQUIRE_SERVICES=1` makes that a failure. The group is stopped on drop.
 
+mod tls_support;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,9 +19,7 @@ use std::time::{Duration, Instant};
 use idempotency::redis::sentinel::{SentinelClient, SentinelServerType};
 use idempotency::redis::{self, AsyncConnectionConfig, Client};
 use idempotency::testing::unreachable;
-use idempotency::{
-    Error, Fingerprint, Idempotency, Key, RedisStore, SentinelConnection, StoreError, Token,
-};
+use idempotency::{Error, Idempotency, RedisStore, SentinelConnection, StoreError, Token};
 
 const SUITE: &str = "redis_sentinel";
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-sentinel.sh");
@@ -142,23 +142,6 @@ fn connection(urls: &[String]) -> SentinelConnection {
     )
 }
 
-async fn charge(
-    idempotency: &Idempotency,
-    runs: &Arc<AtomicUsize>,
-    order: &str,
-) -> Result<String, Error> {
-    let key = Key::derive("redis_sentinel::charge", 1, &order).expect("key");
-    let fingerprint = Fingerprint::of(&(order, 1999u64)).expect("fingerprint");
-    let runs = Arc::clone(runs);
-    let order = order.to_owned();
-    idempotency
-        .run(key, fingerprint, || async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, Error>(format!("receipt for {order}"))
-        })
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_follows_a_failover_and_fails_closed_in_between() {
     let Some(group) = SentinelGroup::start() else {
@@ -173,11 +156,15 @@ async fn the_store_follows_a_failover_and_fails_closed_in_between() {
     let idempotency = Idempotency::new(store);
 
     let runs = Arc::new(AtomicUsize::new(0));
-    let first = charge(&idempotency, &runs, "before").await.expect("first");
-    let replay = charge(&idempotency, &runs, "before").await.expect("replay");
+    let first = tls_support::charge(&idempotency, &runs, "redis_sentinel::charge", "before")
+        .await
+        .expect("first");
+    let replay = tls_support::charge(&idempotency, &runs, "redis_sentinel::charge", "before")
+        .await
+        .expect("replay");
     assert_eq!(
         (first.as_str(), replay.as_str()),
-        ("receipt for before", "receipt for before")
+        ("receipt for before, run 1", "receipt for before, run 1")
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
 
@@ -210,9 +197,16 @@ async fn the_store_follows_a_failover_and_fails_closed_in_between() {
             elapsed < FAILOVER_BOUND,
             "the store did not reach the promoted master within {FAILOVER_BOUND:?} ({refused} calls refused)"
         );
-        match charge(&idempotency, &during, &format!("during-{refused}")).await {
+        match tls_support::charge(
+            &idempotency,
+            &during,
+            "redis_sentinel::charge",
+            &format!("during-{refused}"),
+        )
+        .await
+        {
             Ok(receipt) => {
-                assert_eq!(receipt, format!("receipt for during-{refused}"));
+                assert_eq!(receipt, format!("receipt for during-{refused}, run 1"));
                 break elapsed;
             }
             Err(Error::Store {
@@ -239,10 +233,10 @@ async fn the_store_follows_a_failover_and_fails_closed_in_between() {
     );
 
     // The record replicated before the failover is replayed from the new master.
-    let replay = charge(&idempotency, &runs, "before")
+    let replay = tls_support::charge(&idempotency, &runs, "redis_sentinel::charge", "before")
         .await
         .expect("replay after failover");
-    assert_eq!(replay, "receipt for before");
+    assert_eq!(replay, "receipt for before, run 1");
     assert_eq!(
         runs.load(Ordering::SeqCst),
         1,

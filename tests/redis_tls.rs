@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotency::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use idempotency::redis::aio::ConnectionManager;
 use idempotency::redis::{self, Client, TlsCertificates};
 use idempotency::testing::unreachable;
-use idempotency::{Error, Fingerprint, Idempotency, Key, RedisStore, StoreError, StoreOp, Token};
+use idempotency::{Error, Idempotency, Key, RedisStore, StoreError, StoreOp, Token};
 use tls_support::{Certificates, Scratch, Server, certificates, free_port};
 
 const SUITE: &str = "redis_tls";
@@ -96,15 +96,6 @@ impl TlsRedis {
     }
 }
 
-fn config() -> ConnectionManagerConfig {
-    let timeout = Duration::from_secs(2);
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(200))
-}
-
 fn store(connection: ConnectionManager) -> RedisStore {
     RedisStore::builder(connection)
         .prefix(format!("idempotency-test:tls:{}:", Token::random()))
@@ -113,37 +104,22 @@ fn store(connection: ConnectionManager) -> RedisStore {
         .expect("prefix")
 }
 
-async fn charge(
-    idempotency: &Idempotency,
-    runs: &Arc<AtomicUsize>,
-    order: &str,
-) -> Result<String, Error> {
-    let key = Key::derive("redis_tls::charge", 1, &order).expect("key");
-    let fingerprint = Fingerprint::of(&(order, 1999u64)).expect("fingerprint");
-    let runs = Arc::clone(runs);
-    let order = order.to_owned();
-    idempotency
-        .run(key, fingerprint, || async move {
-            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok::<_, Error>(format!("receipt for {order}, run {n}"))
-        })
-        .await
-}
-
 #[tokio::test]
 async fn calls_run_once_and_replay_over_tls() {
     let Some(redis) = TlsRedis::start() else {
         return;
     };
     let client = redis.client(redis.certificates.ca_pem());
-    let connection = ConnectionManager::new_with_config(client, config())
+    let connection = ConnectionManager::new_with_config(client, tls_support::redis_config())
         .await
         .unwrap_or_else(|error| panic!("TLS connection: {error}\n{}", redis.server.log()));
     let idempotency = Idempotency::new(store(connection.clone()));
     let runs = Arc::new(AtomicUsize::new(0));
 
-    let first = charge(&idempotency, &runs, "order-1").await.expect("first");
-    let replay = charge(&idempotency, &runs, "order-1")
+    let first = tls_support::charge(&idempotency, &runs, "redis_tls::charge", "order-1")
+        .await
+        .expect("first");
+    let replay = tls_support::charge(&idempotency, &runs, "redis_tls::charge", "order-1")
         .await
         .expect("replay");
     assert_eq!(first, "receipt for order-1, run 1");
@@ -173,7 +149,7 @@ async fn a_certificate_from_an_untrusted_ca_is_refused_and_the_body_does_not_run
     };
     let client = redis.client(redis.certificates.other_ca_pem());
 
-    let refused = ConnectionManager::new_with_config(client.clone(), config())
+    let refused = ConnectionManager::new_with_config(client.clone(), tls_support::redis_config())
         .await
         .map(|_| ())
         .expect_err("a server certificate signed by an untrusted CA");
@@ -184,10 +160,11 @@ async fn a_certificate_from_an_untrusted_ca_is_refused_and_the_body_does_not_run
     );
 
     // Through the store: a typed store error on the claim, the body never runs.
-    let lazy = ConnectionManager::new_lazy_with_config(client, config()).expect("lazy manager");
+    let lazy = ConnectionManager::new_lazy_with_config(client, tls_support::redis_config())
+        .expect("lazy manager");
     let idempotency = Idempotency::new(store(lazy));
     let runs = Arc::new(AtomicUsize::new(0));
-    let failed = charge(&idempotency, &runs, "order-2").await;
+    let failed = tls_support::charge(&idempotency, &runs, "redis_tls::charge", "order-2").await;
     match &failed {
         Err(Error::Store {
             op: StoreOp::Claim,

@@ -186,7 +186,7 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
                 .claim_in(&mut **tx, &key, &fingerprint, settings.lease)
                 .await;
             let next = match claim {
-                Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now()),
+                Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
             match next {

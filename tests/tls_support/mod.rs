@@ -8,9 +8,11 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotency::Token;
+use idempotency::{Error, Fingerprint, Idempotency, Key, Token};
 
 /// A directory of this test's own, deleted on drop.
 pub(crate) struct Scratch(PathBuf);
@@ -211,4 +213,35 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A first execution or a replay of `order` in `namespace`: the body counts its runs in `runs`
+/// and answers `receipt for {order}, run {n}`.
+pub(crate) async fn charge(
+    idempotency: &Idempotency,
+    runs: &Arc<AtomicUsize>,
+    namespace: &'static str,
+    order: &str,
+) -> Result<String, Error> {
+    let key = Key::derive(namespace, 1, &order).expect("key");
+    let fingerprint = Fingerprint::of(&order).expect("fingerprint");
+    let runs = Arc::clone(runs);
+    let order = order.to_owned();
+    idempotency
+        .run(key, fingerprint, || async move {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<_, Error>(format!("receipt for {order}, run {n}"))
+        })
+        .await
+}
+
+/// A connection manager that gives up quickly (a test server that is down fails in seconds).
+#[cfg(feature = "redis")]
+pub(crate) fn redis_config() -> idempotency::redis::aio::ConnectionManagerConfig {
+    let timeout = Duration::from_secs(2);
+    idempotency::redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200))
 }

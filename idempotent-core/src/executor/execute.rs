@@ -74,9 +74,8 @@ impl Inner {
                 Some(claim) => claim,
                 None => self.store.claim(&key, &fingerprint, settings.lease).await,
             };
-            let now = Instant::now();
             let next = match claim {
-                Ok(claim) => caller.on_claim(claim, &fingerprint, now),
+                Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) if caller.fails_open(&error) => {
                     event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
                     return body().await;
@@ -94,7 +93,7 @@ impl Inner {
                     if self
                         .flights
                         .get(&key)
-                        .is_some_and(|flight| flight.lease_until > now)
+                        .is_some_and(|flight| flight.lease_until > Instant::now())
                     {
                         continue;
                     }

@@ -147,12 +147,13 @@ impl Caller {
             .get_or_insert_with(|| later(now, self.wait_timeout))
     }
 
-    /// The store answered the claim.
+    /// The store answered the claim. `now` is read only for a key in progress: an owner or a
+    /// replay needs no clock.
     pub(crate) fn on_claim(
         &mut self,
         claim: Claim,
         fingerprint: &Fingerprint,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Next {
         match claim {
             Claim::Acquired { token, took_over } => Next::Own { token, took_over },
@@ -179,6 +180,7 @@ impl Caller {
                 if self.reject || (self.busy_when_lease_passed && lease_remaining.is_zero()) {
                     return busy;
                 }
+                let now = now();
                 let deadline = self.deadline(now);
                 if now >= deadline {
                     return busy;
@@ -320,4 +322,60 @@ pub(crate) fn decode_stored<M: OutputMode<T, E>, T, E>(
 pub(crate) fn later(now: Instant, by: Duration) -> Instant {
     now.checked_add(by)
         .unwrap_or_else(|| now + defaults::LONGEST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_progress(fingerprint: Fingerprint, lease_remaining: Duration) -> Claim {
+        Claim::InProgress {
+            fingerprint,
+            lease_remaining,
+        }
+    }
+
+    /// The longest durations are clamped once, so no deadline overflows the clock, in the
+    /// executor's caller and in a transaction's alike (the transactional copy of the loop
+    /// panicked on `now + Duration::MAX`).
+    #[test]
+    fn the_longest_wait_neither_panics_nor_ends() {
+        let fingerprint = Fingerprint::of(&"args").expect("fingerprint");
+        let settings = Settings::DEFAULT.with(
+            CallOptions::new()
+                .wait_timeout(Duration::MAX)
+                .ttl(Duration::MAX)
+                .lease(Duration::MAX),
+        );
+        assert_eq!(settings.wait_timeout, defaults::LONGEST);
+        assert_eq!(settings.ttl, defaults::LONGEST);
+        let now = Instant::now();
+        for mut caller in [
+            Caller::new(&settings),
+            #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+            Caller::in_transaction(&settings, true),
+        ] {
+            let next = caller.on_claim(
+                in_progress(fingerprint, Duration::from_millis(5)),
+                &fingerprint,
+                || now,
+            );
+            assert!(
+                matches!(next, Next::Poll(nap) if nap <= defaults::POLL_FIRST),
+                "{next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_for_another_fingerprint_is_key_reuse() {
+        let ours = Fingerprint::of(&"ours").expect("fingerprint");
+        let theirs = Fingerprint::of(&"theirs").expect("fingerprint");
+        let mut caller = Caller::new(&Settings::DEFAULT);
+        let reused = caller.on_claim(in_progress(theirs, Duration::ZERO), &ours, Instant::now);
+        assert!(
+            matches!(reused, Next::Fail(Refusal::KeyReused)),
+            "{reused:?}"
+        );
+    }
 }
