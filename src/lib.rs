@@ -64,9 +64,9 @@
 pub use idempotent_core::{
     BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, CodecOp, Digest,
     DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
-    InProgressPolicy, Keep, Key, Namespace, OutputMode, OutputsAndErrors, OutputsOnly, Record,
-    Store, StoreError, StoreOp, Token, async_trait, default_idempotency, defaults, output,
-    set_default, set_default_store, store,
+    InProgressPolicy, Keep, Key, Namespace, NotStored, OutputMode, OutputsAndErrors, OutputsOnly,
+    Record, ShutdownTimedOut, Store, StoreError, StoreOp, Token, async_trait, default_idempotency,
+    defaults, output, set_default, set_default_store, shutdown_default, store,
 };
 
 #[cfg(feature = "conformance")]

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{AppError, DOWN, Recording, leak};
-use idempotency::{Error, Idempotency, InProgressPolicy, MemoryStore, Store as _, idempotent};
+use idempotency::{
+    Error, Idempotency, InProgressPolicy, MemoryStore, NotStored, Store as _, idempotent,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,7 +209,7 @@ async fn after_the_ttl_the_call_runs_again() {
     assert_eq!(short_lived(1, exec, &runs).await.unwrap(), 2);
 }
 
-#[idempotent(store = exec, skip(exec, runs, delay), lease = "200ms")]
+#[idempotent(store = exec, skip(exec, runs, delay), lease = "200ms", max_run = "200ms")]
 async fn slow(
     order: u32,
     exec: &Idempotency,
@@ -225,7 +227,8 @@ async fn a_hung_owner_is_taken_over_and_its_late_result_is_refused() {
     let runs = leak(AtomicUsize::new(0));
     let hung = tokio::spawn(slow(9, exec, runs, Duration::from_millis(900)));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Waits for the hung owner's lease (200 ms) to pass, then takes over.
+    // Renewal stops at `max_run` (200 ms); the taker waits for the lease (200 ms more) to
+    // pass, then takes over.
     let taker = slow(9, exec, runs, Duration::from_millis(10))
         .await
         .unwrap();
@@ -360,16 +363,23 @@ async fn fail_open_is_an_explicit_opt_in() {
 }
 
 #[tokio::test]
-async fn outputs_over_the_limit_are_refused_and_released() {
+async fn outputs_over_the_limit_run_once_and_are_recorded_as_not_stored() {
     let (store, counts) = Recording::new(MemoryStore::new());
     let exec = Idempotency::builder(store).max_output_bytes(64).build();
     let runs = AtomicUsize::new(0);
+    let first = big_output(1, &exec, &runs).await;
+    assert_eq!(first.expect("the first call gets its result").len(), 1001);
     let error = big_output(1, &exec, &runs).await.unwrap_err();
     assert!(
-        matches!(error.idempotency(), Some(Error::OutputTooLarge { size, limit: 64, .. }) if *size > 64),
+        matches!(
+            error.idempotency(),
+            Some(Error::OutputNotStored { reason: NotStored::TooLarge { size, limit: 64 }, .. }) if *size > 64
+        ),
         "{error:?}"
     );
-    assert_eq!(counts.snapshot(), (1, 0, 1));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // claim + complete (the not-stored record), then the retry's claim.
+    assert_eq!(counts.snapshot(), (2, 1, 0));
 }
 
 #[idempotent(store = exec, skip(exec, runs))]

@@ -6,6 +6,7 @@
 //! and `redis-server`s that the tests start on free loopback ports and kill when done. Without
 //! them the tests print SKIPPED; `IDEMPOTENCY_REQUIRE_SERVICES=1` makes that a failure.
 
+mod at_most_once_support;
 mod redis_support;
 
 use std::sync::Arc;
@@ -15,13 +16,25 @@ use std::time::{Duration, Instant};
 use idempotency::redis::aio::ConnectionManager;
 use idempotency::redis::{self, AsyncCommands as _, Client};
 use idempotency::{
-    Bytes, Claim, Digest, Error, Fingerprint, Idempotency, Key, RedisStore, Store, StoreError,
-    StoreOp, Token,
+    Bytes, Claim, Digest, Error, Fingerprint, Idempotency, Key, Record, RedisStore, Store,
+    StoreError, StoreOp, Token,
 };
 use redis_support::{
     RedisServer, RoundTrips, admin, manager, manager_config, standalone, standalone_store,
     unique_prefix,
 };
+
+async fn at_most_once_open(locator: Option<String>) -> Option<(Arc<dyn Store>, String)> {
+    let (_, connection) = standalone("redis at most once").await?;
+    let prefix = locator.unwrap_or_else(|| unique_prefix("at-most-once"));
+    let store = RedisStore::builder(connection)
+        .prefix(prefix.clone())
+        .build()
+        .expect("prefix");
+    Some((Arc::new(store), prefix))
+}
+
+at_most_once_support::at_most_once_suite!(at_most_once_open, cross_process = true);
 
 mod conformance {
     idempotency::conformance_tests!(|| async {
@@ -339,7 +352,7 @@ async fn odd_keys_are_hashed_and_run_once() {
 }
 
 #[tokio::test]
-async fn outputs_over_the_limit_are_refused_and_the_claim_released() {
+async fn outputs_over_the_limit_run_once_and_are_recorded_as_not_stored() {
     let Some((_, connection)) = standalone("redis output limit").await else {
         return;
     };
@@ -352,26 +365,27 @@ async fn outputs_over_the_limit_are_refused_and_the_claim_released() {
     let key = key_of("limit", "big");
     let big = "x".repeat(2000);
     let runs = AtomicUsize::new(0);
-    for attempt in 1..=2 {
-        match call(&idempotency, &key, &runs, &big).await {
-            Err(AppError::Idempotency(error @ Error::OutputTooLarge { size, limit, .. })) => {
-                assert_eq!(limit, 1024);
-                assert!(size > 2000, "the encoded size: {size}");
+    let first = call(&idempotency, &key, &runs, &big).await;
+    assert_eq!(first.expect("the first call gets its result"), big);
+    for retry in [big.as_str(), "fits"] {
+        match call(&idempotency, &key, &runs, retry).await {
+            Err(AppError::Idempotency(error @ Error::OutputNotStored { .. })) => {
                 assert!(
-                    error.to_string().contains("its claim was released"),
+                    error.to_string().contains("over the limit of 1024"),
                     "{error}"
                 );
             }
-            other => panic!("expected OutputTooLarge, got {other:?}"),
+            other => panic!("expected OutputNotStored, got {other:?}"),
         }
-        assert!(
-            store.get(&key).await.expect("get").is_none(),
-            "the claim is released"
-        );
-        assert_eq!(runs.load(Ordering::SeqCst), attempt, "a retry runs again");
     }
-    let small = call(&idempotency, &key, &runs, "fits").await.expect("fits");
-    assert_eq!(small, "fits");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+    assert!(
+        matches!(
+            store.get(&key).await.expect("get"),
+            Some(Record::Completed { .. })
+        ),
+        "the record says the body ran"
+    );
 
     // The store itself refuses before sending anything.
     let other = key_of("limit", "direct");

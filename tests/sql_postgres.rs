@@ -5,6 +5,7 @@
 
 #![cfg(feature = "postgres")]
 
+mod at_most_once_support;
 mod sql_support;
 
 mod harness {

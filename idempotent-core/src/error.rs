@@ -211,6 +211,19 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// An earlier call with this key ran its body and it returned, but its output could not
+    /// be stored (over `max_output_bytes`, refused by the store, or its `Serialize` failed).
+    /// The body had its effect, so it does not run again for this key within `ttl`, and there
+    /// is no output to replay.
+    #[error(
+        "key `{key}` was run and its body returned, but its output was not stored ({reason}); the body does not run again for this key until its record expires (`ttl`): use a new key to run it again"
+    )]
+    OutputNotStored {
+        /// The key.
+        key: Key,
+        /// Why the output was not stored.
+        reason: NotStored,
+    },
     /// Two different `#[idempotent]` functions share a namespace and version, so their keys
     /// could collide.
     #[error(
@@ -251,7 +264,8 @@ impl Error {
             | Error::LeaseLost { key }
             | Error::Store { key, .. }
             | Error::CorruptRecord { key, .. }
-            | Error::OutputTooLarge { key, .. } => Some(key),
+            | Error::OutputTooLarge { key, .. }
+            | Error::OutputNotStored { key, .. } => Some(key),
             Error::Codec { key, .. } => key.as_ref(),
             Error::NamespaceCollision { .. }
             | Error::InvalidOption { .. }
@@ -264,6 +278,12 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::InProgress { .. } => true,
+            // The body ran (and may have had its effect): a retry would run it again once the
+            // claim's lease passes.
+            Error::Store {
+                op: StoreOp::Complete,
+                ..
+            } => false,
             Error::Store { source, .. } => matches!(
                 source,
                 StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_)
@@ -290,6 +310,37 @@ impl Error {
                 key: key.clone(),
                 source,
             },
+        }
+    }
+}
+
+/// Why a body's output was not stored ([`Error::OutputNotStored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// Its encoded envelope is over the limit: the executor's `max_output_bytes`, or the
+    /// store's.
+    TooLarge {
+        /// The envelope's length in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Its `Serialize` failed or panicked.
+    Unencodable {
+        /// The encoder's message (at most 256 bytes of it).
+        detail: String,
+    },
+}
+
+impl fmt::Display for NotStored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotStored::TooLarge { size, limit } => write!(
+                f,
+                "it was {size} bytes, over the limit of {limit} (`max_output_bytes`)"
+            ),
+            NotStored::Unencodable { detail } => write!(f, "it could not be encoded: {detail}"),
         }
     }
 }

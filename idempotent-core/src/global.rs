@@ -44,3 +44,15 @@ pub fn default_idempotency() -> Result<&'static Idempotency, Error> {
         DEFAULT.get().ok_or(Error::NoDefaultStore)
     }
 }
+
+/// [`Idempotency::shutdown`] of the process default executor, if one was set or used: waits up
+/// to `timeout` for outputs recorded in the background, and stops lease renewals. Call it at
+/// the end of a graceful shutdown, before the runtime ends.
+pub async fn shutdown_default(
+    timeout: std::time::Duration,
+) -> Result<(), crate::executor::ShutdownTimedOut> {
+    match DEFAULT.get() {
+        Some(idempotency) => idempotency.shutdown(timeout).await,
+        None => Ok(()),
+    }
+}

@@ -276,8 +276,10 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
     }
 
     /// Records the body's `result` in `tx` (one statement) and returns it: `Ok` outputs are
-    /// stored as the completed record; an `Err` (unless stored), an output that cannot be
-    /// encoded, or one over the store's limit deletes the claim instead and is returned.
+    /// stored as the completed record; an `Err` (unless stored) deletes the claim instead. An
+    /// output that cannot be encoded, or one over the store's limit, is returned, and the
+    /// record says it was not stored: retries get
+    /// [`Error::OutputNotStored`](crate::Error::OutputNotStored).
     pub async fn finish<T, E>(
         self,
         tx: &mut Transaction<'_, DB>,
@@ -293,9 +295,11 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
                 self.release(tx).await;
                 return result;
             }
-            Outcome::Unstorable(why) => {
-                self.release(tx).await;
-                return Err(why.into_error(self.key).into());
+            // The body's effects commit with this record: it says the body ran, so a retry
+            // gets `Error::OutputNotStored` instead of running it again.
+            Outcome::NotStored(reason) => {
+                event!(warn, key = %self.key, reason = %reason, "the output cannot be stored; recording that the body ran");
+                protocol::not_stored(&reason)
             }
         };
         match self

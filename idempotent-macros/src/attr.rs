@@ -10,6 +10,7 @@ mod kw {
     syn::custom_keyword!(key);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(lease);
+    syn::custom_keyword!(max_run);
     syn::custom_keyword!(executor);
     syn::custom_keyword!(store);
     syn::custom_keyword!(skip);
@@ -22,7 +23,7 @@ mod kw {
     syn::custom_keyword!(reject);
 }
 
-pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `executor` (or `store`), `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `transaction`, `crate`";
+pub(crate) const VALID_OPTIONS: &str = "`key`, `ttl`, `lease`, `max_run`, `executor` (or `store`), `skip`, `name`, `version`, `on_in_progress`, `store_errors`, `transaction`, `crate`";
 
 /// A duration option: a humantime literal (`"24h"`, checked at compile time) or any
 /// expression of type `Duration`.
@@ -59,6 +60,7 @@ pub(crate) struct Options {
     pub(crate) key: Option<Set<Expr>>,
     pub(crate) ttl: Option<Set<DurationValue>>,
     pub(crate) lease: Option<Set<DurationValue>>,
+    pub(crate) max_run: Option<Set<DurationValue>>,
     /// `executor = …`, or its alias `store = …`.
     pub(crate) executor: Option<Set<Expr>>,
     pub(crate) skip: Option<Set<Vec<Ident>>>,
@@ -119,6 +121,9 @@ impl Parse for Options {
             } else if lookahead.peek(kw::lease) {
                 let span = input.parse::<kw::lease>()?.span;
                 set(&mut options.lease, errors, "lease", span, value(input)?);
+            } else if lookahead.peek(kw::max_run) {
+                let span = input.parse::<kw::max_run>()?.span;
+                set(&mut options.max_run, errors, "max_run", span, value(input)?);
             } else if lookahead.peek(kw::store_errors) {
                 let span = input.parse::<kw::store_errors>()?.span;
                 set(&mut options.store_errors, errors, "store_errors", span, ());

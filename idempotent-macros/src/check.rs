@@ -26,6 +26,7 @@ pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Resu
     let namespace = check_name(options, function, &mut errors);
     let ttl = check_duration(&options.ttl, "ttl", &mut errors);
     let lease = check_duration(&options.lease, "lease", &mut errors);
+    let max_run = check_duration(&options.max_run, "max_run", &mut errors);
     errors.finish()?;
 
     let (Some(shape), Some(output)) = (shape, output) else {
@@ -57,6 +58,7 @@ pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Resu
         hashed,
         ttl,
         lease,
+        max_run,
         policy: options.on_in_progress.as_ref().map(|policy| policy.value),
         store_errors: options.store_errors.is_some(),
         output,

@@ -154,7 +154,8 @@ impl<'a> Common<'a> {
     }
 }
 
-/// The per-call options, applied to the prepared call: `ttl`, `lease` and `on_in_progress` as
+/// The per-call options, applied to the prepared call: `ttl`, `lease`, `max_run` and
+/// `on_in_progress` as
 /// one `CallOptions` value, then `store_errors`. Empty when there are none.
 fn call_options(plan: &Plan<'_>, private: &TokenStream) -> TokenStream {
     let duration = |duration: &Duration<'_>| match duration {
@@ -169,6 +170,10 @@ fn call_options(plan: &Plan<'_>, private: &TokenStream) -> TokenStream {
     if let Some(lease) = &plan.lease {
         let lease = duration(lease);
         set.extend(quote!(.lease(#lease)));
+    }
+    if let Some(max_run) = &plan.max_run {
+        let max_run = duration(max_run);
+        set.extend(quote!(.max_run(#max_run)));
     }
     if let Some(policy) = plan.policy {
         let policy = match policy {

@@ -17,6 +17,7 @@ pub(crate) struct Plan<'a> {
     pub(crate) hashed: Vec<&'a Ident>,
     pub(crate) ttl: Option<Duration<'a>>,
     pub(crate) lease: Option<Duration<'a>>,
+    pub(crate) max_run: Option<Duration<'a>>,
     pub(crate) policy: Option<Policy>,
     pub(crate) store_errors: bool,
     /// The body's output type `R`.

@@ -995,13 +995,18 @@ macro_rules! sql_suite {
             assert_eq!(stored, key.to_string(), "the key is stored as data, verbatim");
         }
 
+        /// The body of a call whose output is over the store's limit ran: its record says so,
+        /// the first call gets its result, and retries get `OutputNotStored` without running
+        /// the body — on the pool and in the caller's transaction, where the body's row and
+        /// the record commit together.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn an_output_over_the_limit_is_refused_and_its_claim_released() {
+        async fn an_output_over_the_limit_runs_once_and_is_recorded_as_not_stored() {
             let Some((url, pool)) = harness::fresh(4).await else {
                 return;
             };
-            let records = unique("limit");
-            let _scratch = scratch(&url, &[&records]);
+            let (records, orders) = (unique("limit"), unique("limit_orders"));
+            let _scratch = scratch(&url, &[&records, &orders]);
+            create(&pool, harness::create_orders(&orders)).await;
             let store = SqlStore::builder(pool.clone())
                 .table(&records)
                 .max_output_bytes(1024)
@@ -1011,45 +1016,77 @@ macro_rules! sql_suite {
             let idempotency = Idempotency::new(store.clone());
             let key = Key::derive("sql::limit", 1, &unique("k")).expect("key");
             let runs = AtomicUsize::new(0);
-
-            let large: Result<String, Error> = idempotency
-                .run(key.clone(), fingerprint("a"), || async {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    Ok("x".repeat(4096))
-                })
-                .await;
-            match large {
-                Err(error @ Error::OutputTooLarge { size, limit: 1024, .. }) => {
-                    assert!(size > 4096);
-                    assert!(
-                        error.to_string().contains("over the limit of 1024 bytes"),
-                        "{error}"
-                    );
+            for attempt in 0..3 {
+                let large: Result<String, Error> = idempotency
+                    .run(key.clone(), fingerprint("a"), || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok("x".repeat(4096))
+                    })
+                    .await;
+                match large {
+                    Ok(output) if attempt == 0 => assert_eq!(output.len(), 4096),
+                    Err(error @ Error::OutputNotStored { .. }) if attempt > 0 => {
+                        assert!(error.to_string().contains("over the limit of 1024"), "{error}");
+                    }
+                    other => panic!("attempt {attempt}: {other:?}"),
                 }
-                other => panic!("expected OutputTooLarge, got {other:?}"),
             }
-            assert!(store.get(&key).await.expect("get").is_none(), "the claim was released");
-
-            let small: Result<String, Error> = idempotency
-                .run(key.clone(), fingerprint("a"), || async {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    Ok("small".to_owned())
-                })
-                .await;
-            assert_eq!(small.expect("a retry runs again"), "small");
-            assert_eq!(runs.load(Ordering::SeqCst), 2);
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
 
             // The same in the caller's transaction.
             let key = Key::derive("sql::limit", 1, &unique("k")).expect("key");
-            let mut tx = pool.begin().await.expect("begin");
-            let large: Result<String, Error> = store
-                .in_transaction(key.clone(), fingerprint("a"))
-                .run(&mut tx, |_| Box::pin(async { Ok("x".repeat(4096)) }))
-                .await;
-            assert!(matches!(large, Err(Error::OutputTooLarge { limit: 1024, .. })), "{large:?}");
-            tx.commit().await.expect("commit");
-            assert!(store.get(&key).await.expect("get").is_none(), "the claim was released");
+            let insert = harness::insert_order(&orders);
+            for attempt in 0..3 {
+                let mut tx = pool.begin().await.expect("begin");
+                let insert = insert.clone();
+                let large: Result<String, Error> = store
+                    .in_transaction(key.clone(), fingerprint("a"))
+                    .run(&mut tx, |tx| {
+                        Box::pin(async move {
+                            sqlx::query(&insert)
+                                .bind("large")
+                                .bind(1i64)
+                                .execute(&mut **tx)
+                                .await
+                                .expect("insert");
+                            Ok("x".repeat(4096))
+                        })
+                    })
+                    .await;
+                tx.commit().await.expect("commit");
+                match large {
+                    Ok(output) if attempt == 0 => assert_eq!(output.len(), 4096),
+                    Err(Error::OutputNotStored { .. }) if attempt > 0 => {}
+                    other => panic!("attempt {attempt} in a transaction: {other:?}"),
+                }
+            }
+            assert_eq!(rows(&pool, &orders).await, 1, "the transactional body ran once");
         }
+
+        /// The at-most-once scenarios' store: one table a database, created once a process
+        /// (a child process opens the parent's database, where it exists).
+        async fn at_most_once_open(
+            locator: Option<String>,
+        ) -> Option<(std::sync::Arc<dyn idempotency::Store>, String)> {
+            static MIGRATED: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+            const TABLE: &str = "idempotency_at_most_once";
+            let (url, pool) = match locator {
+                None => harness::fresh(8).await?,
+                Some(url) => {
+                    let pool = harness::connect(&url, 4).await;
+                    (url, pool)
+                }
+            };
+            let store = SqlStore::builder(pool).table(TABLE).build().expect("table");
+            let mut migrated = MIGRATED.lock().await;
+            if !migrated.contains(&url) {
+                store.migrate().await.expect("migrate");
+                migrated.push(url.clone());
+            }
+            Some((std::sync::Arc::new(store), url))
+        }
+
+        at_most_once_support::at_most_once_suite!(at_most_once_open, cross_process = true);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn expired_rows_are_purged_in_batches_and_by_the_sweeper() {

@@ -38,8 +38,10 @@ impl IdempotencyBuilder {
     }
 
     /// Largest encoded output stored (default [`MAX_OUTPUT_BYTES`](crate::defaults::MAX_OUTPUT_BYTES), 1 MiB; the
-    /// store's own [`Store::max_output_bytes`] when lower). A larger output fails the call
-    /// with [`Error::OutputTooLarge`](crate::Error::OutputTooLarge) and releases its claim.
+    /// store's own [`Store::max_output_bytes`] when lower). The body of a call whose output is
+    /// larger has run: the call returns its result, and its record says that the output was
+    /// not stored, so retries get [`Error::OutputNotStored`](crate::Error::OutputNotStored)
+    /// and the body does not run again within `ttl`.
     pub fn max_output_bytes(mut self, limit: usize) -> Self {
         self.settings.max_output_bytes = limit;
         self
@@ -54,6 +56,7 @@ impl IdempotencyBuilder {
                 store: self.store,
                 settings,
                 flights: Flights::default(),
+                background: Default::default(),
             }),
         }
     }

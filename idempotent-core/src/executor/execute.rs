@@ -42,31 +42,32 @@ impl Inner {
             // (Not when the store already answered the first claim: that answer is ours.)
             if let Some(flight) = first.is_none().then(|| self.flights.get(&key)).flatten() {
                 let now = Instant::now();
-                let until = match caller.on_flight(
-                    &flight.fingerprint,
-                    flight.lease_until,
-                    &fingerprint,
-                    now,
-                ) {
-                    Ok(until) => until,
-                    Err(refusal) => return Err(refusal.into_error(key).into()),
-                };
-                // Boxed, like every waiting path: waits are rare, and their timers would
-                // otherwise make every call's future large and costly to move.
-                match Box::pin(flight.wait(until)).await {
-                    Some(Landing::Completed(output)) => {
-                        event!(debug, key = %key, "replay (coalesced in process)");
-                        return protocol::decode::<M, T, E>(key, &output);
-                    }
-                    Some(Landing::Released) => continue,
-                    // The owner's lease passed: ask the store, which lets us take it over.
-                    None => {
-                        if let Err(refusal) =
-                            caller.on_flight_timeout(flight.lease_until, Instant::now())
-                        {
-                            return Err(refusal.into_error(key).into());
+                let lease_until = flight.lease_until();
+                match caller.on_flight(&flight.fingerprint, lease_until, &fingerprint, now) {
+                    // Boxed, like every waiting path: waits are rare, and their timers would
+                    // otherwise make every call's future large and costly to move.
+                    Ok(Some(until)) => match Box::pin(flight.wait(until)).await {
+                        Some(Landing::Completed(output)) => {
+                            event!(debug, key = %key, "replay (coalesced in process)");
+                            return protocol::decode::<M, T, E>(key, &output);
                         }
+                        Some(Landing::Released) => continue,
+                        // The owner's lease passed, or it was renewed: ask the store, which
+                        // lets us take a hung owner over.
+                        None => {
+                            let lease_until = flight.lease_until();
+                            if let Err(refusal) =
+                                caller.on_flight_timeout(lease_until, Instant::now())
+                            {
+                                return Err(refusal.into_error(key).into());
+                            }
+                        }
+                    },
+                    // A hung owner of this process: the store decides, as for any other.
+                    Ok(None) => {
+                        event!(debug, key = %key, "a flight of this process outlived its lease; asking the store");
                     }
+                    Err(refusal) => return Err(refusal.into_error(key).into()),
                 }
             }
 
@@ -93,7 +94,7 @@ impl Inner {
                     if self
                         .flights
                         .get(&key)
-                        .is_some_and(|flight| flight.lease_until > Instant::now())
+                        .is_some_and(|flight| flight.lease_until() > Instant::now())
                     {
                         continue;
                     }

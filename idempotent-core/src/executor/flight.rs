@@ -26,9 +26,9 @@ pub(crate) enum Landing {
 #[derive(Debug)]
 pub(crate) struct Flight {
     pub(crate) fingerprint: Fingerprint,
-    /// When the owner's lease passes: a follower stops waiting then and asks the store, which
-    /// lets it take over a hung owner.
-    pub(crate) lease_until: Instant,
+    /// When the owner's lease passes (moved by each renewal): a follower stops waiting then
+    /// and asks the store, which lets it take over a hung owner.
+    lease_until: Mutex<Instant>,
     /// Set once, when the flight lands.
     landing: OnceLock<Landing>,
     /// Wakes the followers waiting for `landing`. (A `watch` channel did the same but wakes
@@ -38,6 +38,23 @@ pub(crate) struct Flight {
 }
 
 impl Flight {
+    /// When the owner's lease passes, as far as this process knows.
+    pub(crate) fn lease_until(&self) -> Instant {
+        *self
+            .lease_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The owner renewed its lease until `until`.
+    pub(crate) fn extend(&self, until: Instant) {
+        let mut lease_until = self
+            .lease_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *lease_until = (*lease_until).max(until);
+    }
+
     /// Waits until the flight lands or `until` passes (`None`).
     pub(crate) async fn wait(&self, until: Instant) -> Option<Landing> {
         let landed = async {
@@ -107,7 +124,7 @@ impl Flights {
     ) -> Pilot<'_> {
         let flight = Arc::new(Flight {
             fingerprint,
-            lease_until,
+            lease_until: Mutex::new(lease_until),
             landing: OnceLock::new(),
             landed: Notify::new(),
         });
@@ -135,6 +152,11 @@ pub(crate) struct Pilot<'a> {
 }
 
 impl Pilot<'_> {
+    /// The flight, for the owner's lease renewal to move its lease.
+    pub(crate) fn flight(&self) -> Arc<Flight> {
+        Arc::clone(&self.flight)
+    }
+
     pub(crate) fn land(mut self, landing: Landing) {
         self.finish(landing);
     }

@@ -5,12 +5,16 @@
 //! * `call.rs` — [`Call`]: one call's options and its first step, a replay included;
 //! * `execute.rs` — the rest of a call: claim, wait for a duplicate, or own;
 //! * `owner.rs` — the owner: run the body, record its outcome, the guard for a dropped call;
+//! * `lease.rs` — the owner's lease renewal while its body runs;
+//! * `background.rs` — completions left to the background, and the executor's shutdown;
 //! * `flight.rs` — in-process coalescing of duplicates.
 
+mod background;
 mod call;
 mod config;
 mod execute;
 mod flight;
+mod lease;
 mod owner;
 
 use std::future::Future;
@@ -24,6 +28,7 @@ use crate::key::{Fingerprint, Key};
 use crate::protocol::Settings;
 use crate::store::Store;
 
+pub use background::ShutdownTimedOut;
 pub use call::Call;
 pub(crate) use call::start_prepared;
 pub use config::IdempotencyBuilder;
@@ -62,6 +67,7 @@ struct Inner {
     store: Arc<dyn Store>,
     settings: Settings,
     flights: flight::Flights,
+    background: Arc<background::Background>,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -119,6 +125,30 @@ impl Idempotency {
         Fut: Future<Output = Result<T, E>>,
     {
         self.call(key, fingerprint).run(body).await
+    }
+
+    /// Waits up to `timeout` for the outputs of calls cancelled after their body returned
+    /// (they are recorded in the background), and stops renewing the leases of bodies still
+    /// running, so that another instance can take their keys over once their leases pass.
+    ///
+    /// Call it when the server has stopped taking requests (after axum's graceful shutdown,
+    /// say), before the runtime ends: a runtime that ends drops its background tasks, and a
+    /// retry of a call whose output was lost runs its body again. Calls made after it still
+    /// run, without lease renewal.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_core::{Idempotency, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// // … serve until a shutdown signal …
+    /// idempotency.shutdown(Duration::from_secs(10)).await.expect("every output recorded");
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, timeout: std::time::Duration) -> Result<(), ShutdownTimedOut> {
+        self.inner.background.shutdown(timeout).await
     }
 
     /// A call whose options can be set one by one, or as one

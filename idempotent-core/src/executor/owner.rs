@@ -11,18 +11,22 @@ use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
 use super::Inner;
+use super::background::Background;
 use super::flight::Landing;
-use crate::error::{Error, StoreError, StoreOp};
+use super::lease::Renewal;
+use crate::error::{Error, NotStored, StoreError, StoreOp};
 use crate::kept::Keep;
 use crate::key::{Fingerprint, Key};
-use crate::output::OutputMode;
-use crate::protocol::{self, Outcome, Settings, Unstorable, defaults};
+use crate::output::{OutputMode, envelope};
+use crate::protocol::{self, Outcome, Settings, defaults};
 use crate::record::Token;
 use crate::store::Store;
 use crate::trace::event;
 
 impl Inner {
-    /// The caller owns the key: run the body once and record what it returned.
+    /// The caller owns the key: run the body once, renewing its lease, and record what it
+    /// returned.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn own<M, T, E, F, Fut>(
         &self,
         settings: Settings,
@@ -45,13 +49,25 @@ impl Inner {
         );
         let mut claim = HeldClaim {
             store: Arc::clone(&self.store),
+            background: Arc::clone(&self.background),
             key: key.clone(),
             token,
             fingerprint,
             stage: Stage::Running,
         };
         event!(debug, key = %key, "execute");
-        let result = match AssertUnwindSafe(body()).catch_unwind().await {
+        let renewal = Renewal::new(
+            Arc::clone(&self.store),
+            key.clone(),
+            token,
+            &settings,
+            pilot.flight(),
+            Arc::clone(&self.background),
+        );
+        // `body()` is called inside the caught future: a panic in its synchronous part
+        // releases the claim too.
+        let body = AssertUnwindSafe(async move { body().await }).catch_unwind();
+        let result = match renewal.around(body).await {
             Ok(result) => result,
             Err(panic) => {
                 event!(warn, key = %key, "the body panicked; releasing the claim");
@@ -60,54 +76,37 @@ impl Inner {
                 std::panic::resume_unwind(panic);
             }
         };
-        let output = match protocol::outcome::<M, T, E>(&result, settings.max_output_bytes) {
-            Outcome::Store(encoded) => Bytes::from(encoded),
+        let (outcome, panic) =
+            match protocol::outcome_unwinding::<M, T, E>(&result, settings.max_output_bytes) {
+                Ok(outcome) => (outcome, None),
+                Err((outcome, panic)) => (outcome, Some(panic)),
+            };
+        let (output, keep) = match outcome {
+            Outcome::Store(encoded) => (Bytes::from(encoded), keep),
             Outcome::Release => {
                 event!(debug, key = %key, "the body returned an error; releasing the claim");
                 claim.release().await;
                 pilot.land(Landing::Released);
                 return result;
             }
-            Outcome::Unstorable(why) => {
-                event!(warn, key = %key, why = ?why, "the output cannot be stored; releasing the claim");
-                claim.release().await;
-                pilot.land(Landing::Released);
-                return Err(why.into_error(key).into());
+            Outcome::NotStored(reason) => {
+                event!(warn, key = %key, reason = %reason, "the output cannot be stored; recording that the body ran, so it does not run again");
+                (Bytes::from(protocol::not_stored(&reason)), None)
             }
         };
-        // From here a dropped call (cancelled while `complete` is on its way) still records the
-        // output, in the background: the body ran and succeeded.
-        claim.stage = Stage::Completing {
-            output: output.clone(),
-            ttl: settings.ttl,
-            keep,
-        };
-        let completed = complete(
-            &*self.store,
-            &key,
-            &token,
-            &fingerprint,
-            output.clone(),
-            settings.ttl,
-            keep,
-        )
-        .await;
+        let completed = claim.complete(output, settings.ttl, keep).await;
+        match &completed {
+            Ok(output) => pilot.land(Landing::Completed(output.clone())),
+            Err(_) => pilot.land(Landing::Released),
+        }
+        if let Some(panic) = panic {
+            std::panic::resume_unwind(panic);
+        }
         match completed {
-            Ok(()) => {
-                claim.stage = Stage::Settled;
-                pilot.land(Landing::Completed(output));
-                result
-            }
-            Err(StoreError::TooLarge { size, limit }) => {
-                claim.release().await;
-                pilot.land(Landing::Released);
-                Err(Unstorable::TooLarge { size, limit }.into_error(key).into())
-            }
+            Ok(_) => result,
             Err(error) => {
                 // Not released: the body ran, so the claim keeps duplicates out until its lease
                 // passes rather than inviting an immediate second run.
-                claim.stage = Stage::Settled;
-                pilot.land(Landing::Released);
                 event!(error, key = %key, error = %error, "could not record the output");
                 Err(Error::from_store(StoreOp::Complete, &key, error).into())
             }
@@ -162,7 +161,8 @@ enum Stage {
     /// so the key stays claimed until its lease passes instead of inviting an immediate
     /// second run.
     Running,
-    /// The body succeeded and its output is encoded. A drop completes in the background.
+    /// The body returned and its output (or the record that it was not stored) is encoded. A
+    /// drop completes in the background.
     Completing {
         output: Bytes,
         ttl: Duration,
@@ -175,6 +175,7 @@ enum Stage {
 /// The claim the owner holds while its call runs.
 struct HeldClaim {
     store: Arc<dyn Store>,
+    background: Arc<Background>,
     key: Key,
     token: Token,
     fingerprint: Fingerprint,
@@ -182,7 +183,50 @@ struct HeldClaim {
 }
 
 impl HeldClaim {
-    /// Releases the claim (the body failed or panicked, or its output cannot be stored).
+    /// Records the body's output (or that it was not stored); a drop on the way completes in
+    /// the background. A store that refuses the output as too large gets the not-stored record
+    /// instead. Returns what was recorded.
+    async fn complete(
+        &mut self,
+        output: Bytes,
+        ttl: Duration,
+        keep: Option<Keep>,
+    ) -> Result<Bytes, StoreError> {
+        let mut output = output;
+        let mut keep = keep;
+        loop {
+            self.stage = Stage::Completing {
+                output: output.clone(),
+                ttl,
+                keep,
+            };
+            let completed = complete(
+                &*self.store,
+                &self.key,
+                &self.token,
+                &self.fingerprint,
+                output.clone(),
+                ttl,
+                keep,
+            )
+            .await;
+            self.stage = Stage::Settled;
+            match completed {
+                Ok(()) => return Ok(output),
+                Err(StoreError::TooLarge { size, limit })
+                    if envelope::read_not_stored(&output).is_none() =>
+                {
+                    let reason = NotStored::TooLarge { size, limit };
+                    event!(warn, key = %self.key, reason = %reason, "the store refused the output; recording that the body ran, so it does not run again");
+                    output = Bytes::from(protocol::not_stored(&reason));
+                    keep = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Releases the claim (the body failed with an error that is not stored, or panicked).
     async fn release(&mut self) {
         self.stage = Stage::Settled;
         match self.store.release(&self.key, &self.token).await {
@@ -209,8 +253,8 @@ impl Drop for HeldClaim {
                     let store = Arc::clone(&self.store);
                     let key = self.key.clone();
                     let (token, fingerprint) = (self.token, self.fingerprint);
-                    event!(debug, key = %key, "call cancelled after its body succeeded; completing in the background");
-                    runtime.spawn(async move {
+                    event!(debug, key = %key, "call cancelled after its body returned; completing in the background (`Idempotency::shutdown` waits for it)");
+                    self.background.spawn(&runtime, async move {
                         let _ =
                             complete(&*store, &key, &token, &fingerprint, output, ttl, keep).await;
                     });

@@ -1,6 +1,10 @@
 //! The envelope around a stored output: one mark byte that says `Ok` or `Err`, then the value
 //! in the [output encoding](crate::output). A store receives exactly these bytes.
 //!
+//! A third mark records a body that returned but whose output could not be stored
+//! ([`NotStored`]): the mark, a reason byte, the size and the limit (`u64`, little-endian),
+//! then at most 256 bytes of the encoder's message.
+//!
 //! Whether a call stores its `Err` outputs too is its [`OutputMode`]: [`OutputsOnly`] (the
 //! default: an `Err` releases the claim) or [`OutputsAndErrors`] (`store_errors`).
 
@@ -9,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{Count, Out};
 use super::{OutputError, decode, encode_into};
-use crate::error::BoxError;
+use crate::error::{BoxError, NotStored};
 
 /// How many bytes the mark takes.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -18,6 +22,60 @@ pub(crate) const MARK_LEN: usize = 1;
 pub(crate) const MARK_OK: u8 = 0xB0;
 /// The mark in front of a stored `Err` output (`store_errors`).
 pub(crate) const MARK_ERR: u8 = 0xB1;
+/// The mark of a body that returned but whose output was not stored.
+pub(crate) const MARK_NOT_STORED: u8 = 0xB2;
+/// [`MARK_NOT_STORED`]'s reason bytes.
+const TOO_LARGE: u8 = 0;
+const UNENCODABLE: u8 = 1;
+/// The longest encoder message kept in a not-stored record.
+const DETAIL_MAX: usize = 256;
+/// The mark, the reason, the size and the limit.
+const NOT_STORED_HEAD: usize = 2 + 8 + 8;
+
+/// The record of a body that returned but whose output was not stored.
+pub(crate) fn not_stored(reason: &NotStored) -> Vec<u8> {
+    let (kind, size, limit, detail) = match reason {
+        NotStored::TooLarge { size, limit } => (TOO_LARGE, *size, *limit, ""),
+        NotStored::Unencodable { detail } => (UNENCODABLE, 0, 0, detail.as_str()),
+    };
+    let mut end = detail.len().min(DETAIL_MAX);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = Vec::with_capacity(NOT_STORED_HEAD + end);
+    out.extend([MARK_NOT_STORED, kind]);
+    out.extend((size as u64).to_le_bytes());
+    out.extend((limit as u64).to_le_bytes());
+    out.extend(&detail.as_bytes()[..end]);
+    out
+}
+
+/// Why the output was not stored, when `bytes` is a not-stored record: `Some(Err)` when it
+/// starts with the mark but does not read as one.
+pub(crate) fn read_not_stored(bytes: &[u8]) -> Option<Result<NotStored, BoxError>> {
+    if bytes.first() != Some(&MARK_NOT_STORED) {
+        return None;
+    }
+    let damaged = || -> BoxError { "a damaged not-stored record".into() };
+    if bytes.len() < NOT_STORED_HEAD {
+        return Some(Err(damaged()));
+    }
+    let number = |at: usize| {
+        let mut le = [0; 8];
+        le.copy_from_slice(&bytes[at..at + 8]);
+        usize::try_from(u64::from_le_bytes(le)).unwrap_or(usize::MAX)
+    };
+    Some(match bytes[1] {
+        TOO_LARGE => Ok(NotStored::TooLarge {
+            size: number(2),
+            limit: number(10),
+        }),
+        UNENCODABLE => Ok(NotStored::Unencodable {
+            detail: String::from_utf8_lossy(&bytes[NOT_STORED_HEAD..]).into_owned(),
+        }),
+        _ => Err(damaged()),
+    })
+}
 
 /// Only `Ok` outputs are stored; an `Err` releases the claim so a retry runs again (the
 /// default).
@@ -152,6 +210,16 @@ pub(crate) fn unmark(bytes: &[u8]) -> Result<(u8, &[u8]), BoxError> {
 /// assert_eq!(json.to_string(), r#"{"ok":{"amount_cents":1999,"charge_id":"ch_1"}}"#);
 /// ```
 pub fn to_json(record: &[u8]) -> Result<serde_json::Value, OutputError> {
+    if let Some(not_stored) = read_not_stored(record) {
+        let reason = not_stored.map_err(|_| OutputError::Truncated { at: 0 })?;
+        let reason = match reason {
+            NotStored::TooLarge { size, limit } => {
+                serde_json::json!({ "too_large": { "size": size, "limit": limit } })
+            }
+            NotStored::Unencodable { detail } => serde_json::json!({ "unencodable": detail }),
+        };
+        return Ok(serde_json::json!({ "not_stored": reason }));
+    }
     let (mark, value) = match record.split_first() {
         Some((&MARK_OK, value)) => ("ok", value),
         Some((&MARK_ERR, value)) => ("err", value),

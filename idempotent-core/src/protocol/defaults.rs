@@ -4,8 +4,13 @@ use std::time::Duration;
 
 /// How long a completed output is replayed.
 pub const TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long a claim holds before another caller may take the key over.
+/// How long a claim holds before another caller may take the key over, unless its owner
+/// renews it: a live owner renews every third of it, so the lease is how long a crashed or
+/// hung owner blocks its key, not how long a body may run.
 pub const LEASE: Duration = Duration::from_secs(30);
+/// How long an owner keeps renewing its lease. After it, renewal stops and the lease may pass,
+/// so a hung body blocks its key for at most `MAX_RUN` + its lease.
+pub const MAX_RUN: Duration = Duration::from_secs(15 * 60);
 /// How long a duplicate waits for the owner's result under [`InProgressPolicy::Wait`].
 ///
 /// [`InProgressPolicy::Wait`]: crate::InProgressPolicy::Wait
@@ -23,8 +28,15 @@ pub const LONGEST: Duration = Duration::from_secs(31 * 365 * 24 * 60 * 60);
 pub(crate) const POLL_FIRST: Duration = Duration::from_millis(2);
 /// Largest pause between two store polls.
 pub(crate) const POLL_MAX: Duration = Duration::from_millis(250);
-/// Shortest pause between two store polls (a lease that reads as passed, a skewed clock).
-pub(crate) const POLL_MIN: Duration = Duration::from_millis(1);
+/// Shortest pause between two store polls, however little of the owner's lease remains. (A
+/// lease that reads as passed but was not taken over, the owner's clock behind the store's,
+/// is polled with the growing backoff instead.)
+pub(crate) const POLL_MIN: Duration = Duration::from_millis(2);
+/// An owner renews its lease every `lease / RENEW_DIVISOR`: two renewals may fail before the
+/// lease passes.
+pub(crate) const RENEW_DIVISOR: u32 = 3;
+/// The shortest pause between two renewals.
+pub(crate) const RENEW_MIN: Duration = Duration::from_millis(1);
 /// Attempts at `complete` when the store errors transiently (the body already ran, so it is
 /// worth a retry; `complete` is idempotent for the same token).
 pub(crate) const COMPLETE_ATTEMPTS: u32 = 3;

@@ -16,9 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::error::{CodecOp, Error, StoreError, StoreOp};
+use crate::error::{CodecOp, Error, NotStored, StoreError, StoreOp};
 use crate::key::{Fingerprint, Key};
-use crate::output::{OutputError, OutputMode, OutputsAndErrors};
+use crate::output::{OutputMode, OutputsAndErrors, envelope};
 use crate::record::{Claim, Token};
 
 pub use options::{CallOptions, InProgressPolicy};
@@ -185,10 +185,18 @@ impl Caller {
                 if now >= deadline {
                     return busy;
                 }
+                // Toward the lease's end, to take it over then; a lease that reads as passed
+                // but was not taken over (skewed clocks) is polled with the growing backoff.
+                let until_lease = if lease_remaining.is_zero() {
+                    self.backoff
+                } else {
+                    lease_remaining
+                };
                 let nap = self
                     .backoff
-                    .min(deadline - now)
-                    .min(lease_remaining.max(defaults::POLL_MIN));
+                    .min(until_lease)
+                    .max(defaults::POLL_MIN)
+                    .min(deadline - now);
                 self.backoff = (self.backoff * 2).min(defaults::POLL_MAX);
                 Next::Poll(nap)
             }
@@ -203,24 +211,29 @@ impl Caller {
     }
 
     /// A task of this process owns the key under `fingerprint` with its lease until
-    /// `lease_until`: refuse, or wait for its landing until the returned instant (the wait's
-    /// deadline or the owner's lease, the sooner).
+    /// `lease_until`: refuse, wait for its landing until the returned instant (the wait's
+    /// deadline or the owner's lease, the sooner), or (`None`) ask the store at once, because
+    /// the owner's lease passed: it is hung, and the store lets the caller take it over, under
+    /// either policy, as it would a caller in another process.
     pub(crate) fn on_flight(
         &mut self,
         owner: &Fingerprint,
         lease_until: Instant,
         fingerprint: &Fingerprint,
         now: Instant,
-    ) -> Result<Instant, Refusal> {
+    ) -> Result<Option<Instant>, Refusal> {
         if owner != fingerprint {
             return Err(Refusal::KeyReused);
         }
+        if lease_until <= now {
+            return Ok(None);
+        }
         if self.reject {
             return Err(Refusal::InProgress {
-                retry_after: lease_until.saturating_duration_since(now),
+                retry_after: lease_until - now,
             });
         }
-        Ok(self.deadline(now).min(lease_until))
+        Ok(Some(self.deadline(now).min(lease_until)))
     }
 
     /// A wait on a flight of this process ended without a landing at `now`: refuse when the
@@ -247,50 +260,48 @@ pub(crate) enum Outcome {
     Store(Vec<u8>),
     /// Release the claim: the body returned an `Err` that is not stored.
     Release,
-    /// The body returned a result that cannot be stored: release the claim and return this.
-    Unstorable(Unstorable),
-}
-
-/// Why a result cannot be stored.
-#[derive(Debug)]
-pub(crate) enum Unstorable {
-    /// Its `Serialize` failed.
-    Unencodable(OutputError),
-    /// Its envelope is over the limit.
-    TooLarge {
-        /// The envelope's length.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-}
-
-impl Unstorable {
-    /// The error the caller gets.
-    #[cold]
-    pub(crate) fn into_error(self, key: Key) -> Error {
-        match self {
-            Unstorable::Unencodable(source) => Error::Codec {
-                op: CodecOp::EncodeOutput,
-                key: Some(key),
-                source: Box::new(source),
-            },
-            Unstorable::TooLarge { size, limit } => Error::OutputTooLarge { key, size, limit },
-        }
-    }
+    /// The body returned a result that is stored but cannot be: record that it was not
+    /// stored ([`not_stored`]), so the body does not run again, and return the result.
+    NotStored(NotStored),
 }
 
 /// What the owner does with `result`, for outputs stored up to `limit` bytes.
 pub(crate) fn outcome<M: OutputMode<T, E>, T, E>(result: &Result<T, E>, limit: usize) -> Outcome {
     match M::encode(result) {
         None => Outcome::Release,
-        Some(Err(source)) => Outcome::Unstorable(Unstorable::Unencodable(source)),
-        Some(Ok(encoded)) if encoded.len() > limit => Outcome::Unstorable(Unstorable::TooLarge {
+        Some(Err(source)) => Outcome::NotStored(NotStored::Unencodable {
+            detail: source.to_string(),
+        }),
+        Some(Ok(encoded)) if encoded.len() > limit => Outcome::NotStored(NotStored::TooLarge {
             size: encoded.len(),
             limit,
         }),
         Some(Ok(encoded)) => Outcome::Store(encoded),
     }
+}
+
+/// [`outcome`], with a `Serialize` that panics read as an output that cannot be encoded: the
+/// body returned, so its claim is recorded before the panic goes on (`Err(panic)`).
+#[allow(clippy::type_complexity)]
+pub(crate) fn outcome_unwinding<M: OutputMode<T, E>, T, E>(
+    result: &Result<T, E>,
+    limit: usize,
+) -> Result<Outcome, (Outcome, Box<dyn std::any::Any + Send>)> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        outcome::<M, T, E>(result, limit)
+    }))
+    .map_err(|panic| {
+        let not_stored = NotStored::Unencodable {
+            detail: "the output's `Serialize` panicked".to_owned(),
+        };
+        (Outcome::NotStored(not_stored), panic)
+    })
+}
+
+/// The record of a body that returned but whose output cannot be stored: what retries get
+/// back as [`Error::OutputNotStored`].
+pub(crate) fn not_stored(reason: &NotStored) -> Vec<u8> {
+    envelope::not_stored(reason)
 }
 
 /// A stored output decoded for the call, or the codec error that says why it cannot be.
@@ -310,6 +321,16 @@ pub(crate) fn decode_stored<M: OutputMode<T, E>, T, E>(
     key: Key,
     bytes: &[u8],
 ) -> Result<Result<T, E>, Error> {
+    if let Some(not_stored) = envelope::read_not_stored(bytes) {
+        return Err(match not_stored {
+            Ok(reason) => Error::OutputNotStored { key, reason },
+            Err(source) => Error::Codec {
+                op: CodecOp::DecodeOutput,
+                key: Some(key),
+                source,
+            },
+        });
+    }
     M::decode(bytes).map_err(|source| Error::Codec {
         op: CodecOp::DecodeOutput,
         key: Some(key),

@@ -43,6 +43,7 @@ pub struct CallOptions {
     ttl: Option<Duration>,
     lease: Option<Duration>,
     wait_timeout: Option<Duration>,
+    max_run: Option<Duration>,
     on_in_progress: Option<InProgressPolicy>,
 }
 
@@ -53,6 +54,7 @@ impl CallOptions {
             ttl: None,
             lease: None,
             wait_timeout: None,
+            max_run: None,
             on_in_progress: None,
         }
     }
@@ -64,11 +66,20 @@ impl CallOptions {
     }
 
     /// How long a claim holds before another caller may take the key over (default 30 s).
-    /// Make it longer than the body ever runs: a body that outlives its lease can be run a
-    /// second time by a taker-over, and its own result is then refused with
-    /// [`Error::LeaseLost`](crate::Error::LeaseLost).
+    /// While the body runs, its owner renews the lease every third of it (up to
+    /// [`max_run`](Self::max_run)), so the lease is how long a crashed owner blocks its key,
+    /// not how long a body may run.
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// How long an owner keeps renewing its lease while its body runs (default 15 min). After
+    /// it, renewal stops: a body still running then may be taken over once its lease passes,
+    /// and its own result is refused with [`Error::LeaseLost`](crate::Error::LeaseLost). Zero
+    /// turns renewal off.
+    pub const fn max_run(mut self, max_run: Duration) -> Self {
+        self.max_run = Some(max_run);
         self
     }
 
@@ -100,6 +111,11 @@ impl CallOptions {
         self.wait_timeout
     }
 
+    /// The `max_run` set here, if any.
+    pub const fn get_max_run(&self) -> Option<Duration> {
+        self.max_run
+    }
+
     /// The in-progress policy set here, if any.
     pub const fn get_on_in_progress(&self) -> Option<InProgressPolicy> {
         self.on_in_progress
@@ -111,6 +127,7 @@ impl CallOptions {
             ttl: or(self.ttl, base.ttl),
             lease: or(self.lease, base.lease),
             wait_timeout: or(self.wait_timeout, base.wait_timeout),
+            max_run: or(self.max_run, base.max_run),
             on_in_progress: match self.on_in_progress {
                 Some(policy) => Some(policy),
                 None => base.on_in_progress,
@@ -133,6 +150,8 @@ pub(crate) struct Settings {
     pub(crate) ttl: Duration,
     pub(crate) lease: Duration,
     pub(crate) wait_timeout: Duration,
+    /// How long the owner renews its lease.
+    pub(crate) max_run: Duration,
     pub(crate) on_in_progress: InProgressPolicy,
     /// Run the body when the store cannot be reached to claim (the executor only).
     pub(crate) fail_open: bool,
@@ -146,6 +165,7 @@ impl Settings {
         ttl: defaults::TTL,
         lease: defaults::LEASE,
         wait_timeout: defaults::WAIT_TIMEOUT,
+        max_run: defaults::MAX_RUN,
         on_in_progress: InProgressPolicy::Wait,
         fail_open: false,
         max_output_bytes: defaults::MAX_OUTPUT_BYTES,
@@ -163,6 +183,9 @@ impl Settings {
         }
         if let Some(wait) = options.wait_timeout {
             self.wait_timeout = wait.min(defaults::LONGEST);
+        }
+        if let Some(max_run) = options.max_run {
+            self.max_run = max_run.min(defaults::LONGEST);
         }
         if let Some(policy) = options.on_in_progress {
             self.on_in_progress = policy;
@@ -225,6 +248,13 @@ macro_rules! call_option_setters {
         /// 30 s). See [`CallOptions::lease`](crate::CallOptions::lease).
         pub fn lease(mut self, lease: ::std::time::Duration) -> Self {
             self.apply(crate::CallOptions::new().lease(lease));
+            self
+        }
+
+        /// How long the owner renews its lease while its body runs (default 15 min). See
+        /// [`CallOptions::max_run`](crate::CallOptions::max_run).
+        pub fn max_run(mut self, max_run: ::std::time::Duration) -> Self {
+            self.apply(crate::CallOptions::new().max_run(max_run));
             self
         }
 

@@ -1,0 +1,135 @@
+//! Lease renewal: while the owner's body runs, its lease is renewed every third of it (fenced
+//! by the owner's token), up to `max_run`, so a slow but live body keeps its key and a hung
+//! one loses it after `max_run` + its lease.
+//!
+//! The renewal runs inside the owner's own future, beside the body: no task is spawned, a
+//! body that finishes at its first poll never starts a timer, and a cancelled call stops
+//! renewing when it is dropped.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::time::{Instant, Sleep};
+
+use super::background::Background;
+use super::flight::Flight;
+use crate::error::StoreError;
+use crate::key::Key;
+use crate::protocol::{Settings, defaults, later};
+use crate::record::Token;
+use crate::store::Store;
+use crate::trace::event;
+
+/// The owner's lease, renewed while its body runs.
+pub(super) struct Renewal {
+    store: Arc<dyn Store>,
+    key: Key,
+    token: Token,
+    lease: Duration,
+    every: Duration,
+    /// Renewal stops at `max_run` after the claim.
+    stop_at: Instant,
+    flight: Arc<Flight>,
+    background: Arc<Background>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A renewal on its way, and when it was sent.
+    renewing: Option<(Instant, BoxFuture<'static, Result<(), StoreError>>)>,
+    stopped: bool,
+}
+
+impl Renewal {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        key: Key,
+        token: Token,
+        settings: &Settings,
+        flight: Arc<Flight>,
+        background: Arc<Background>,
+    ) -> Renewal {
+        let every = (settings.lease / defaults::RENEW_DIVISOR).max(defaults::RENEW_MIN);
+        Renewal {
+            store,
+            key,
+            token,
+            lease: settings.lease,
+            every,
+            stop_at: later(Instant::now(), settings.max_run),
+            flight,
+            background,
+            timer: None,
+            renewing: None,
+            stopped: settings.max_run.is_zero(),
+        }
+    }
+
+    /// Runs `body` to its end, renewing the lease meanwhile.
+    pub(super) async fn around<F: Future>(mut self, body: F) -> F::Output {
+        let mut body = pin!(body);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = body.as_mut().poll(cx) {
+                return Poll::Ready(output);
+            }
+            self.poll_renew(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Drives the timer and the renewal on its way; registers for the next wake-up.
+    fn poll_renew(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if let Some((sent, renewing)) = self.renewing.as_mut() {
+                let Poll::Ready(renewed) = renewing.as_mut().poll(cx) else {
+                    return;
+                };
+                let sent = *sent;
+                self.renewing = None;
+                match renewed {
+                    Ok(()) => {
+                        event!(trace, key = %self.key, "renewed the lease");
+                        self.flight.extend(later(sent, self.lease));
+                    }
+                    Err(StoreError::LeaseLost) => {
+                        event!(warn, key = %self.key, "lease lost while the body ran: another call took the key over; this call's result will not be stored");
+                        self.stopped = true;
+                    }
+                    Err(error) => {
+                        event!(warn, key = %self.key, error = %error, "could not renew the lease; trying again");
+                        let _ = error;
+                    }
+                }
+            }
+            if self.stopped {
+                return;
+            }
+            let every = self.every;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= self.stop_at || self.background.closing() {
+                event!(warn, key = %self.key, "the body is still running: lease renewal stops (`max_run` passed, or shutdown); the key may be taken over once its lease passes");
+                self.stopped = true;
+                return;
+            }
+            timer.as_mut().reset(later(now, every));
+            let (store, key, token, lease) = (
+                Arc::clone(&self.store),
+                self.key.clone(),
+                self.token,
+                self.lease,
+            );
+            self.renewing = Some((
+                now,
+                Box::pin(async move { store.renew(&key, &token, lease).await }),
+            ));
+        }
+    }
+}

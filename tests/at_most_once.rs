@@ -1,0 +1,301 @@
+//! At most once on the in-process store: the shared scenarios (`at_most_once_support`), and the
+//! paths that need no server — shutdown, panics, an output whose `Serialize` panics, and what
+//! `is_retryable` says once the body ran.
+
+mod at_most_once_support;
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use idempotency::{
+    Bytes, Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, MemoryStore, NotStored,
+    Record, Store, StoreError, StoreOp, Token, async_trait,
+};
+use serde::{Deserialize, Serialize};
+
+async fn open(_: Option<String>) -> Option<(Arc<dyn Store>, String)> {
+    Some((Arc::new(MemoryStore::new()), String::new()))
+}
+
+at_most_once_support::at_most_once_suite!(open, cross_process = false);
+
+fn key(what: &str) -> (Key, Fingerprint) {
+    (
+        Key::derive("at_most_once::memory", 1, &what).expect("key"),
+        Fingerprint::of(&what).expect("fingerprint"),
+    )
+}
+
+/// A store whose `complete` takes `delay` (a slow network), or fails.
+#[derive(Debug)]
+struct SlowComplete {
+    inner: MemoryStore,
+    delay: Duration,
+    fail: bool,
+}
+
+#[async_trait]
+impl Store for SlowComplete {
+    async fn claim(
+        &self,
+        key: &Key,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &Key,
+        token: &Token,
+        fingerprint: &Fingerprint,
+        output: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        tokio::time::sleep(self.delay).await;
+        if self.fail {
+            return Err(StoreError::Backend("the store broke".into()));
+        }
+        self.inner
+            .complete(key, token, fingerprint, output, ttl)
+            .await
+    }
+    async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+    async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
+        self.inner.renew(key, token, lease).await
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A call cancelled right after its body returned, its output on the way to a slow store:
+/// `shutdown` waits for the background completion before the runtime ends, and the retry (in
+/// a new runtime, as after a restart) replays. Without `shutdown` the runtime drops it.
+#[test]
+fn shutdown_waits_for_background_completions() {
+    for shut_down in [true, false] {
+        let memory = MemoryStore::new();
+        let store: Arc<dyn Store> = Arc::new(SlowComplete {
+            inner: memory.clone(),
+            delay: Duration::from_millis(300),
+            fail: false,
+        });
+        let what = format!("shutdown-{shut_down}");
+        let (key, fingerprint) = key(&what);
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(async {
+            let idempotency = Idempotency::new(Arc::clone(&store));
+            let returned = Arc::new(tokio::sync::Notify::new());
+            let call = {
+                let (idempotency, key, returned) =
+                    (idempotency.clone(), key.clone(), Arc::clone(&returned));
+                tokio::spawn(async move {
+                    idempotency
+                        .run(key, fingerprint, || async move {
+                            returned.notify_one();
+                            Ok::<_, Error>("charged".to_owned())
+                        })
+                        .await
+                })
+            };
+            returned.notified().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            call.abort();
+            let _ = call.await;
+            if shut_down {
+                idempotency
+                    .shutdown(Duration::from_secs(5))
+                    .await
+                    .expect("every background completion ends in time");
+            }
+        });
+        drop(runtime);
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let record = runtime.block_on(memory.get(&key)).expect("get");
+        if shut_down {
+            assert!(
+                matches!(record, Some(Record::Completed { .. })),
+                "after shutdown the output is recorded: {record:?}"
+            );
+            let retry: Result<String, Error> = runtime.block_on(
+                Idempotency::new(memory.clone()).run(key, fingerprint, || async {
+                    Ok("charged twice".to_owned())
+                }),
+            );
+            assert_eq!(retry.expect("a replay"), "charged");
+        } else {
+            assert!(
+                matches!(record, Some(Record::InProgress { .. })),
+                "without shutdown the runtime dropped the completion: {record:?}"
+            );
+        }
+    }
+}
+
+/// `shutdown` that cannot finish in time says how many completions are left.
+#[tokio::test]
+async fn shutdown_reports_what_it_left() {
+    let store = SlowComplete {
+        inner: MemoryStore::new(),
+        delay: Duration::from_secs(2),
+        fail: false,
+    };
+    let idempotency = Idempotency::new(store);
+    let (key, fingerprint) = key("shutdown-timeout");
+    let call = {
+        let idempotency = idempotency.clone();
+        tokio::spawn(async move {
+            idempotency
+                .run(key, fingerprint, || async { Ok::<_, Error>(1u8) })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    let _ = call.await;
+    let left = idempotency.shutdown(Duration::from_millis(50)).await;
+    assert_eq!(left.expect_err("timed out").pending, 1);
+    idempotency
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("done after the store answered");
+}
+
+/// A panic in the body's synchronous part (before its future exists) releases the claim,
+/// like a panic while it runs: a retry runs the body.
+#[tokio::test]
+async fn a_panic_before_the_body_future_releases_the_claim() {
+    let idempotency = Idempotency::builder(MemoryStore::new())
+        .on_in_progress(InProgressPolicy::Reject)
+        .build();
+    let (key, fingerprint) = key("sync-panic");
+    let panicked = {
+        let (idempotency, key) = (idempotency.clone(), key.clone());
+        tokio::spawn(async move {
+            let _: Result<u8, Error> = idempotency
+                .run(
+                    key,
+                    fingerprint,
+                    || -> std::future::Ready<Result<u8, Error>> {
+                        panic!("the body panicked before returning its future")
+                    },
+                )
+                .await;
+        })
+        .await
+    };
+    assert!(panicked.expect_err("the panic resumes").is_panic());
+    let retry: Result<u8, Error> = idempotency.run(key, fingerprint, || async { Ok(7) }).await;
+    assert_eq!(retry.expect("the retry runs"), 7);
+}
+
+/// An output whose `Serialize` panics: the body had returned, so the record says it ran
+/// (retries get `OutputNotStored`) before the panic goes on.
+#[tokio::test]
+async fn a_panicking_serialize_is_recorded_before_the_panic_resumes() {
+    #[derive(Debug, Deserialize)]
+    struct Panics;
+    impl Serialize for Panics {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("Serialize panicked")
+        }
+    }
+    let idempotency = Idempotency::new(MemoryStore::new());
+    let (key, fingerprint) = key("serialize-panic");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let panicked = {
+        let (idempotency, key, runs) = (idempotency.clone(), key.clone(), Arc::clone(&runs));
+        tokio::spawn(async move {
+            let _: Result<Panics, Error> = idempotency
+                .run(key, fingerprint, || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(Panics)
+                })
+                .await;
+        })
+        .await
+    };
+    assert!(panicked.expect_err("the panic resumes").is_panic());
+    let retry: Result<Panics, Error> = idempotency
+        .run(key, fingerprint, || async {
+            panic!("the body must not run again")
+        })
+        .await;
+    assert!(
+        matches!(
+            &retry,
+            Err(Error::OutputNotStored { reason: NotStored::Unencodable { detail }, .. })
+                if detail.contains("panicked")
+        ),
+        "{retry:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A failed `complete` is not retryable: the body ran, and a generic retry loop would run it
+/// again once the lease passes.
+#[tokio::test]
+async fn a_failed_complete_is_not_retryable() {
+    let idempotency = Idempotency::new(SlowComplete {
+        inner: MemoryStore::new(),
+        delay: Duration::ZERO,
+        fail: true,
+    });
+    let (key, fingerprint) = key("complete-fails");
+    let result: Result<u8, Error> = idempotency.run(key, fingerprint, || async { Ok(1) }).await;
+    let error = result.expect_err("complete failed");
+    assert!(
+        matches!(
+            error,
+            Error::Store {
+                op: StoreOp::Complete,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable(), "{error}");
+}
+
+/// A renewed lease moves the flight's lease too: a duplicate of this process under `reject`
+/// past the first lease still gets `InProgress` (asking the store), never a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_owner_of_this_process_is_not_taken_over() {
+    let idempotency = Idempotency::builder(MemoryStore::new())
+        .lease(Duration::from_millis(200))
+        .on_in_progress(InProgressPolicy::Reject)
+        .build();
+    let (key, fingerprint) = key("renewed-flight");
+    let owner = {
+        let (idempotency, key) = (idempotency.clone(), key.clone());
+        tokio::spawn(async move {
+            idempotency
+                .run(key, fingerprint, || async {
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    Ok::<_, Error>(1u8)
+                })
+                .await
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let duplicate: Result<u8, Error> = idempotency
+            .run(key.clone(), fingerprint, || async {
+                panic!("a second execution")
+            })
+            .await;
+        assert!(
+            matches!(duplicate, Err(Error::InProgress { .. })),
+            "{duplicate:?}"
+        );
+    }
+    assert_eq!(owner.await.expect("owner").expect("owner's output"), 1);
+}
