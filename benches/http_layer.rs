@@ -85,6 +85,7 @@ fn servers(runtime: &tokio::runtime::Runtime) -> (String, String) {
 async fn send_order(client: &reqwest::Client, url: &str, key: &str) {
     let response = client
         .post(url)
+        .header("authorization", "Bearer bench-client")
         .header("idempotency-key", key)
         .header("content-type", "application/json")
         .body(BODY)

@@ -9,13 +9,15 @@
 //!   `201 Created` with the order and its server-generated id. The same key and body again:
 //!   the same `201` and order, marked `Idempotent-Replayed: true`. The same key with another
 //!   body: `422`. No key: `400`. Errors are `application/problem+json`.
+//! * Every `POST` names its client with `Authorization: Bearer <token>`; without it: `400`
+//!   (`unidentified-client`).
 //! * `GET /orders/{id}`: the order, or `404`.
 //!
 //! The idempotency records live in the in-process memory store; with `REDIS_URL` (and the
 //! `redis` feature: `--features http,redis`) in Redis; with `POSTGRES_URL` (and the `postgres`
-//! feature: `--features http,postgres`) in a PostgreSQL table, created at start-up. Keys are
-//! scoped per client by the `Authorization` header (requests without one share the anonymous
-//! scope).
+//! feature: `--features http,postgres`) in a PostgreSQL table, created at start-up.
+//!
+//! Keys are scoped per client by the `Authorization` header, chosen in `main` (see there why).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +29,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use idempotency::http::IdempotencyLayer;
+use idempotency::http::{ClientScope, IdempotencyLayer};
 use idempotency::{Idempotency, MemoryStore};
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +146,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/orders/{id}", get(read_order))
         .with_state(Orders::default())
         // POST and PATCH need an `Idempotency-Key`; GET passes through.
-        .layer(IdempotencyLayer::new(idempotency).require_key(true));
+        //
+        // Whose key is it: an order belongs to the client that sent it, and a replay carries
+        // that client's order, so keys are kept per client. This API's clients send a bearer
+        // token (a real service checks it in an authentication layer outside this one), so the
+        // token names the client; a request without one is refused (`400`), never served
+        // another client's order. `ClientScope::global()` would let any client that learns a
+        // key read its order; an app that authenticates by cookie would use
+        // `ClientScope::cookie("session")`.
+        .layer(
+            IdempotencyLayer::new(idempotency)
+                .require_key(true)
+                .scope(ClientScope::header(header::AUTHORIZATION)),
+        );
 
     let port = match std::env::var("PORT") {
         Ok(port) => port

@@ -176,9 +176,18 @@ async fn serve(app: App, layer: IdempotencyLayer) -> Server {
     Server { base, runs }
 }
 
+/// The credential `client()` sends unless a request sets its own: the layer's default scope
+/// refuses a request without one.
+const CREDENTIAL: &str = "Bearer test-client";
+
+/// A client that identifies itself (`Authorization: Bearer test-client`, unless a request sets
+/// its own `Authorization`).
 fn client() -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_static(CREDENTIAL));
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
@@ -604,7 +613,7 @@ async fn a_body_over_the_limit_is_413_and_nothing_is_stored() {
     let address = server.base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let chunked = format!(
-        "POST /orders HTTP/1.1\r\nhost: {address}\r\nidempotency-key: k\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n20\r\n{}\r\n21\r\n{}\r\n0\r\n\r\n",
+        "POST /orders HTTP/1.1\r\nhost: {address}\r\nauthorization: {CREDENTIAL}\r\nidempotency-key: k\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n20\r\n{}\r\n21\r\n{}\r\n0\r\n\r\n",
         "x".repeat(32),
         "x".repeat(33)
     );
@@ -918,16 +927,18 @@ async fn one_client_can_never_read_another_clients_response() {
     let probe = send(order("mallory2", r#"{"item":"other"}"#)).await;
     assert_eq!(probe.status, StatusCode::CREATED);
     assert!(!probe.replayed());
-    // No credential at all is the anonymous scope, not Alice's.
+    // No credential at all is refused, never put in a scope shared with anybody.
     let anonymous = send(
-        client
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
             .post(server.url("/orders"))
             .header(KEY, "shared-key")
             .body(r#"{"item":"ring"}"#),
     )
     .await;
-    assert!(!anonymous.replayed());
-    assert_eq!(anonymous.json()["id"], "ord_4");
+    anonymous.problem(400, "unidentified-client");
 
     // Each client's own retry still replays its own response.
     let alice_again = send(order("alice", r#"{"item":"ring"}"#)).await;
@@ -935,7 +946,7 @@ async fn one_client_can_never_read_another_clients_response() {
     assert_eq!(alice_again.json()["id"], "ord_1");
     let mallory_again = send(order("mallory", r#"{"item":"ring"}"#)).await;
     assert_eq!(mallory_again.json()["id"], "ord_2");
-    assert_eq!(server.runs(), 4);
+    assert_eq!(server.runs(), 3);
 }
 
 #[derive(Clone, serde::Serialize)]
@@ -1225,6 +1236,7 @@ async fn a_client_that_goes_away_mid_handler_gets_the_replay_not_a_second_run() 
     let order = |client: &reqwest::Client| {
         client
             .post(format!("{base}/orders"))
+            .header(header::AUTHORIZATION, CREDENTIAL)
             .header(KEY, "order-1")
             .body(r#"{"cents":1999}"#)
     };
@@ -1310,11 +1322,9 @@ async fn a_client_scope_that_fails_refuses_the_request() {
         assert!(detail.contains("not processed"), "{detail}");
     }
     assert_eq!(runs.load(Ordering::SeqCst), 0);
-    // Without the extension the request is anonymous, as documented.
-    let anonymous = send(order()).await;
-    assert_eq!(anonymous.status, StatusCode::CREATED);
-    assert!(send(order()).await.replayed());
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Without the extension the client is not identified: refused too.
+    send(order()).await.problem(400, "unidentified-client");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
 
 /// A replay carries the stored headers without the hop-by-hop ones (`Connection`, the headers

@@ -80,6 +80,7 @@ async fn one_key_across_attempts_charges_once() {
                 sent.lock().expect("sent").push(key);
                 let request = client
                     .post(&url)
+                    .header("authorization", "Bearer shop-1")
                     .header("idempotency-key", key.to_string())
                     .body("{\"cents\":1999}");
                 async move {

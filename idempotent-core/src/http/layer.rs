@@ -50,7 +50,8 @@ pub struct IdempotencyLayer {
 impl IdempotencyLayer {
     /// A layer storing responses through `idempotency`'s store, with the defaults: header
     /// `Idempotency-Key`, methods `POST` and `PATCH`, key optional, keys up to 255
-    /// characters, clients told apart by `Authorization`, statuses
+    /// characters, clients told apart by `Authorization` (a request without one is refused:
+    /// [`scope`](Self::scope)), statuses
     /// [`StoredStatuses::except_transient`], request bodies up to 1 MiB, responses stored up to
     /// 1 MiB, the executor's `ttl` and `lease`, and a duplicate in flight answered `409` at
     /// once.
@@ -110,7 +111,9 @@ impl IdempotencyLayer {
     }
 
     /// How clients are told apart (default: the `Authorization` header). A key is only ever
-    /// looked up within its client's scope.
+    /// looked up within its client's scope, and a request whose client the scope cannot
+    /// identify is refused (`400` [unidentified-client](super#unidentified-client)) unless the
+    /// scope shares one on purpose ([`ClientScope::share_anonymous`], [`ClientScope::global`]).
     pub fn scope(self, scope: ClientScope) -> Self {
         self.with(|c| c.scope = scope)
     }

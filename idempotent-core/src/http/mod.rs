@@ -20,6 +20,7 @@
 //!
 //! let order = || {
 //!     Request::post("/orders")
+//!         .header("authorization", "Bearer alice") // the client: keys are kept per client
 //!         .header("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
 //!         .body(Body::from(r#"{"item":"book"}"#))
 //!         .unwrap()
@@ -31,7 +32,12 @@
 //! assert_eq!(retry.headers()["idempotent-replayed"], "true");
 //!
 //! let keyless = Request::post("/orders").body(Body::empty()).unwrap();
-//! assert_eq!(orders.oneshot(keyless).await.unwrap().status(), StatusCode::BAD_REQUEST);
+//! assert_eq!(orders.clone().oneshot(keyless).await.unwrap().status(), StatusCode::BAD_REQUEST);
+//!
+//! // No `Authorization`: the client is not identified, so the request is refused.
+//! let mut anonymous = order();
+//! anonymous.headers_mut().remove("authorization");
+//! assert_eq!(orders.oneshot(anonymous).await.unwrap().status(), StatusCode::BAD_REQUEST);
 //! # }
 //! ```
 //!
@@ -42,6 +48,7 @@
 //! | method not covered (`GET`, …), or no key and `require_key(false)` | the handler's, untouched |
 //! | no key, `require_key(true)` | `400` [missing-key](#missing-key) |
 //! | key empty, over 255 characters, not printable ASCII, repeated, bad quoting | `400` [malformed-key](#malformed-key) |
+//! | the [`ClientScope`] cannot identify the client (no `Authorization` header by default; no such cookie or extension) | `400` [unidentified-client](#unidentified-client); the handler does **not** run. With [`ClientScope::share_anonymous`] or [`ClientScope::global`], the one scope shared on purpose instead |
 //! | body over `max_body_bytes` | `413` [body-too-large](#body-too-large), nothing stored |
 //! | first request with this key | the handler's response; stored if its status is (see [`StoredStatuses`]) |
 //! | the client goes away (disconnects, times out) while the handler runs | nothing to the client; the handler finishes and its response is stored |
@@ -55,7 +62,12 @@
 //! The key is accepted in the draft's structured-field string form (`Idempotency-Key:
 //! "8e03…"`) and in the bare form most clients send (`Idempotency-Key: 8e03…`): both name the
 //! same key. Keys are scoped per client ([`ClientScope`], by default the `Authorization`
-//! header), so one client can never replay another's response, whatever key it sends.
+//! header), so one client can never replay another's response, whatever key it sends. A
+//! request whose client cannot be identified is refused rather than put in a scope that
+//! other clients share; sharing one is written down ([`ClientScope::share_anonymous`],
+//! [`ClientScope::global`]). Apps that authenticate by cookie scope by it
+//! ([`ClientScope::cookie`]). A client whose credential rotates between two tries is a new
+//! client: its retry runs the handler again.
 //!
 //! A response is not stored when its status is `5xx`, `408`, `409`, `425` or `429` (the
 //! default; [`StoredStatuses`] changes it): the claim is released and a retry runs the handler
@@ -155,10 +167,18 @@
 //! had one; the handler does not run again. Do not send the request again under a new key:
 //! read the result another way (its `Location`), or raise the limits.
 //!
+//! ### unidentified-client
+//! `400`: the request does not identify its client the way the layer's [`ClientScope`] looks
+//! for it (by default an `Authorization` header; or the configured header, cookie or request
+//! extension), so it was not processed: keys are kept per client, and the layer puts no
+//! request where another client could replay its response. The handler did not run. Send the
+//! request with your credentials. A server that means to share one scope between clients it
+//! cannot tell apart says so: [`ClientScope::share_anonymous`] or [`ClientScope::global`].
+//!
 //! ### scope-failed
 //! `500`: the layer's [`ClientScope`] could not identify the client (with
 //! [`ClientScope::extension`], the extension's value failed to serialize), so the request was
-//! not processed: it is never put in the anonymous scope instead. The handler did not run.
+//! not processed: it is never put in a shared scope instead. The handler did not run.
 //!
 //! ### misconfigured
 //! `500`: the layer's own options are invalid (a zero [`ttl`](IdempotencyLayer::ttl) or

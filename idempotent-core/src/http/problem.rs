@@ -27,6 +27,7 @@ pub(crate) enum Kind {
     ResponseFailed,
     /// Stands in for a response too large to store: replayed with that response's status.
     ResponseTooLarge,
+    UnidentifiedClient,
     ScopeFailed,
     Misconfigured,
 }
@@ -36,7 +37,10 @@ impl Kind {
     /// stands in for: see [`stand_in`]).
     fn status(self) -> StatusCode {
         match self {
-            Kind::MissingKey | Kind::MalformedKey | Kind::UnreadableBody => StatusCode::BAD_REQUEST,
+            Kind::MissingKey
+            | Kind::MalformedKey
+            | Kind::UnreadableBody
+            | Kind::UnidentifiedClient => StatusCode::BAD_REQUEST,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::InProgress => StatusCode::CONFLICT,
             Kind::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -61,6 +65,7 @@ impl Kind {
             Kind::StoredResponseUnreadable => "stored-response-unreadable",
             Kind::ResponseFailed => "response-failed",
             Kind::ResponseTooLarge => "response-too-large",
+            Kind::UnidentifiedClient => "unidentified-client",
             Kind::ScopeFailed => "scope-failed",
             Kind::Misconfigured => "misconfigured",
         }
@@ -78,6 +83,7 @@ impl Kind {
             Kind::StoredResponseUnreadable => "stored response unreadable",
             Kind::ResponseFailed => "response failed",
             Kind::ResponseTooLarge => "response too large to replay",
+            Kind::UnidentifiedClient => "client not identified",
             Kind::ScopeFailed => "client scope failed",
             Kind::Misconfigured => "idempotency layer misconfigured",
         }

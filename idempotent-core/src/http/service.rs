@@ -20,7 +20,7 @@ use super::config::{Config, IDEMPOTENT_REPLAYED};
 use super::header::{parse_key, replayable};
 use super::problem::{self, Kind};
 use super::record::{ResponseRecord, StoredResponse};
-use super::scope::ClientId;
+use super::scope::{ClientId, Identity};
 use crate::error::{BoxError, Error, StoreOp};
 use crate::key::{Digest, Fingerprint, Key};
 use crate::trace::event;
@@ -195,8 +195,16 @@ where
             return Ok(problem::response(Kind::MalformedKey, &detail, None));
         }
     };
-    let client = match config.scope.client(&parts) {
-        Ok(client) => client,
+    let client = match config.scope.identity(&parts) {
+        Ok(Identity::Client(client)) => Some(client),
+        Ok(Identity::Shared) => None,
+        Ok(Identity::Unidentified) => {
+            let detail = format!(
+                "this request does not identify its client ({}), so it was not processed: send it with your credentials; a server that means to share one scope between unidentified clients builds its layer with `ClientScope::share_anonymous` or `ClientScope::global`",
+                config.scope.lacking()
+            );
+            return Ok(problem::response(Kind::UnidentifiedClient, &detail, None));
+        }
         Err(error) => {
             event!(error, error = %error, "the client scope failed; the handler did not run");
             let _ = error;
@@ -420,7 +428,8 @@ fn answer<B>(stored: &ResponseRecord, replayed: bool) -> Response<ResponseBody<B
 }
 
 /// The stored key: the client's scope and the header's key, so equal keys of two clients
-/// never meet.
+/// never meet. `None` is the one shared scope (`ClientScope::global`, or an anonymous request
+/// under `share_anonymous`), written as the anonymous scope of 0.1 was.
 fn key_digest(client: Option<ClientId>, key: &str) -> Digest {
     let mut hasher = Sha256::new();
     match client {
