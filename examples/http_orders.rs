@@ -155,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // key read its order; an app that authenticates by cookie would use
         // `ClientScope::cookie("session")`.
         .layer(
-            IdempotencyLayer::new(idempotency)
+            IdempotencyLayer::new(idempotency.clone())
                 .require_key(true)
                 .scope(ClientScope::header(header::AUTHORIZATION)),
         );
@@ -175,6 +175,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+        .await?;
+    // The server stopped taking requests and finished those in flight. A request whose client
+    // hung up after its handler returned has its response recorded in the background: wait for
+    // it before the runtime ends, or its retry would run the handler again.
+    idempotency
+        .shutdown(std::time::Duration::from_secs(10))
         .await?;
     Ok(())
 }

@@ -44,9 +44,12 @@
 //! | retry while the first still runs | waits for its output (or `InProgress` with `reject`) | — |
 //! | same key, other arguments | [`Error::KeyReused`]; the body does not run | 1 |
 //! | body returned `Err` | that error; nothing stored, a retry runs again | 2 (claim, release) |
+//! | body returned, output cannot be stored | its own result; retries get [`Error::OutputNotStored`], the body does not run again | 2 (claim, complete) |
+//! | body runs past its `lease` | the lease is renewed while it runs, up to `max_run` | +1 a renewal |
 //! | call cancelled mid-body | the claim is kept until its `lease` passes (the effect may have happened) | 1 |
+//! | call cancelled after the body returned | the output is recorded in the background ([`Idempotency::shutdown`] waits for it) | 2 |
 //! | store unreachable | [`Error::Store`]; the body does not run (fail closed) | — |
-//! | owner crashed | after its `lease`, the next call takes over and runs the body | — |
+//! | owner crashed, or hung past `max_run` | after its `lease`, the next call takes over and runs the body | — |
 //!
 //! # Features
 //!
@@ -172,15 +175,28 @@ pub use idempotent_core::http;
 /// ```
 ///
 /// ## `lease = "30s"`
-/// How long a claim holds before another caller may take it over (default 30 s). Longer than
-/// the body ever runs: a body that outlives its lease can be taken over, and its own result
-/// is then refused with [`Error::LeaseLost`].
+/// How long a claim holds before another caller may take it over (default 30 s). While the
+/// body runs, the owner renews it every third of it (up to `max_run`), so the lease is how
+/// long a crashed owner blocks its key, not how long the body may run.
 ///
 /// ```
 /// # use idempotency::idempotent;
 /// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
 /// #[idempotent(lease = "2m")]
 /// async fn export_report(month: u32) -> Result<String, AppError> { Ok(format!("report-{month}")) }
+/// ```
+///
+/// ## `max_run = "15m"`
+/// How long the owner keeps renewing its lease while the body runs (default 15 min). A body
+/// still running after it can be taken over once its lease passes, and its own result is then
+/// refused with [`Error::LeaseLost`]; so a hung body blocks its key for `max_run` + `lease` at
+/// most.
+///
+/// ```
+/// # use idempotency::idempotent;
+/// # #[derive(Debug, thiserror::Error)] #[error(transparent)] struct AppError(#[from] idempotency::Error);
+/// #[idempotent(lease = "10s", max_run = "2m")]
+/// async fn settle(batch: u32) -> Result<u32, AppError> { Ok(batch) }
 /// ```
 ///
 /// ## `executor = <expr>` (or `store = <expr>`)

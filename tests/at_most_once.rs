@@ -28,12 +28,14 @@ fn key(what: &str) -> (Key, Fingerprint) {
     )
 }
 
-/// A store whose `complete` takes `delay` (a slow network), or fails.
+/// A store whose `complete` takes `delay` (a slow network), fails, or refuses outputs over
+/// `refuse_over` bytes as too large (without saying so in `max_output_bytes`).
 #[derive(Debug)]
 struct SlowComplete {
     inner: MemoryStore,
     delay: Duration,
     fail: bool,
+    refuse_over: usize,
 }
 
 #[async_trait]
@@ -57,6 +59,12 @@ impl Store for SlowComplete {
         tokio::time::sleep(self.delay).await;
         if self.fail {
             return Err(StoreError::Backend("the store broke".into()));
+        }
+        if output.len() > self.refuse_over {
+            return Err(StoreError::TooLarge {
+                size: output.len(),
+                limit: self.refuse_over,
+            });
         }
         self.inner
             .complete(key, token, fingerprint, output, ttl)
@@ -87,6 +95,7 @@ fn shutdown_waits_for_background_completions() {
             inner: memory.clone(),
             delay: Duration::from_millis(300),
             fail: false,
+            refuse_over: usize::MAX,
         });
         let what = format!("shutdown-{shut_down}");
         let (key, fingerprint) = key(&what);
@@ -147,6 +156,7 @@ async fn shutdown_reports_what_it_left() {
         inner: MemoryStore::new(),
         delay: Duration::from_secs(2),
         fail: false,
+        refuse_over: usize::MAX,
     };
     let idempotency = Idempotency::new(store);
     let (key, fingerprint) = key("shutdown-timeout");
@@ -248,6 +258,7 @@ async fn a_failed_complete_is_not_retryable() {
         inner: MemoryStore::new(),
         delay: Duration::ZERO,
         fail: true,
+        refuse_over: usize::MAX,
     });
     let (key, fingerprint) = key("complete-fails");
     let result: Result<u8, Error> = idempotency.run(key, fingerprint, || async { Ok(1) }).await;
@@ -298,4 +309,41 @@ async fn a_renewed_owner_of_this_process_is_not_taken_over() {
         );
     }
     assert_eq!(owner.await.expect("owner").expect("owner's output"), 1);
+}
+
+/// A store that refuses the output as too large at `complete` (its limit unknown to the
+/// executor): the not-stored record goes in its place, and the body does not run again.
+#[tokio::test]
+async fn an_output_the_store_refuses_is_recorded_as_not_stored() {
+    let idempotency = Idempotency::new(SlowComplete {
+        inner: MemoryStore::new(),
+        delay: Duration::ZERO,
+        fail: false,
+        refuse_over: 100,
+    });
+    let (key, fingerprint) = key("store-refuses");
+    let runs = AtomicUsize::new(0);
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let result: Result<String, Error> = idempotency
+            .run(key.clone(), fingerprint, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok("z".repeat(500))
+            })
+            .await;
+        results.push(result);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(results[0].as_ref().map(String::len).ok(), Some(500));
+    assert!(
+        matches!(
+            &results[1],
+            Err(Error::OutputNotStored {
+                reason: NotStored::TooLarge { limit: 100, .. },
+                ..
+            })
+        ),
+        "{:?}",
+        results[1]
+    );
 }

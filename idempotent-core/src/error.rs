@@ -199,9 +199,12 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
-    /// The encoded output is over the limit; the body ran, its claim was released.
+    /// A store refused an encoded output as over its limit. A call's owner never returns it:
+    /// it records the body as run with its output not stored instead (retries get
+    /// [`Error::OutputNotStored`]); it remains for code that maps a store's
+    /// [`StoreError::TooLarge`] itself.
     #[error(
-        "output for key `{key}` is {size} bytes, over the limit of {limit} bytes (`max_output_bytes`); the body ran and its claim was released"
+        "output for key `{key}` is {size} bytes, over the store's limit of {limit} bytes (`max_output_bytes`)"
     )]
     OutputTooLarge {
         /// The key.

@@ -279,7 +279,7 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
     /// stored as the completed record; an `Err` (unless stored) deletes the claim instead. An
     /// output that cannot be encoded, or one over the store's limit, is returned, and the
     /// record says it was not stored: retries get
-    /// [`Error::OutputNotStored`](crate::Error::OutputNotStored).
+    /// [`Error::OutputNotStored`].
     pub async fn finish<T, E>(
         self,
         tx: &mut Transaction<'_, DB>,

@@ -399,4 +399,40 @@ mod tests {
             "{reused:?}"
         );
     }
+
+    /// A lease that reads as passed but was not taken over (the owner's clock behind the
+    /// store's) is polled with the growing backoff, not every millisecond; a short remaining
+    /// lease is polled no faster than the floor.
+    #[test]
+    fn waits_back_off_when_the_lease_reads_as_passed() {
+        let fingerprint = Fingerprint::of(&"args").expect("fingerprint");
+        let mut caller = Caller::new(&Settings::DEFAULT);
+        let now = Instant::now();
+        let naps: Vec<Duration> = (0..8)
+            .map(|_| {
+                match caller.on_claim(
+                    in_progress(fingerprint, Duration::ZERO),
+                    &fingerprint,
+                    || now,
+                ) {
+                    Next::Poll(nap) => nap,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert!(naps.windows(2).all(|pair| pair[1] >= pair[0]), "{naps:?}");
+        assert_eq!(naps[0], defaults::POLL_FIRST);
+        assert_eq!(naps[7], defaults::POLL_MAX, "{naps:?}");
+
+        let mut caller = Caller::new(&Settings::DEFAULT);
+        let short = caller.on_claim(
+            in_progress(fingerprint, Duration::from_micros(10)),
+            &fingerprint,
+            || now,
+        );
+        assert!(
+            matches!(short, Next::Poll(nap) if nap == defaults::POLL_MIN),
+            "{short:?}"
+        );
+    }
 }

@@ -312,6 +312,50 @@ fn store_error(redis_key: &str, error: RedisError) -> StoreError {
     }
 }
 
+/// The claim's answer from its reply. A record holding the caller's own token is the
+/// caller's: a claim re-sent after a lost reply (a reconnect, a cluster redirect) finds the
+/// record its first send wrote, and owns it rather than waiting out its own lease.
+fn claim_answer(
+    redis_key: &str,
+    reply: Value,
+    token: Token,
+    now: SystemTime,
+) -> Result<Claim, StoreError> {
+    match reply {
+        // The key was free (never used, released, expired, or its owner's lease passed).
+        Value::Nil | Value::Int(0) => Ok(Claim::Acquired {
+            token,
+            took_over: false,
+        }),
+        Value::Int(-1) => Err(not_a_record(redis_key)),
+        Value::BulkString(value) => match record::decode(redis_key, Bytes::from(value))? {
+            Record::Completed {
+                fingerprint,
+                output,
+                ..
+            } => Ok(Claim::Completed {
+                fingerprint,
+                output,
+            }),
+            Record::InProgress { token: owner, .. } if owner == token => Ok(Claim::Acquired {
+                token,
+                took_over: false,
+            }),
+            Record::InProgress {
+                fingerprint,
+                lease_until,
+                ..
+            } => Ok(Claim::InProgress {
+                fingerprint,
+                // By the owner's clock; zero when that is behind ours (Redis frees the key
+                // at the lease's end by its own clock).
+                lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
+            }),
+        },
+        other => Err(unexpected("claim", &other)),
+    }
+}
+
 fn not_a_record(redis_key: &str) -> StoreError {
     StoreError::corrupt(format!(
         "redis key `{redis_key}` holds a value that is not an idempotency record (another redis type, or damaged)"
@@ -356,35 +400,8 @@ where
         let lease_until = now + Duration::from_millis(lease_ms);
         let token = record::token(lease_until);
         let record = record::in_progress(&token, fingerprint, lease_until);
-        match self.claim_reply(&redis_key, &record, lease_ms).await? {
-            // The key was free (never used, released, expired, or its owner's lease passed).
-            Value::Nil | Value::Int(0) => Ok(Claim::Acquired {
-                token,
-                took_over: false,
-            }),
-            Value::Int(-1) => Err(not_a_record(&redis_key)),
-            Value::BulkString(value) => match record::decode(&redis_key, Bytes::from(value))? {
-                Record::Completed {
-                    fingerprint,
-                    output,
-                    ..
-                } => Ok(Claim::Completed {
-                    fingerprint,
-                    output,
-                }),
-                Record::InProgress {
-                    fingerprint,
-                    lease_until,
-                    ..
-                } => Ok(Claim::InProgress {
-                    fingerprint,
-                    // By the owner's clock; zero when that is behind ours (Redis frees the key
-                    // at the lease's end by its own clock).
-                    lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
-                }),
-            },
-            other => Err(unexpected("claim", &other)),
-        }
+        let reply = self.claim_reply(&redis_key, &record, lease_ms).await?;
+        claim_answer(&redis_key, reply, token, now)
     }
 
     async fn complete(
@@ -447,5 +464,33 @@ where
 
     fn max_output_bytes(&self) -> usize {
         self.config.max_output_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Digest;
+
+    /// A claim re-sent after a lost reply finds the record its first send wrote: it owns the
+    /// key, instead of reading its own record as another owner's and waiting out the lease.
+    #[test]
+    fn a_claim_that_finds_its_own_record_owns_the_key() {
+        let now = SystemTime::now();
+        let lease_until = now + Duration::from_secs(30);
+        let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"args"));
+        let ours = record::token(lease_until);
+        let written = record::in_progress(&ours, &fingerprint, lease_until);
+        let answer = claim_answer("k", Value::BulkString(written.to_vec()), ours, now);
+        assert!(
+            matches!(answer, Ok(Claim::Acquired { token, took_over: false }) if token == ours),
+            "{answer:?}"
+        );
+        let another = record::token(lease_until);
+        let answer = claim_answer("k", Value::BulkString(written.to_vec()), another, now);
+        assert!(
+            matches!(answer, Ok(Claim::InProgress { lease_remaining, .. }) if lease_remaining > Duration::from_secs(29)),
+            "{answer:?}"
+        );
     }
 }
