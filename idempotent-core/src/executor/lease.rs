@@ -8,7 +8,6 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,42 +23,43 @@ use crate::record::Token;
 use crate::store::Store;
 use crate::trace::event;
 
-/// The owner's lease, renewed while its body runs.
-pub(super) struct Renewal {
-    store: Arc<dyn Store>,
-    key: Key,
+/// The owner's lease, renewed while its body runs. It borrows everything from the owner's
+/// call and reads the clock only once the body first waits, so a body that finishes at its
+/// first poll pays nothing for it.
+pub(super) struct Renewal<'a> {
+    store: &'a dyn Store,
+    key: &'a Key,
     token: Token,
     lease: Duration,
-    every: Duration,
-    /// Renewal stops at `max_run` after the claim.
-    stop_at: Instant,
-    flight: Arc<Flight>,
-    background: Arc<Background>,
+    max_run: Duration,
+    flight: &'a Flight,
+    background: &'a Background,
+    /// When renewal stops: `max_run` after the body first waited.
+    stop_at: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     /// A renewal on its way, and when it was sent.
-    renewing: Option<(Instant, BoxFuture<'static, Result<(), StoreError>>)>,
+    renewing: Option<(Instant, BoxFuture<'a, Result<(), StoreError>>)>,
     stopped: bool,
 }
 
-impl Renewal {
+impl<'a> Renewal<'a> {
     pub(super) fn new(
-        store: Arc<dyn Store>,
-        key: Key,
+        store: &'a dyn Store,
+        key: &'a Key,
         token: Token,
         settings: &Settings,
-        flight: Arc<Flight>,
-        background: Arc<Background>,
-    ) -> Renewal {
-        let every = (settings.lease / defaults::RENEW_DIVISOR).max(defaults::RENEW_MIN);
+        flight: &'a Flight,
+        background: &'a Background,
+    ) -> Renewal<'a> {
         Renewal {
             store,
             key,
             token,
             lease: settings.lease,
-            every,
-            stop_at: later(Instant::now(), settings.max_run),
+            max_run: settings.max_run,
             flight,
             background,
+            stop_at: None,
             timer: None,
             renewing: None,
             stopped: settings.max_run.is_zero(),
@@ -106,29 +106,31 @@ impl Renewal {
             if self.stopped {
                 return;
             }
-            let every = self.every;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            let every = (self.lease / defaults::RENEW_DIVISOR).max(defaults::RENEW_MIN);
+            let timer = match self.timer.as_mut() {
+                Some(timer) => timer,
+                None => {
+                    let now = Instant::now();
+                    self.stop_at = Some(later(now, self.max_run));
+                    self.timer
+                        .insert(Box::pin(tokio::time::sleep_until(later(now, every))))
+                }
+            };
             if timer.as_mut().poll(cx).is_pending() {
                 return;
             }
             let now = Instant::now();
-            if now >= self.stop_at || self.background.closing() {
+            let ran_out = self.stop_at.is_some_and(|stop_at| now >= stop_at);
+            if ran_out || self.background.closing() {
                 event!(warn, key = %self.key, "the body is still running: lease renewal stops (`max_run` passed, or shutdown); the key may be taken over once its lease passes");
                 self.stopped = true;
                 return;
             }
             timer.as_mut().reset(later(now, every));
-            let (store, key, token, lease) = (
-                Arc::clone(&self.store),
-                self.key.clone(),
-                self.token,
-                self.lease,
-            );
+            let (store, key, token, lease) = (self.store, self.key, self.token, self.lease);
             self.renewing = Some((
                 now,
-                Box::pin(async move { store.renew(&key, &token, lease).await }),
+                Box::pin(async move { store.renew(key, &token, lease).await }),
             ));
         }
     }

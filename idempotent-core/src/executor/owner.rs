@@ -48,21 +48,21 @@ impl Inner {
             protocol::later(Instant::now(), settings.lease),
         );
         let mut claim = HeldClaim {
-            store: Arc::clone(&self.store),
-            background: Arc::clone(&self.background),
-            key: key.clone(),
+            store: &self.store,
+            background: &self.background,
+            key: &key,
             token,
             fingerprint,
             stage: Stage::Running,
         };
         event!(debug, key = %key, "execute");
         let renewal = Renewal::new(
-            Arc::clone(&self.store),
-            key.clone(),
+            &*self.store,
+            &key,
             token,
             &settings,
             pilot.flight(),
-            Arc::clone(&self.background),
+            &self.background,
         );
         // `body()` is called inside the caught future: a panic in its synchronous part
         // releases the claim too.
@@ -173,16 +173,16 @@ enum Stage {
 }
 
 /// The claim the owner holds while its call runs.
-struct HeldClaim {
-    store: Arc<dyn Store>,
-    background: Arc<Background>,
-    key: Key,
+struct HeldClaim<'a> {
+    store: &'a Arc<dyn Store>,
+    background: &'a Arc<Background>,
+    key: &'a Key,
     token: Token,
     fingerprint: Fingerprint,
     stage: Stage,
 }
 
-impl HeldClaim {
+impl HeldClaim<'_> {
     /// Records the body's output (or that it was not stored); a drop on the way completes in
     /// the background. A store that refuses the output as too large gets the not-stored record
     /// instead. Returns what was recorded.
@@ -201,8 +201,8 @@ impl HeldClaim {
                 keep,
             };
             let completed = complete(
-                &*self.store,
-                &self.key,
+                &**self.store,
+                self.key,
                 &self.token,
                 &self.fingerprint,
                 output.clone(),
@@ -229,7 +229,7 @@ impl HeldClaim {
     /// Releases the claim (the body failed with an error that is not stored, or panicked).
     async fn release(&mut self) {
         self.stage = Stage::Settled;
-        match self.store.release(&self.key, &self.token).await {
+        match self.store.release(self.key, &self.token).await {
             Ok(()) => {
                 event!(debug, key = %self.key, "released the claim");
             }
@@ -241,7 +241,7 @@ impl HeldClaim {
     }
 }
 
-impl Drop for HeldClaim {
+impl Drop for HeldClaim<'_> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Settled) {
             Stage::Running => {
@@ -250,7 +250,7 @@ impl Drop for HeldClaim {
             Stage::Completing { output, ttl, keep } => {
                 // Without a runtime the lease frees the key, as for a crash.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let store = Arc::clone(&self.store);
+                    let store = Arc::clone(self.store);
                     let key = self.key.clone();
                     let (token, fingerprint) = (self.token, self.fingerprint);
                     event!(debug, key = %key, "call cancelled after its body returned; completing in the background (`Idempotency::shutdown` waits for it)");
