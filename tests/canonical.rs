@@ -306,6 +306,78 @@ fn repeated_entries_count_each_time() {
     assert_eq!(distinct.len(), 4, "{digests:?}");
 }
 
+/// What changes a value's digest, and so a key or fingerprint built from it: field names,
+/// their order, an added field (even `None`); not a type's name, a `#[serde(rename)]` that
+/// keeps the old field name, or a newtype around a value.
+#[test]
+fn fields_count_by_name_and_order_types_not_by_name() {
+    #[derive(Serialize)]
+    struct Refund {
+        charge: u64,
+        cents: u32,
+    }
+    #[derive(Serialize)]
+    struct RefundRequest {
+        charge: u64,
+        cents: u64,
+    }
+    #[derive(Serialize)]
+    struct Reordered {
+        cents: u32,
+        charge: u64,
+    }
+    #[derive(Serialize)]
+    struct Extended {
+        charge: u64,
+        cents: u32,
+        reason: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Renamed {
+        charge: u64,
+        #[serde(rename = "cents")]
+        amount_cents: u32,
+    }
+    #[derive(Serialize)]
+    struct Cents(u32);
+    #[derive(Serialize)]
+    struct Wrapped {
+        charge: u64,
+        cents: Cents,
+    }
+    let refund = hex(&Refund {
+        charge: 1,
+        cents: 250,
+    });
+    let same = [
+        hex(&RefundRequest {
+            charge: 1,
+            cents: 250,
+        }),
+        hex(&Renamed {
+            charge: 1,
+            amount_cents: 250,
+        }),
+        hex(&Wrapped {
+            charge: 1,
+            cents: Cents(250),
+        }),
+    ];
+    assert!(same.iter().all(|digest| *digest == refund), "{same:?}");
+    let other = [
+        hex(&Reordered {
+            cents: 250,
+            charge: 1,
+        }),
+        hex(&Extended {
+            charge: 1,
+            cents: 250,
+            reason: None,
+        }),
+    ];
+    assert!(other.iter().all(|digest| *digest != refund), "{other:?}");
+}
+
 #[test]
 fn maps_agree_whatever_their_type_and_order() {
     let mut hash = HashMap::new();
