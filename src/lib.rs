@@ -86,7 +86,8 @@ pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotent_core::{
-    RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection, redis,
+    RedisEvictionPolicyError, RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection,
+    redis,
 };
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -329,49 +329,48 @@ pub(crate) const INLINE_MAP_ENTRIES: usize = 32;
 /// for a huge buffer up front.
 const LARGEST_HINT: usize = 4096;
 
-/// The digests of a map's entries: on the stack up to [`INLINE_MAP_ENTRIES`], else on the heap.
-enum EntryDigests {
-    Inline {
-        digests: [[u8; 32]; INLINE_MAP_ENTRIES],
-        len: usize,
-    },
-    Heap(Vec<[u8; 32]>),
+/// The digests of a map's entries: on the stack up to [`INLINE_MAP_ENTRIES`], then all of
+/// them on the heap.
+struct EntryDigests {
+    inline: [[u8; 32]; INLINE_MAP_ENTRIES],
+    len: usize,
+    /// Empty (and unallocated, unless the map's length hint was over the inline size) until
+    /// the inline buffer overflows; then every digest.
+    heap: Vec<[u8; 32]>,
 }
 
 impl EntryDigests {
     /// A buffer for a map of `len` entries, if its `Serialize` impl says.
     fn for_len(len: Option<usize>) -> EntryDigests {
-        match len {
-            Some(len) if len > INLINE_MAP_ENTRIES => {
-                EntryDigests::Heap(Vec::with_capacity(len.min(LARGEST_HINT)))
-            }
-            _ => EntryDigests::Inline {
-                digests: [[0; 32]; INLINE_MAP_ENTRIES],
-                len: 0,
-            },
+        let heap = match len {
+            Some(len) if len > INLINE_MAP_ENTRIES => Vec::with_capacity(len.min(LARGEST_HINT)),
+            _ => Vec::new(),
+        };
+        EntryDigests {
+            inline: [[0; 32]; INLINE_MAP_ENTRIES],
+            len: 0,
+            heap,
         }
     }
 
     fn push(&mut self, digest: [u8; 32]) {
-        match self {
-            EntryDigests::Inline { digests, len } if *len < INLINE_MAP_ENTRIES => {
-                digests[*len] = digest;
-                *len += 1;
-            }
-            EntryDigests::Inline { digests, .. } => {
-                let mut heap = Vec::with_capacity(2 * INLINE_MAP_ENTRIES);
-                heap.extend_from_slice(digests);
-                heap.push(digest);
-                *self = EntryDigests::Heap(heap);
-            }
-            EntryDigests::Heap(heap) => heap.push(digest),
+        if !self.heap.is_empty() {
+            self.heap.push(digest);
+        } else if self.len < INLINE_MAP_ENTRIES {
+            self.inline[self.len] = digest;
+            self.len += 1;
+        } else {
+            self.heap.reserve(2 * INLINE_MAP_ENTRIES);
+            self.heap.extend_from_slice(&self.inline);
+            self.heap.push(digest);
         }
     }
 
     fn as_mut_slice(&mut self) -> &mut [[u8; 32]] {
-        match self {
-            EntryDigests::Inline { digests, len } => &mut digests[..*len],
-            EntryDigests::Heap(heap) => heap,
+        if self.heap.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.heap
         }
     }
 }

@@ -75,7 +75,9 @@ pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::redis::{RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection};
+pub use store::redis::{
+    RedisEvictionPolicyError, RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection,
+};
 
 /// The [redis-rs](https://docs.rs/redis) client the Redis store is built on, re-exported so
 /// that connection types match the store's.
