@@ -144,3 +144,89 @@ fn starts_with_capital(ident: &Ident) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_uppercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use syn::{ItemFn, Type, parse_quote};
+
+    use super::instantiation;
+    use crate::plan::Instantiation;
+
+    /// `"fixed"`, `"varies"`, or the names checked at run time.
+    fn decide(function: ItemFn, named: Type) -> String {
+        match instantiation(&function, &named) {
+            Instantiation::Fixed => "fixed".to_owned(),
+            Instantiation::Varies(_) => "varies".to_owned(),
+            Instantiation::Check { names, .. } => names
+                .into_iter()
+                .map(|(_, name)| name)
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    #[test]
+    fn parameters_of_the_function_and_self_vary() {
+        let generic: ItemFn = parse_quote!(
+            async fn f<Doc, const N: usize>() {}
+        );
+        assert_eq!(decide(generic.clone(), parse_quote!(Doc)), "varies");
+        assert_eq!(
+            decide(generic.clone(), parse_quote!(Vec<Option<Doc>>)),
+            "varies"
+        );
+        assert_eq!(decide(generic.clone(), parse_quote!(Doc::Out)), "varies");
+        assert_eq!(decide(generic.clone(), parse_quote!([u8; N])), "varies");
+        assert_eq!(decide(generic, parse_quote!(u64)), "fixed");
+        let method: ItemFn = parse_quote!(
+            async fn f(&self) {}
+        );
+        assert_eq!(decide(method.clone(), parse_quote!(Self)), "varies");
+        assert_eq!(decide(method, parse_quote!(Self::Output)), "varies");
+    }
+
+    #[test]
+    fn what_the_macro_cannot_see_into_varies() {
+        let function: ItemFn = parse_quote!(
+            async fn f() {}
+        );
+        for ty in [
+            parse_quote!(<Item as Tr>::Out),
+            parse_quote!(my_type!()),
+            parse_quote!(impl Serialize),
+            parse_quote!(Item::Page<u8>),
+            parse_quote!(Grid<{ SIZE }>),
+            parse_quote!(N),
+        ] {
+            assert_eq!(decide(function.clone(), ty), "varies");
+        }
+    }
+
+    #[test]
+    fn named_types_are_checked_at_run_time_primitives_not() {
+        let function: ItemFn = parse_quote!(
+            async fn f(&self) {}
+        );
+        assert_eq!(decide(function.clone(), parse_quote!(u64)), "fixed");
+        assert_eq!(decide(function.clone(), parse_quote!(())), "fixed");
+        assert_eq!(decide(function.clone(), parse_quote!([u8; 32])), "fixed");
+        assert_eq!(
+            decide(function.clone(), parse_quote!(Vec<(String, u32)>)),
+            "fixed"
+        );
+        assert_eq!(decide(function.clone(), parse_quote!(Receipt)), "Receipt");
+        assert_eq!(
+            decide(function.clone(), parse_quote!(billing::Receipt)),
+            "Receipt"
+        );
+        assert_eq!(
+            decide(
+                function.clone(),
+                parse_quote!(std::collections::HashMap<String, Item>)
+            ),
+            "Item"
+        );
+        assert_eq!(decide(function.clone(), parse_quote!(Item::Out)), "Out");
+        assert_eq!(decide(function, parse_quote!(Cow<'static, Page>)), "Page");
+    }
+}
