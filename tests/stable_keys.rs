@@ -131,6 +131,40 @@ async fn the_output_type_counts_only_where_it_can_differ() {
     refused_as_reused(open::<CreditNote>(1, exec).await, "a generic output");
 }
 
+#[idempotency::async_trait]
+trait Billing: Send + Sync {
+    async fn invoice(&self, order: u32) -> Result<Invoice, AppError>;
+}
+
+struct Biller {
+    exec: &'static Idempotency,
+    runs: AtomicUsize,
+}
+
+/// In an `#[async_trait]` impl the output's named types are checked the same way.
+#[idempotency::async_trait]
+impl Billing for Biller {
+    #[idempotent(store = self.exec)]
+    async fn invoice(&self, order: u32) -> Result<Invoice, AppError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(Invoice {
+            number: format!("I-{order}"),
+        })
+    }
+}
+
+#[tokio::test]
+async fn async_trait_methods_replay_with_a_checked_output_type() {
+    let biller = Biller {
+        exec: executor(),
+        runs: AtomicUsize::new(0),
+    };
+    let billing: &dyn Billing = &biller;
+    assert_eq!(billing.invoice(3).await.unwrap().number, "I-3");
+    assert_eq!(billing.invoice(3).await.unwrap().number, "I-3");
+    assert_eq!(biller.runs.load(Ordering::SeqCst), 1);
+}
+
 /// The key is the namespace, the version and the arguments' values in order; the fingerprint
 /// is those values. Argument names, `ttl`, `lease`, `on_in_progress` and the output type (not
 /// generic here) are in neither.
