@@ -89,7 +89,8 @@ pub use idempotent_core::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotent_core::{
-    RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection, redis,
+    RedisEvictionPolicyError, RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection,
+    redis,
 };
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -140,7 +141,8 @@ pub use idempotent_core::http;
 ///
 /// # What is hashed
 ///
-/// The **fingerprint** is SHA-256 of the canonical encoding of every non-skipped argument.
+/// The **fingerprint** is SHA-256 of the canonical encoding of every non-skipped argument, in
+/// order (their values, not their names).
 /// The **key** is `{namespace}:{version}:{sha256(key material)}`, where the material is the
 /// `key = …` expression, or the arguments when `key` is not given. A stored record whose
 /// fingerprint differs from the call's is a reused key: the call fails with
@@ -237,10 +239,13 @@ pub use idempotent_core::http;
 /// survive a rename or a move. Bump `version` when the function's meaning or output type
 /// changes, so old records are not replayed. Two functions that end up with the same
 /// namespace and version fail with [`Error::NamespaceCollision`] instead of sharing keys.
-/// The instantiations of a generic function (and a method's, whose impl may be generic) share
-/// one namespace; their output type is part of the fingerprint, so a record written by one
-/// instantiation is refused to another with [`Error::KeyReused`], never replayed as the wrong
-/// type.
+/// The instantiations of a generic function (and of a function in a generic impl) share one
+/// namespace. Where the output type can differ between them (it names a generic parameter of
+/// the function or of the impl, `Self`, or an alias), its name is part of the fingerprint, so
+/// a record written by one instantiation is refused to another with [`Error::KeyReused`],
+/// never replayed as the wrong type. Elsewhere the output type stays out: moving or renaming
+/// it changes no key and no fingerprint. README, "Changing an idempotent function safely",
+/// lists what does.
 ///
 /// ```
 /// # use idempotency::idempotent;

@@ -59,10 +59,18 @@ fn hex<T: Serialize + ?Sized>(value: &T) -> String {
 }
 
 /// Changing any of these digests changes every key derived from such values: stored records
-/// would stop matching their retries. That needs a major release and a migration note.
+/// would stop matching their retries. That needs a major release and a migration note (the
+/// map vectors changed in 0.2, when entry digests went from summed to sorted: CHANGELOG.md).
 #[test]
 fn golden_vectors() {
     let map: BTreeMap<&str, u32> = [("a", 1), ("b", 2)].into_iter().collect();
+    let empty: BTreeMap<&str, u32> = BTreeMap::new();
+    let nested: BTreeMap<&str, BTreeMap<&str, u32>> =
+        [("outer", map.clone()), ("empty", empty.clone())]
+            .into_iter()
+            .collect();
+    // Over the 32 entries hashed without allocating: the heap path.
+    let large: BTreeMap<String, u32> = (0..40).map(|i| (format!("k{i}"), i)).collect();
     let vectors: Vec<(&str, String)> = vec![
         ("0u8", hex(&0u8)),
         ("1i64", hex(&1i64)),
@@ -99,6 +107,9 @@ fn golden_vectors() {
             }),
         ),
         ("{a:1,b:2}", hex(&map)),
+        ("{}", hex(&empty)),
+        ("{outer:{a:1,b:2},empty:{}}", hex(&nested)),
+        ("{k0:0..k39:39}", hex(&large)),
         (
             "ChargeRequest",
             hex(&ChargeRequest {
@@ -160,7 +171,10 @@ fn golden_vectors() {
         "Event::Paid 676522820604f05258e8099f59f3dbd5e61c74ceda352cc4a372f674c56b0e06",
         "Event::Moved fed04e1aaf73db979144eb91100ddaa081fcfd3c93eae1c3ac3735ece4c51f4f",
         "Event::Refunded 1d760c47b50046b486e51932006f22a8c8ffd786a7faaf31be826a30761124de",
-        "{a:1,b:2} 7fe5ae11e8603be4730c302eecef58397b95d84263518bb14cc330b094566520",
+        "{a:1,b:2} 70d9f82f463292ee371c55ce3be80efcc0fbb29d829df9638b0acb70d10a2934",
+        "{} d94e7f1e9bb1f8a9b90996ba12c461b84956f0e7f230145cc594c2f80b067aa0",
+        "{outer:{a:1,b:2},empty:{}} ecefd188b6c908872659fd27e88b9deb76591a095ccb6c4aba07c221cd7297e8",
+        "{k0:0..k39:39} d291d3701739a225fb08fc851d79e87375cef3232e7f3a289ce85c0c74ce95b0",
         "ChargeRequest e33df403c17036b4e313fad6cdbe993cf9562d133fd0db91f2b98da854b47350",
         "Order (nested structs) 3b7ed7e60bc0fdb8b979b034d929fe5d2973f40bbeb8a3201793a976cbb54941",
     ];
@@ -201,6 +215,169 @@ fn encoding_is_as_documented() {
     assert_eq!(hex(long.as_str()), sha(&long_encoding));
 }
 
+/// The canonical encoding of a string key and an integer value, written out by hand: a map
+/// digest is checked against it below, independently of the serializer.
+mod reference {
+    use sha2::{Digest as _, Sha256};
+
+    /// Unsigned LEB128.
+    pub(super) fn varint(mut value: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    pub(super) fn string(text: &str, out: &mut Vec<u8>) {
+        out.push(0x08);
+        varint(text.len() as u64, out);
+        out.extend(text.as_bytes());
+    }
+
+    pub(super) fn integer(value: i64, out: &mut Vec<u8>) {
+        out.push(0x03);
+        varint(((value << 1) ^ (value >> 63)) as u64, out);
+    }
+
+    /// A map: the tag, the entry count, then SHA-256 of each entry's encoding (key, then
+    /// value), sorted bytewise.
+    pub(super) fn map<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> Vec<u8> {
+        let mut digests: Vec<[u8; 32]> = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let mut entry = Vec::new();
+                string(key, &mut entry);
+                integer(value, &mut entry);
+                Sha256::digest(&entry).into()
+            })
+            .collect();
+        digests.sort();
+        let mut out = vec![0x11];
+        varint(digests.len() as u64, &mut out);
+        for digest in digests {
+            out.extend(digest);
+        }
+        out
+    }
+
+    pub(super) fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+#[test]
+fn a_map_is_its_sorted_entry_digests() {
+    let map: BTreeMap<&str, u32> = [("a", 1), ("b", 2)].into_iter().collect();
+    let expected = reference::sha(&reference::map([("a", 1), ("b", 2)]));
+    assert_eq!(hex(&map), expected);
+    let empty: HashMap<&str, u32> = HashMap::new();
+    assert_eq!(hex(&empty), reference::sha(&[0x11, 0x00]));
+}
+
+/// A map whose `Serialize` impl gives the same entry more than once: every copy counts.
+struct Repeated(usize);
+
+impl Serialize for Repeated {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        for _ in 0..self.0 {
+            map.serialize_entry("k", &1)?;
+        }
+        map.end()
+    }
+}
+
+#[test]
+fn repeated_entries_count_each_time() {
+    let digests: Vec<String> = (0..4).map(|n| hex(&Repeated(n))).collect();
+    for (n, digest) in digests.iter().enumerate() {
+        assert_eq!(
+            *digest,
+            reference::sha(&reference::map(std::iter::repeat_n(("k", 1), n)))
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = digests.iter().collect();
+    assert_eq!(distinct.len(), 4, "{digests:?}");
+}
+
+/// What changes a value's digest, and so a key or fingerprint built from it: field names,
+/// their order, an added field (even `None`); not a type's name, a `#[serde(rename)]` that
+/// keeps the old field name, or a newtype around a value.
+#[test]
+fn fields_count_by_name_and_order_types_not_by_name() {
+    #[derive(Serialize)]
+    struct Refund {
+        charge: u64,
+        cents: u32,
+    }
+    #[derive(Serialize)]
+    struct RefundRequest {
+        charge: u64,
+        cents: u64,
+    }
+    #[derive(Serialize)]
+    struct Reordered {
+        cents: u32,
+        charge: u64,
+    }
+    #[derive(Serialize)]
+    struct Extended {
+        charge: u64,
+        cents: u32,
+        reason: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Renamed {
+        charge: u64,
+        #[serde(rename = "cents")]
+        amount_cents: u32,
+    }
+    #[derive(Serialize)]
+    struct Cents(u32);
+    #[derive(Serialize)]
+    struct Wrapped {
+        charge: u64,
+        cents: Cents,
+    }
+    let refund = hex(&Refund {
+        charge: 1,
+        cents: 250,
+    });
+    let same = [
+        hex(&RefundRequest {
+            charge: 1,
+            cents: 250,
+        }),
+        hex(&Renamed {
+            charge: 1,
+            amount_cents: 250,
+        }),
+        hex(&Wrapped {
+            charge: 1,
+            cents: Cents(250),
+        }),
+    ];
+    assert!(same.iter().all(|digest| *digest == refund), "{same:?}");
+    let other = [
+        hex(&Reordered {
+            cents: 250,
+            charge: 1,
+        }),
+        hex(&Extended {
+            charge: 1,
+            cents: 250,
+            reason: None,
+        }),
+    ];
+    assert!(other.iter().all(|digest| *digest != refund), "{other:?}");
+}
+
 #[test]
 fn maps_agree_whatever_their_type_and_order() {
     let mut hash = HashMap::new();
@@ -233,6 +410,26 @@ fn hashing_arguments_does_not_allocate() {
     let digest = builder.finish();
     let after = allocations::count();
     assert!(digest.is_ok());
+    assert_eq!(
+        after - before,
+        0,
+        "hashing allocated {} times",
+        after - before
+    );
+}
+
+/// Maps of up to 32 entries are hashed without allocating (their entry digests are sorted on
+/// the stack), nested ones too.
+#[test]
+fn hashing_maps_of_up_to_32_entries_does_not_allocate() {
+    let largest: HashMap<String, u64> = (0..32).map(|i| (format!("sku-{i}"), i)).collect();
+    let nested: BTreeMap<u32, BTreeMap<String, u64>> = (0..3)
+        .map(|i| (i, largest.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        .collect();
+    let before = allocations::count();
+    let digests = (Digest::of(&largest), Digest::of(&nested));
+    let after = allocations::count();
+    assert!(digests.0.is_ok() && digests.1.is_ok());
     assert_eq!(
         after - before,
         0,
@@ -341,5 +538,29 @@ proptest! {
         let sorted: BTreeMap<String, i32> = forward.clone().into_iter().collect();
         prop_assert_eq!(hex(&forward), hex(&backward));
         prop_assert_eq!(hex(&forward), hex(&sorted));
+    }
+
+    /// Up to 70 entries: on both sides of the 32 hashed on the stack.
+    #[test]
+    fn a_map_digest_is_the_sorted_entry_digests(entries in prop::collection::btree_map(".{0,8}", any::<i32>(), 0..70)) {
+        let hashed: HashMap<&str, i32> = entries.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let expected = reference::sha(&reference::map(entries.iter().map(|(k, v)| (k.as_str(), i64::from(*v)))));
+        prop_assert_eq!(hex(&hashed), expected.clone());
+        prop_assert_eq!(hex(&entries), expected);
+    }
+
+    #[test]
+    fn maps_with_other_entries_give_other_digests(
+        entries in prop::collection::btree_map(".{0,8}", any::<i32>(), 1..40),
+        pick in any::<prop::sample::Index>(),
+        bump in 1..1000i32,
+    ) {
+        let key = pick.get(&entries.keys().cloned().collect::<Vec<_>>()).clone();
+        let mut changed = entries.clone();
+        changed.insert(key.clone(), entries[&key].wrapping_add(bump));
+        let mut removed = entries.clone();
+        removed.remove(&key);
+        prop_assert_ne!(hex(&changed), hex(&entries));
+        prop_assert_ne!(hex(&removed), hex(&entries));
     }
 }

@@ -173,3 +173,69 @@ async fn records_spread_over_every_master_whatever_the_key_text() {
             .assert(expected, "replay on the cluster");
     }
 }
+
+/// `load_scripts` asks every node for its eviction policy (a cluster connection alone would ask
+/// one at random), and `wait_for_replicas` pipelines its `WAIT` to the record's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_is_checked_and_wait_goes_to_the_records_node() {
+    let Some(cluster) = RedisCluster::start("redis cluster server checks").await else {
+        return;
+    };
+    let store = RedisStore::builder(cluster.connection(Duration::from_secs(2)).await)
+        .prefix(unique_prefix("cluster-checks"))
+        // No replicas here: each completion waits 50 ms, warns, and keeps its record.
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .build()
+        .expect("prefix");
+    store.load_scripts().await.expect("every node: noeviction");
+
+    let last = cluster.urls().last().expect("nodes").clone();
+    let set_policy = |policy: &'static str| {
+        let url = last.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async(&mut admin(&url).await)
+                .await
+                .expect("CONFIG SET");
+        }
+    };
+    set_policy("allkeys-lfu").await;
+    let refused = store.load_scripts().await;
+    set_policy("noeviction").await;
+    let error = match &refused {
+        Err(idempotency::StoreError::Backend(source)) => source
+            .downcast_ref::<idempotency::RedisEvictionPolicyError>()
+            .unwrap_or_else(|| panic!("an eviction policy error, got {source:?}")),
+        other => panic!("one evicting node refuses the cluster, got {other:?}"),
+    };
+    assert_eq!(error.policy(), "allkeys-lfu");
+    let port = last.rsplit(':').next().expect("a port");
+    assert!(
+        error.node().is_some_and(|node| node.ends_with(port)),
+        "names the node {last}: {error}"
+    );
+
+    let idempotency = Idempotency::new(store);
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"call"));
+    let runs = AtomicUsize::new(0);
+    for n in 0..12 {
+        let key = Key::new(
+            "cluster-wait",
+            1,
+            Digest::of_bytes(format!("{n}").as_bytes()),
+        );
+        for _ in 0..2 {
+            let output: Result<u32, Error> = idempotency
+                .run(key.clone(), fingerprint, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(n)
+                })
+                .await;
+            assert_eq!(output.expect("complete with WAIT, then replay"), n);
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 12, "once a key");
+}

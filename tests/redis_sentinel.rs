@@ -151,8 +151,13 @@ async fn the_store_follows_a_failover_and_fails_closed_in_between() {
     let store = RedisStore::builder(connection(&group.urls))
         .prefix(format!("idempotency-test:sentinel:{}:", Token::random()))
         .response_timeout(Duration::from_secs(2))
+        // Over the Sentinel connection too: each completion is pipelined with a `WAIT` (under
+        // the connection's 500 ms response timeout), and after the failover, with no replica
+        // left, it only warns.
+        .wait_for_replicas(1, Duration::from_millis(300))
         .build()
         .expect("prefix");
+    store.load_scripts().await.expect("the master: noeviction");
     let idempotency = Idempotency::new(store);
 
     let runs = Arc::new(AtomicUsize::new(0));
@@ -169,7 +174,8 @@ async fn the_store_follows_a_failover_and_fails_closed_in_between() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
 
     // Replication is asynchronous: a record is on the replica only once it has been copied.
-    // `WAIT` makes sure this one was, so the failover below cannot lose it.
+    // `WAIT` makes sure this one was, so the failover below cannot lose it (the store's own
+    // `WAIT` may have timed out on a replica that has not acknowledged anything yet).
     let mut master = Client::open(format!("redis://127.0.0.1:{old_master}"))
         .expect("url")
         .get_multiplexed_async_connection()

@@ -12,12 +12,17 @@
 //! * `f32` widens to `f64`, `-0.0` encodes as `0.0`, every NaN as one NaN;
 //! * newtype structs are transparent (`OrderId(5)` = `5`);
 //! * struct and type names are not encoded, field and variant names are;
-//! * map entries are order-independent: each entry is hashed on its own and the entry digests
-//!   are summed (mod 2^256), so a `HashMap` and a `BTreeMap` with the same entries agree.
+//! * map entries are order-independent: each entry (its key, then its value) is hashed on its
+//!   own, and the map is its tag, its entry count and the entry digests **sorted** bytewise, so
+//!   a `HashMap` and a `BTreeMap` with the same entries agree. Two maps with different entries
+//!   give different sorted lists, so making two maps collide is making SHA-256 collide. (Up
+//!   to 0.1 the digests were summed mod 2^256; sums fall to generalized-birthday attacks.)
 //!
-//! Nothing here allocates on the success path; an error from a value's own `Serialize` impl is
-//! the only thing that does. The golden vectors in `tests/canonical.rs` pin the encoding: a
-//! change that alters them changes every stored key and needs a major release.
+//! Nothing here allocates on the success path for maps of up to `INLINE_MAP_ENTRIES` (32)
+//! entries: their digests are sorted in a buffer on the stack. A larger map moves its digests
+//! to one heap buffer; an error from a value's own `Serialize` impl also allocates. The golden
+//! vectors in `tests/canonical.rs` pin the encoding: a change that alters them changes every
+//! stored key and needs a major release.
 
 use std::fmt::{self, Display, Write as _};
 
@@ -267,12 +272,11 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
 
     #[inline]
-    fn serialize_map(self, _len: Option<usize>) -> Result<MapState<'a>, CanonicalError> {
+    fn serialize_map(self, len: Option<usize>) -> Result<MapState<'a>, CanonicalError> {
         Ok(MapState {
             parent: self.h,
             entry: Sink::new(),
-            sum: [0; 4],
-            count: 0,
+            digests: EntryDigests::for_len(len),
         })
     }
 
@@ -316,29 +320,68 @@ impl Compound<'_> {
 // Sequences, tuples and structs: elements in order, or named fields in order.
 serialize_compound!([] Compound<'_>, Error = CanonicalError);
 
-/// Maps: every entry hashed on its own, the entry digests summed mod 2^256 (order-independent),
-/// then the map tag, the entry count and the sum go to the parent.
+/// How many entries a map may have for its hashing to allocate nothing: up to this many, the
+/// entry digests are sorted in a buffer on the stack (1 KiB); a larger map moves them to one
+/// heap buffer.
+pub(crate) const INLINE_MAP_ENTRIES: usize = 32;
+
+/// The largest capacity taken from a map's own length hint, so that a wrong hint cannot ask
+/// for a huge buffer up front.
+const LARGEST_HINT: usize = 4096;
+
+/// The digests of a map's entries: on the stack up to [`INLINE_MAP_ENTRIES`], then all of
+/// them on the heap.
+struct EntryDigests {
+    inline: [[u8; 32]; INLINE_MAP_ENTRIES],
+    len: usize,
+    /// Empty (and unallocated, unless the map's length hint was over the inline size) until
+    /// the inline buffer overflows; then every digest.
+    heap: Vec<[u8; 32]>,
+}
+
+impl EntryDigests {
+    /// A buffer for a map of `len` entries, if its `Serialize` impl says.
+    fn for_len(len: Option<usize>) -> EntryDigests {
+        let heap = match len {
+            Some(len) if len > INLINE_MAP_ENTRIES => Vec::with_capacity(len.min(LARGEST_HINT)),
+            _ => Vec::new(),
+        };
+        EntryDigests {
+            inline: [[0; 32]; INLINE_MAP_ENTRIES],
+            len: 0,
+            heap,
+        }
+    }
+
+    fn push(&mut self, digest: [u8; 32]) {
+        if !self.heap.is_empty() {
+            self.heap.push(digest);
+        } else if self.len < INLINE_MAP_ENTRIES {
+            self.inline[self.len] = digest;
+            self.len += 1;
+        } else {
+            self.heap.reserve(2 * INLINE_MAP_ENTRIES);
+            self.heap.extend_from_slice(&self.inline);
+            self.heap.push(digest);
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [[u8; 32]] {
+        if self.heap.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.heap
+        }
+    }
+}
+
+/// Maps: every entry hashed on its own; at the end the map tag, the entry count and the entry
+/// digests in ascending order go to the parent (order-independent, and as hard to make collide
+/// as SHA-256).
 struct MapState<'a> {
     parent: &'a mut Sink,
     entry: Sink,
-    sum: [u64; 4],
-    count: u64,
-}
-
-impl MapState<'_> {
-    fn add_entry(&mut self) {
-        let digest: [u8; 32] = self.entry.finalize_reset();
-        let mut carry = false;
-        for (limb, chunk) in self.sum.iter_mut().zip(digest.chunks_exact(8)) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(chunk);
-            let (partial, overflow_a) = limb.overflowing_add(u64::from_le_bytes(bytes));
-            let (total, overflow_b) = partial.overflowing_add(u64::from(carry));
-            *limb = total;
-            carry = overflow_a || overflow_b;
-        }
-        self.count += 1;
-    }
+    digests: EntryDigests,
 }
 
 impl ser::SerializeMap for MapState<'_> {
@@ -351,16 +394,18 @@ impl ser::SerializeMap for MapState<'_> {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
         value.serialize(Canon { h: &mut self.entry })?;
-        self.add_entry();
+        self.digests.push(self.entry.finalize_reset());
         Ok(())
     }
 
     #[inline]
-    fn end(self) -> Result<(), CanonicalError> {
+    fn end(mut self) -> Result<(), CanonicalError> {
+        let digests = self.digests.as_mut_slice();
+        digests.sort_unstable();
         self.parent.byte(tag::MAP);
-        self.parent.varint(self.count);
-        for limb in self.sum {
-            self.parent.bytes(&limb.to_le_bytes());
+        self.parent.varint(digests.len() as u64);
+        for digest in digests.iter() {
+            self.parent.bytes(digest);
         }
         Ok(())
     }

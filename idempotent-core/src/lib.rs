@@ -10,7 +10,8 @@
 //! streamed into the hasher without an intermediate buffer. It is stable across processes,
 //! machines, releases and map iteration order: integer widths do not matter, `-0.0` is `0.0`,
 //! newtypes are transparent, struct names are ignored (field and variant names count), and a
-//! map's digest does not depend on its iteration order.
+//! map's digest does not depend on its iteration order (its entries are hashed one by one and
+//! their digests sorted). Hashing allocates nothing for maps of up to 32 entries.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -74,7 +75,9 @@ pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::redis::{RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection};
+pub use store::redis::{
+    RedisEvictionPolicyError, RedisPrefixError, RedisStore, RedisStoreBuilder, SentinelConnection,
+};
 
 /// The [redis-rs](https://docs.rs/redis) client the Redis store is built on, re-exported so
 /// that connection types match the store's.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -28,13 +28,16 @@ const COLLIDES: u8 = 2;
 
 static SITES: Mutex<Option<HashMap<(&'static str, u32), usize>>> = Mutex::new(None);
 
-/// One `#[idempotent]` function: its namespace and version, and whether another function
-/// claimed the same pair (which would let their keys collide).
+/// One `#[idempotent]` function: its namespace and version, whether another function
+/// claimed the same pair (which would let their keys collide), and the output type last found
+/// to stay out of the fingerprint (see [`output_type`]).
 #[derive(Debug)]
 pub struct Site {
     namespace: &'static str,
     version: u32,
     state: AtomicU8,
+    /// The address of the `type_name` of the last output type [`output_type`] found fixed.
+    fixed_output: AtomicUsize,
 }
 
 impl Site {
@@ -44,6 +47,7 @@ impl Site {
             namespace,
             version,
             state: AtomicU8::new(UNCHECKED),
+            fixed_output: AtomicUsize::new(0),
         }
     }
 
@@ -143,11 +147,13 @@ pub fn prepare<'a>(
 
 /// The call's key and fingerprint, from the hashed arguments and the `key = …` material.
 ///
-/// `output_type` is the instantiated output type of a generic function (or of a method, whose
-/// impl may be generic): every instantiation shares the function's namespace, so the type goes
+/// `output_type` is the name of the replayed output type when it can differ between
+/// instantiations of a generic function (or of a function in a generic impl; see
+/// [`output_type`]): every instantiation shares the function's namespace, so the type goes
 /// into the fingerprint, and a record written by another instantiation is refused as a reused
-/// key instead of being replayed as the wrong type. It stays out of the key, so if a compiler
-/// ever names a type differently, the worst case is a refusal, never a second run.
+/// key instead of being replayed as the wrong type. A type that cannot differ stays out, so
+/// moving or renaming it changes nothing. It stays out of the key, so if a compiler ever names
+/// a type differently, the worst case is a refusal, never a second run.
 #[inline]
 fn identify(
     site: &'static Site,
@@ -178,19 +184,59 @@ fn identify(
     );
     let fingerprint = match output_type {
         None => arguments,
-        // The arguments' digest XOR the output type's: equal for one instantiation exactly
-        // when the arguments' digests are equal, different between instantiations, and as
-        // hard to make collide as SHA-256 itself; and the type's digest is hashed once a
-        // thread, not once a call.
+        // SHA-256 of the arguments' digest and the output type's: as hard to make collide as
+        // SHA-256 itself. The type's digest is hashed once a thread, not once a call.
         Some(output_type) => {
-            let mut mixed = *arguments.as_bytes();
-            for (byte, type_byte) in mixed.iter_mut().zip(type_digest(output_type)) {
-                *byte ^= type_byte;
-            }
-            Digest::from_bytes(mixed)
+            let mut both = [0u8; 64];
+            both[..32].copy_from_slice(arguments.as_bytes());
+            both[32..].copy_from_slice(&type_digest(output_type));
+            Digest::of_bytes(&both)
         }
     };
     Ok((key, Fingerprint::from_digest(fingerprint)))
+}
+
+/// `named` (the replayed output type's name) when one of the types its signature names without
+/// generic arguments resolves to a type of another name: a generic parameter of the `impl`
+/// around the function (which the macro cannot see), an alias, or a type imported under
+/// another name. `names` pairs each such type's `type_name` with the name it is written with.
+/// `None` when every one is the type it is written as (a module path aside), so moving or
+/// renaming those types changes no fingerprint.
+///
+/// The answer `None` is remembered on the site by the address of `named`, so a call pays one
+/// load and compare. That is sound: `None` means the written output type is the type itself,
+/// the same for every instantiation, and a `type_name` at that address is that name.
+#[inline]
+pub fn output_type<const N: usize>(
+    site: &'static Site,
+    named: &'static str,
+    names: impl FnOnce() -> [(&'static str, &'static str); N],
+) -> Option<&'static str> {
+    let address = named.as_ptr() as usize;
+    if site.fixed_output.load(Ordering::Relaxed) == address {
+        return None;
+    }
+    let fixed = names()
+        .iter()
+        .all(|&(resolved, written)| is_named(resolved, written));
+    if fixed {
+        site.fixed_output.store(address, Ordering::Relaxed);
+        return None;
+    }
+    Some(named)
+}
+
+/// Whether `resolved` (a `type_name`) is the type `written`: its path ends in that name and
+/// it has no generic arguments beyond lifetimes (which `type_name` writes `'_`).
+fn is_named(resolved: &str, written: &str) -> bool {
+    let (path, arguments) = resolved.split_at(resolved.find('<').unwrap_or(resolved.len()));
+    let name = path.rsplit("::").next().unwrap_or(path);
+    name == written
+        && (arguments.is_empty()
+            || arguments
+                .strip_prefix('<')
+                .and_then(|inner| inner.strip_suffix('>'))
+                .is_some_and(|inner| inner.split(", ").all(|argument| argument == "'_")))
 }
 
 /// How many output types a thread remembers the digests of.
@@ -276,3 +322,45 @@ impl<T, E> IdempotentReturn for Result<T, E> {}
 /// `R` is a `Result`.
 #[inline(always)]
 pub fn assert_result<R: IdempotentReturn>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::{Site, is_named, output_type};
+
+    #[test]
+    fn a_type_is_named_by_its_last_path_segment() {
+        assert!(is_named("alloc::string::String", "String"));
+        assert!(is_named("u64", "u64"));
+        assert!(is_named("billing::v2::Receipt", "Receipt"));
+        assert!(is_named("billing::Borrowed<'_>", "Borrowed"));
+        assert!(is_named("billing::Borrowed<'_, '_>", "Borrowed"));
+    }
+
+    #[test]
+    fn a_parameter_or_alias_resolves_to_another_name() {
+        assert!(!is_named("billing::Receipt", "T"));
+        assert!(!is_named("u64", "Money"));
+        assert!(!is_named("billing::Page<u8>", "Page"));
+        assert!(!is_named("billing::Page<'_, u8>", "Page"));
+        assert!(!is_named("(u8, u16)", "Pair"));
+        assert!(!is_named("[u8; 4]", "Bytes"));
+        assert!(!is_named("billing::Receipt", "Invoice"));
+    }
+
+    #[test]
+    fn the_output_type_is_named_only_when_a_type_resolves_elsewhere() {
+        static SITE: Site = Site::new("private::tests", 1);
+        // Statics: one address each, as a `type_name` has.
+        static GENERIC: &str = "generic";
+        static FIXED: &str = "fixed";
+        let generic = || [("billing::Receipt", "Receipt"), ("u64", "T")];
+        assert_eq!(output_type(&SITE, GENERIC, generic), Some(GENERIC));
+        assert_eq!(output_type(&SITE, GENERIC, generic), Some(GENERIC));
+        let fixed = || [("billing::Receipt", "Receipt"), ("u64", "u64")];
+        assert_eq!(output_type(&SITE, FIXED, fixed), None);
+        // Remembered: the names are not looked at again.
+        let never = || -> [(&'static str, &'static str); 1] { panic!("looked at again") };
+        assert_eq!(output_type(&SITE, FIXED, never), None);
+        assert_eq!(output_type(&SITE, GENERIC, generic), Some(GENERIC));
+    }
+}

@@ -13,6 +13,7 @@ use syn::{
 };
 
 use crate::attr::{DurationValue, Options, Set};
+use crate::instantiation::instantiation;
 use crate::plan::{Duration, Mode, Namespace, Plan, Shape};
 
 pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Result<Plan<'a>> {
@@ -63,7 +64,13 @@ pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Resu
         store_errors: options.store_errors.is_some(),
         output,
         result_parts,
-        output_may_vary: output_may_vary(function),
+        instantiation: instantiation(
+            function,
+            match result_parts {
+                Some((ok, _)) if options.store_errors.is_none() => ok,
+                _ => output,
+            },
+        ),
         mode,
     })
 }
@@ -318,18 +325,6 @@ fn check_duration<'a>(
             None
         }
     }
-}
-
-/// Instantiations of a generic function (or of a method in a possibly generic impl) share one
-/// namespace, so their output type goes into the fingerprint (see `__private::identify`).
-fn output_may_vary(function: &ItemFn) -> bool {
-    function
-        .sig
-        .generics
-        .params
-        .iter()
-        .any(|param| !matches!(param, syn::GenericParam::Lifetime(_)))
-        || function.sig.receiver().is_some()
 }
 
 /// `ok`, when a `Clone` output may be replayed from the typed value an in-process store keeps

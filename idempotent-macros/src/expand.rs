@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, LitStr, Type};
 
 use crate::attr::Policy;
-use crate::plan::{Duration, Mode, Namespace, Plan, Shape};
+use crate::plan::{Duration, Instantiation, Mode, Namespace, Plan, Shape};
 
 pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let common = Common::new(plan);
@@ -52,7 +52,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
 }
 
 /// What both expansions share: the call site, the bound checks, the hashing of the
-/// arguments, the key, the output type for the fingerprint and the per-call options.
+/// arguments, the key, the output type's name for the fingerprint (where instantiations can
+/// differ) and the per-call options.
 struct Common<'a> {
     private: TokenStream,
     /// The body's output type `R`.
@@ -115,10 +116,23 @@ impl<'a> Common<'a> {
             }
             None => quote!(::core::option::Option::None),
         };
-        let output_type = if plan.output_may_vary {
-            quote!(::core::option::Option::Some(::core::any::type_name::<#output>()))
-        } else {
-            quote!(::core::option::Option::None)
+        let output_type = match &plan.instantiation {
+            Instantiation::Fixed => quote!(::core::option::Option::None),
+            Instantiation::Varies(named) => {
+                quote!(::core::option::Option::Some(::core::any::type_name::<#named>()))
+            }
+            Instantiation::Check { named, names } => {
+                let names = names.iter().map(|(path, written)| {
+                    quote_spanned!(path.span()=> (::core::any::type_name::<#path>(), #written))
+                });
+                quote! {
+                    #private::output_type(
+                        &__IDEMPOTENCY_SITE,
+                        ::core::any::type_name::<#named>(),
+                        || [#(#names),*],
+                    )
+                }
+            }
         };
         let options = call_options(plan, &private);
         Common {

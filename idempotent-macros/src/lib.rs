@@ -12,6 +12,7 @@
 mod attr;
 mod check;
 mod expand;
+mod instantiation;
 mod plan;
 
 use proc_macro2::TokenStream;

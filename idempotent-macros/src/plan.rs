@@ -1,6 +1,6 @@
 //! The validated plan: everything `check.rs` decided, and all that `expand.rs` reads.
 
-use syn::{Block, Expr, ExprAsync, Ident, ItemFn, Path, Stmt, Type};
+use syn::{Block, Expr, ExprAsync, Ident, ItemFn, Path, Stmt, Type, TypePath};
 
 use crate::attr::Policy;
 
@@ -24,10 +24,28 @@ pub(crate) struct Plan<'a> {
     pub(crate) output: &'a Type,
     /// `T` and `E` when `R` is written `Result<T, E>`.
     pub(crate) result_parts: Option<(&'a Type, &'a Type)>,
-    /// The function has type or const parameters, or a receiver (its impl may be generic):
-    /// the output type can differ between instantiations that share the namespace.
-    pub(crate) output_may_vary: bool,
+    /// Whether the replayed output type can differ between instantiations that share the
+    /// namespace (then its name goes into the fingerprint).
+    pub(crate) instantiation: Instantiation<'a>,
     pub(crate) mode: Mode<'a>,
+}
+
+/// What the fingerprint needs to know about the replayed output type (`T` of `Result<T, E>`,
+/// or the whole output when errors are stored too).
+pub(crate) enum Instantiation<'a> {
+    /// It names no type that can differ between instantiations: it stays out.
+    Fixed,
+    /// It mentions a generic parameter of the function, `Self`, or something the macro cannot
+    /// look into: its name goes in.
+    Varies(&'a Type),
+    /// Its named types are fixed unless one is a parameter of the `impl` around the function:
+    /// each is compared at run time with the name it is written with, and the output type's
+    /// name goes in when one differs.
+    Check {
+        named: &'a Type,
+        /// The paths named without generic arguments, each with its written name.
+        names: Vec<(&'a TypePath, String)>,
+    },
 }
 
 /// How the function is written.

@@ -89,18 +89,26 @@ pub(crate) struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// More `redis-server` arguments (`--maxmemory-policy allkeys-lru`, `--replicaof …`).
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one, or returns `None` (skip; failure when services are required) when
     /// `redis-server` is not installed.
     pub(crate) fn start(suite: &str) -> Option<RedisServer> {
+        RedisServer::start_with(suite, &[])
+    }
+
+    /// Starts one with more `redis-server` arguments.
+    pub(crate) fn start_with(suite: &str, args: &[&str]) -> Option<RedisServer> {
         let dir = scratch_dir("redis");
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let mut server = RedisServer {
             child: None,
             port: 0,
             dir,
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
         for _ in 0..5 {
             server.port = free_port();
@@ -123,6 +131,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use super::RedisStore;
 #[cfg(doc)]
+use super::server::RedisEvictionPolicyError;
+use super::server::WaitForReplicas;
+#[cfg(doc)]
 use crate::error::StoreError;
 
 const DEFAULT_PREFIX: &str = "idempotency:";
@@ -19,6 +22,10 @@ pub(super) struct Config {
     /// Claim with the Lua script instead of `SET … NX GET` (set up front, or on the first
     /// claim a server older than Redis 7 refused).
     pub(super) claim_by_script: AtomicBool,
+    /// `load_scripts` lets a server that evicts keys through.
+    pub(super) allow_evicting_policy: bool,
+    /// `WAIT` for replicas after each completion.
+    pub(super) wait_for_replicas: Option<WaitForReplicas>,
 }
 
 /// Configures a [`RedisStore`]; from [`RedisStore::builder`].
@@ -30,6 +37,8 @@ pub struct RedisStoreBuilder<C> {
     response_timeout: Duration,
     max_output_bytes: usize,
     claim_by_script: bool,
+    allow_evicting_policy: bool,
+    wait_for_replicas: Option<(u32, Duration)>,
 }
 
 /// A key prefix that [`RedisStoreBuilder::build`] refuses.
@@ -58,6 +67,8 @@ impl<C> RedisStoreBuilder<C> {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             claim_by_script: false,
+            allow_evicting_policy: false,
+            wait_for_replicas: None,
         }
     }
 
@@ -92,6 +103,29 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// Let [`RedisStore::load_scripts`] accept a server whose `maxmemory-policy` evicts keys
+    /// (default `false`: it fails with [`RedisEvictionPolicyError`]). An evicted record is a
+    /// record lost, and a retry of its call runs the body again; allow it only where that is
+    /// acceptable, or where memory can never run short.
+    pub fn allow_evicting_policy(mut self, allow: bool) -> Self {
+        self.allow_evicting_policy = allow;
+        self
+    }
+
+    /// After each `complete`, wait until `replicas` replicas have the record, up to `timeout`
+    /// (`WAIT replicas timeout`, sent with the completion in one round trip; default: no
+    /// wait). Fewer replicas in time is a `tracing` warning, not an error: the record is on
+    /// the master and stays, and the body must not run again. It narrows the window in which a
+    /// failover loses a just-completed record; it does not close it (Redis is no consensus
+    /// store). `replicas = 0` turns it off; a zero `timeout` is taken as 1 ms (`WAIT` with 0
+    /// would block for ever). A completion may then take up to `timeout` longer, on top of
+    /// [`response_timeout`](Self::response_timeout); give the connection a response timeout
+    /// longer than both. On Redis Cluster the `WAIT` goes to the record's master.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_for_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// The store, or an error if the prefix contains `{` or `}`.
     ///
     /// ```
@@ -123,6 +157,13 @@ impl<C> RedisStoreBuilder<C> {
                 response_timeout: self.response_timeout,
                 max_output_bytes: self.max_output_bytes,
                 claim_by_script: AtomicBool::new(self.claim_by_script),
+                allow_evicting_policy: self.allow_evicting_policy,
+                wait_for_replicas: self.wait_for_replicas.map(|(replicas, timeout)| {
+                    WaitForReplicas {
+                        replicas,
+                        timeout_ms: super::record::millis(timeout).max(1),
+                    }
+                }),
             }),
         }
     }

@@ -20,11 +20,14 @@ use crate::store::Store;
 mod builder;
 mod record;
 mod sentinel;
+mod server;
 
 use builder::Config;
 pub use builder::{RedisPrefixError, RedisStoreBuilder};
 use record::millis;
 pub use sentinel::SentinelConnection;
+use server::PolicyRefused;
+pub use server::RedisEvictionPolicyError;
 
 struct Scripts {
     claim: Script,
@@ -85,6 +88,8 @@ impl<C> fmt::Debug for RedisStore<C> {
                 "claim_by_script",
                 &self.config.claim_by_script.load(Ordering::Relaxed),
             )
+            .field("allow_evicting_policy", &self.config.allow_evicting_policy)
+            .field("wait_for_replicas", &self.config.wait_for_replicas)
             .finish()
     }
 }
@@ -135,10 +140,45 @@ where
         record::redis_key(&self.config.prefix, key)
     }
 
-    /// Loads the four scripts into the server (into every node of a cluster) ahead of their
-    /// first use, which otherwise pays one extra `SCRIPT LOAD` round trip a script. Optional:
-    /// a server that lost its scripts (restart, `SCRIPT FLUSH`) gets them back on first use.
+    /// Checks the server at start-up, then loads the four scripts into it (into every node of
+    /// a cluster) ahead of their first use, which otherwise pays one extra `SCRIPT LOAD` round
+    /// trip a script. Call it once before serving.
+    ///
+    /// The check: `CONFIG GET maxmemory-policy` (on every node of a cluster). A policy that
+    /// evicts keys (anything but `noeviction`) fails with [`StoreError::Backend`] around a
+    /// [`RedisEvictionPolicyError`], unless the builder's
+    /// [`allow_evicting_policy`](RedisStoreBuilder::allow_evicting_policy) is set. A server
+    /// that refuses `CONFIG` (an ACL user without `+config`, a managed Redis that renames it)
+    /// only makes a `tracing` warning: the store cannot tell, so the policy is yours to check.
+    /// Loading the scripts is optional: a server that lost them (restart, `SCRIPT FLUSH`) gets
+    /// them back on first use.
+    ///
+    /// ```no_run
+    /// # use idempotent_core::{RedisEvictionPolicyError, RedisStore, StoreError};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// # let connection = redis::aio::ConnectionManager::new(client).await?;
+    /// let store = RedisStore::new(connection);
+    /// match store.load_scripts().await {
+    ///     Ok(()) => {}
+    ///     Err(StoreError::Backend(error)) if error.is::<RedisEvictionPolicyError>() => {
+    ///         panic!("fix the redis configuration: {error}")
+    ///     }
+    ///     Err(other) => return Err(other.into()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        if !self.config.allow_evicting_policy {
+            let check = server::check_eviction_policy(&self.connection);
+            match self.bounded("", check.map(Ok)).await? {
+                Ok(()) => {}
+                Err(PolicyRefused::Evicting(error)) => return Err(StoreError::backend(error)),
+                Err(PolicyRefused::Failed(error)) => return Err(store_error("", error)),
+            }
+        }
         let scripts = &*SCRIPTS;
         for script in [
             &scripts.claim,
@@ -247,12 +287,18 @@ where
         redis_key: &str,
         command: &Cmd,
     ) -> Result<(), StoreError> {
-        match self.eval(script, redis_key, command).await? {
-            Value::Int(1 | 2) => Ok(()),
-            Value::Int(0) => Err(StoreError::LeaseLost),
-            Value::Int(-1) => Err(not_a_record(redis_key)),
-            other => Err(unexpected(name, &other)),
-        }
+        let reply = self.eval(script, redis_key, command).await?;
+        fenced_reply(name, redis_key, &reply)
+    }
+}
+
+/// The integer reply of a fencing script.
+fn fenced_reply(name: &'static str, redis_key: &str, reply: &Value) -> Result<(), StoreError> {
+    match reply {
+        Value::Int(1 | 2) => Ok(()),
+        Value::Int(0) => Err(StoreError::LeaseLost),
+        Value::Int(-1) => Err(not_a_record(redis_key)),
+        other => Err(unexpected(name, other)),
     }
 }
 
@@ -428,7 +474,10 @@ where
             .arg(&output[..])
             .arg(&fingerprint.as_bytes()[..])
             .arg(if lease_passed { "1" } else { "0" });
-        self.fenced("complete", script, &redis_key, &command).await
+        match self.config.wait_for_replicas {
+            None => self.fenced("complete", script, &redis_key, &command).await,
+            Some(wait) => Box::pin(self.complete_and_wait(script, &redis_key, command, wait)).await,
+        }
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
