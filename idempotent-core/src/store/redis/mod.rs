@@ -360,46 +360,52 @@ fn store_error(redis_key: &str, error: RedisError) -> StoreError {
 
 /// The claim's answer from its reply. A record holding the caller's own token is the
 /// caller's: a claim re-sent after a lost reply (a reconnect, a cluster redirect) finds the
-/// record its first send wrote, and owns it rather than waiting out its own lease.
+/// record its first send wrote, and owns it rather than waiting out its own lease (the caller
+/// then renews that lease from now: the protocol model in `tests/protocol_model.rs` found that
+/// an owner otherwise counts on a longer lease than the store holds).
 fn claim_answer(
     redis_key: &str,
     reply: Value,
     token: Token,
     now: SystemTime,
-) -> Result<Claim, StoreError> {
-    match reply {
+) -> Result<(Claim, bool), StoreError> {
+    let claim = match reply {
         // The key was free (never used, released, expired, or its owner's lease passed).
-        Value::Nil | Value::Int(0) => Ok(Claim::Acquired {
+        Value::Nil | Value::Int(0) => Claim::Acquired {
             token,
             took_over: false,
-        }),
-        Value::Int(-1) => Err(not_a_record(redis_key)),
+        },
+        Value::Int(-1) => return Err(not_a_record(redis_key)),
         Value::BulkString(value) => match record::decode(redis_key, Bytes::from(value))? {
             Record::Completed {
                 fingerprint,
                 output,
                 ..
-            } => Ok(Claim::Completed {
+            } => Claim::Completed {
                 fingerprint,
                 output,
-            }),
-            Record::InProgress { token: owner, .. } if owner == token => Ok(Claim::Acquired {
-                token,
-                took_over: false,
-            }),
+            },
+            Record::InProgress { token: owner, .. } if owner == token => {
+                let acquired = Claim::Acquired {
+                    token,
+                    took_over: false,
+                };
+                return Ok((acquired, true));
+            }
             Record::InProgress {
                 fingerprint,
                 lease_until,
                 ..
-            } => Ok(Claim::InProgress {
+            } => Claim::InProgress {
                 fingerprint,
                 // By the owner's clock; zero when that is behind ours (Redis frees the key
                 // at the lease's end by its own clock).
                 lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
-            }),
+            },
         },
-        other => Err(unexpected("claim", &other)),
-    }
+        other => return Err(unexpected("claim", &other)),
+    };
+    Ok((claim, false))
 }
 
 fn not_a_record(redis_key: &str) -> StoreError {
@@ -447,7 +453,13 @@ where
         let token = record::token(lease_until);
         let record = record::in_progress(&token, fingerprint, lease_until);
         let reply = self.claim_reply(&redis_key, &record, lease_ms).await?;
-        claim_answer(&redis_key, reply, token, now)
+        let (claim, own_record) = claim_answer(&redis_key, reply, token, now)?;
+        if own_record {
+            // Our first send wrote it, and its lease started then: renew it from now, as the
+            // owner counts its lease from this answer.
+            Box::pin(self.renew(key, &token, lease)).await?;
+        }
+        Ok(claim)
     }
 
     async fn complete(
@@ -532,13 +544,13 @@ mod tests {
         let written = record::in_progress(&ours, &fingerprint, lease_until);
         let answer = claim_answer("k", Value::BulkString(written.to_vec()), ours, now);
         assert!(
-            matches!(answer, Ok(Claim::Acquired { token, took_over: false }) if token == ours),
+            matches!(answer, Ok((Claim::Acquired { token, took_over: false }, true)) if token == ours),
             "{answer:?}"
         );
         let another = record::token(lease_until);
         let answer = claim_answer("k", Value::BulkString(written.to_vec()), another, now);
         assert!(
-            matches!(answer, Ok(Claim::InProgress { lease_remaining, .. }) if lease_remaining > Duration::from_secs(29)),
+            matches!(answer, Ok((Claim::InProgress { lease_remaining, .. }, false)) if lease_remaining > Duration::from_secs(29)),
             "{answer:?}"
         );
     }
