@@ -347,3 +347,57 @@ async fn an_output_the_store_refuses_is_recorded_as_not_stored() {
         results[1]
     );
 }
+
+/// A store that says `complete` succeeded when it was refused (a zombie's write "accepted"):
+/// the linearizability check finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_linearizability_check_finds_a_store_that_lies_about_fencing() {
+    #[derive(Debug)]
+    struct Lies(MemoryStore);
+    #[async_trait]
+    impl Store for Lies {
+        async fn claim(
+            &self,
+            key: &Key,
+            fingerprint: &Fingerprint,
+            lease: Duration,
+        ) -> Result<Claim, StoreError> {
+            self.0.claim(key, fingerprint, lease).await
+        }
+        async fn complete(
+            &self,
+            key: &Key,
+            token: &Token,
+            fingerprint: &Fingerprint,
+            output: Bytes,
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
+            match self.0.complete(key, token, fingerprint, output, ttl).await {
+                Err(StoreError::LeaseLost) => Ok(()),
+                other => other,
+            }
+        }
+        async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
+            self.0.release(key, token).await
+        }
+        async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
+            self.0.renew(key, token, lease).await
+        }
+        async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
+            self.0.get(key).await
+        }
+        async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
+            self.0.remove(key).await
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(Lies(MemoryStore::new()));
+    let seed = at_most_once_support::linearizability::seed();
+    let found = tokio::spawn(at_most_once_support::linearizability::check(
+        store, seed, 16, 4, 10,
+    ))
+    .await;
+    assert!(
+        found.is_err(),
+        "seed {seed}: a store that accepts a zombie's complete must fail the check"
+    );
+}

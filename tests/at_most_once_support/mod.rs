@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod linearizability;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -478,6 +480,18 @@ macro_rules! at_most_once_suite {
                     return;
                 };
                 support::hung_owner_is_taken_over(store, InProgressPolicy::Wait).await;
+            }
+
+            /// Concurrent random operations on a few keys; each key's history has a
+            /// linearization in the sequential `Store` model (seeded: the seed is printed).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn histories_are_linearizable() {
+                let Some((store, _)) = fresh().await else {
+                    return;
+                };
+                let seed = support::linearizability::seed();
+                println!("linearizability seed {seed}");
+                support::linearizability::check(store, seed, 8, 4, 8).await;
             }
 
             /// A child process of `renewal_keeps_a_slow_body` (run by it, not on its own).
