@@ -176,9 +176,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    // The server stopped taking requests and finished those in flight. A request whose client
-    // hung up after its handler returned has its response recorded in the background: wait for
-    // it before the runtime ends, or its retry would run the handler again.
+    // The server stopped taking requests. Handlers of clients that hung up may still run, and
+    // responses may still be on their way to the store: wait for them before the runtime
+    // ends, or a retry would run the handler again.
     idempotency
         .shutdown(std::time::Duration::from_secs(10))
         .await?;

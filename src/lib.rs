@@ -192,7 +192,9 @@ pub use idempotent_core::http;
 /// How long the owner keeps renewing its lease while the body runs (default 15 min). A body
 /// still running after it can be taken over once its lease passes, and its own result is then
 /// refused with [`Error::LeaseLost`]; so a hung body blocks its key for `max_run` + `lease` at
-/// most.
+/// most (plus a third of the lease, the renewal period). A body that blocks its thread (a
+/// sync client, heavy CPU work) cannot renew while it blocks: run such work with
+/// `tokio::task::spawn_blocking`.
 ///
 /// ```
 /// # use idempotency::idempotent;

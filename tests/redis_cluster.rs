@@ -1,10 +1,13 @@
-//! The Redis store on a 3-master Redis Cluster: the shared conformance suite, records spread
-//! over every master whatever the user's key text, and exact round trips.
+//! The Redis store on a 3-master Redis Cluster: the shared conformance suite, linearizable
+//! histories, records spread over every master whatever the user's key text, and exact round
+//! trips.
 //!
 //! Each test starts its own cluster with `scripts/redis-cluster.sh` on free loopback ports and
 //! stops it when done (or uses the nodes in `REDIS_CLUSTER_URLS`). Without `redis-server` the
 //! tests print SKIPPED; `IDEMPOTENCY_REQUIRE_SERVICES=1` makes that a failure.
 
+#[allow(unused_macros, unused_imports)]
+mod at_most_once_support;
 mod redis_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +35,23 @@ async fn conformance_on_a_three_master_cluster() {
         .build()
         .expect("prefix");
     conformance::run_all(&by_script).await;
+    // Concurrent random operations over keys spread across the masters: each key's history
+    // has a linearization in the sequential `Store` model.
+    let linearizable = RedisStore::builder(cluster.connection(Duration::from_secs(2)).await)
+        .prefix(unique_prefix("cluster-linearizability"))
+        .build()
+        .expect("prefix");
+    let seed = at_most_once_support::linearizability::seed();
+    println!("linearizability seed {seed}");
+    at_most_once_support::linearizability::check(
+        std::sync::Arc::new(linearizable),
+        seed,
+        16,
+        4,
+        10,
+        false,
+    )
+    .await;
 }
 
 async fn masters(cluster: &RedisCluster) -> Vec<MultiplexedConnection> {

@@ -1015,3 +1015,71 @@ async fn a_server_older_than_redis_7_gets_the_claim_script() {
     assert!(format!("{store:?}").contains("claim_by_script: true"));
     server.abort();
 }
+
+/// Linearizable through a proxy that delays replies and cuts connections between a request
+/// and its reply: an operation whose reply was lost may have happened or not, never anything
+/// else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_are_linearizable_through_a_faulty_proxy() {
+    use at_most_once_support::{linearizability, proxy};
+    let Some((url, _)) = standalone("redis linearizability").await else {
+        return;
+    };
+    let seed = linearizability::seed();
+    println!("linearizability seed {seed}");
+    let (proxy, proxied) = proxy::in_front_of(&url, seed, 8).await;
+    let connection = manager(&proxied, Duration::from_millis(300))
+        .await
+        .expect("a connection through the proxy");
+    proxy.arm();
+    let store = RedisStore::builder(connection)
+        .prefix(unique_prefix("linearizability"))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .expect("prefix");
+    let unknown = linearizability::check(Arc::new(store), seed, 8, 4, 14, true).await;
+    println!("{} cuts, {unknown} outcomes unknown", proxy.cuts());
+    assert!(proxy.cuts() > 0, "seed {seed}: the proxy cut no connection");
+}
+
+/// Linearizable across a killed and restarted server that fsyncs each write
+/// (`appendfsync always`): what was acknowledged survives, Lua scripts are loaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn histories_survive_a_restart_with_appendfsync_always() {
+    use at_most_once_support::linearizability;
+    let Some(mut server) = RedisServer::start_with(
+        "redis restart",
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    ) else {
+        return;
+    };
+    let connection = manager(&server.url(), Duration::from_millis(300))
+        .await
+        .expect("a connection");
+    let store = RedisStore::builder(connection)
+        .prefix(unique_prefix("restart"))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .expect("prefix");
+    let seed = linearizability::seed();
+    println!("linearizability seed {seed}");
+    let run = tokio::spawn(linearizability::check(
+        Arc::new(store),
+        seed,
+        8,
+        4,
+        14,
+        true,
+    ));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restart");
+    let unknown = run.await.expect("linearizable across the restart");
+    println!("{unknown} outcomes unknown");
+    assert!(unknown > 0, "seed {seed}: no operation met the restart");
+    drop(server);
+}

@@ -20,6 +20,7 @@ mod harness {
     use crate::sql_support::{RoundTrips, unique};
 
     pub(crate) type Db = Sqlite;
+    pub(crate) const SUITE: &str = "sql_sqlite";
     pub(crate) const ROUND_TRIPS: RoundTrips = RoundTrips {
         first: 3,
         replay: 1,

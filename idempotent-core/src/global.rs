@@ -46,7 +46,7 @@ pub fn default_idempotency() -> Result<&'static Idempotency, Error> {
 }
 
 /// [`Idempotency::shutdown`] of the process default executor, if one was set or used: waits up
-/// to `timeout` for outputs recorded in the background, and stops lease renewals. Call it at
+/// to `timeout` for calls in flight and outputs recorded in the background. Call it at
 /// the end of a graceful shutdown, before the runtime ends.
 pub async fn shutdown_default(
     timeout: std::time::Duration,

@@ -299,7 +299,7 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
             // gets `Error::OutputNotStored` instead of running it again.
             Outcome::NotStored(reason) => {
                 event!(warn, key = %self.key, reason = %reason, "the output cannot be stored; recording that the body ran");
-                protocol::not_stored(&reason)
+                protocol::not_stored(&reason, self.max_output_bytes)
             }
         };
         match self

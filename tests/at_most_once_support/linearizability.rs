@@ -31,6 +31,17 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    pub(crate) fn skip(&mut self) {
+        self.next();
+    }
+    /// True one time in `n` (never for 0).
+    pub(crate) fn one_in(&mut self, n: u64) -> bool {
+        n > 0 && self.below(n) == 0
+    }
+    /// A number from 0 to `n`.
+    pub(crate) fn up_to(&mut self, n: u64) -> u64 {
+        self.below(n + 1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,6 +72,9 @@ enum Ret {
     Missing,
     Done,
     Refused,
+    /// The store failed to answer (a cut connection, a timeout): the operation may or may not
+    /// have taken effect, at any time after its call.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
@@ -72,34 +86,37 @@ struct Event {
     returned: Instant,
 }
 
-/// The sequential model of one key.
+/// The sequential model of one key. A token is `None` when the claim that made it has an
+/// unknown outcome: nobody can use it, but it holds the key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Model {
     Free,
     InProgress {
-        token: Token,
+        token: Option<Token>,
         fingerprint: u8,
     },
     Completed {
-        token: Token,
+        token: Option<Token>,
         fingerprint: u8,
         output: u8,
     },
 }
 
 impl Model {
-    /// `Some(next)` when `op` may return `ret` from this state.
-    fn step(&self, op: &Op, ret: &Ret, used: &HashSet<Token>) -> Option<Model> {
+    /// What `op` does from this state: the next state and what it returns (an acquiring claim
+    /// returns `Acquired` with any fresh token).
+    fn apply(&self, op: &Op) -> (Model, Ret) {
+        let mine = |held: &Option<Token>, token: &Token| held.as_ref() == Some(token);
         match (self, op) {
-            (Model::Free, Op::Claim { fingerprint }) => match ret {
-                Ret::Acquired(token) if !used.contains(token) => Some(Model::InProgress {
-                    token: *token,
+            (Model::Free, Op::Claim { fingerprint }) => (
+                Model::InProgress {
+                    token: None,
                     fingerprint: *fingerprint,
-                }),
-                _ => None,
-            },
-            (Model::InProgress { fingerprint, .. }, Op::Claim { .. }) => {
-                (*ret == Ret::InProgress(*fingerprint)).then(|| self.clone())
+                },
+                Ret::Acquired(Token::random()),
+            ),
+            (Model::InProgress { fingerprint, .. }, Op::Claim { .. } | Op::Get) => {
+                (self.clone(), Ret::InProgress(*fingerprint))
             }
             (
                 Model::Completed {
@@ -108,11 +125,8 @@ impl Model {
                     ..
                 },
                 Op::Claim { .. } | Op::Get,
-            ) => (*ret == Ret::Completed(*fingerprint, *output)).then(|| self.clone()),
-            (Model::Free, Op::Get) => (*ret == Ret::Missing).then(|| self.clone()),
-            (Model::InProgress { fingerprint, .. }, Op::Get) => {
-                (*ret == Ret::InProgress(*fingerprint)).then(|| self.clone())
-            }
+            ) => (self.clone(), Ret::Completed(*fingerprint, *output)),
+            (Model::Free, Op::Get) => (self.clone(), Ret::Missing),
             (
                 Model::InProgress { token: held, .. },
                 Op::Complete {
@@ -120,24 +134,46 @@ impl Model {
                     fingerprint,
                     output,
                 },
-            ) if held == token => (*ret == Ret::Done).then_some(Model::Completed {
-                token: *token,
-                fingerprint: *fingerprint,
-                output: *output,
-            }),
+            ) if mine(held, token) => (
+                Model::Completed {
+                    token: Some(*token),
+                    fingerprint: *fingerprint,
+                    output: *output,
+                },
+                Ret::Done,
+            ),
             // A retried complete by the token that completed the record is a no-op.
-            (Model::Completed { token: held, .. }, Op::Complete { token, .. }) if held == token => {
-                (*ret == Ret::Done).then(|| self.clone())
+            (Model::Completed { token: held, .. }, Op::Complete { token, .. })
+                if mine(held, token) =>
+            {
+                (self.clone(), Ret::Done)
             }
-            (Model::InProgress { token: held, .. }, Op::Release { token }) if held == token => {
-                (*ret == Ret::Done).then_some(Model::Free)
+            (Model::InProgress { token: held, .. }, Op::Release { token }) if mine(held, token) => {
+                (Model::Free, Ret::Done)
             }
-            (Model::InProgress { token: held, .. }, Op::Renew { token }) if held == token => {
-                (*ret == Ret::Done).then(|| self.clone())
+            (Model::InProgress { token: held, .. }, Op::Renew { token }) if mine(held, token) => {
+                (self.clone(), Ret::Done)
             }
             (_, Op::Complete { .. } | Op::Release { .. } | Op::Renew { .. }) => {
-                (*ret == Ret::Refused).then(|| self.clone())
+                (self.clone(), Ret::Refused)
             }
+        }
+    }
+
+    /// `Some(next)` when `op` may return `ret` from this state.
+    fn step(&self, op: &Op, ret: &Ret, used: &HashSet<Token>) -> Option<Model> {
+        let (next, expected) = self.apply(op);
+        match (expected, ret) {
+            // Its effect happened; what it returned is unknown.
+            (_, Ret::Unknown) => Some(next),
+            (Ret::Acquired(_), Ret::Acquired(token)) if !used.contains(token) => match next {
+                Model::InProgress { fingerprint, .. } => Some(Model::InProgress {
+                    token: Some(*token),
+                    fingerprint,
+                }),
+                _ => None,
+            },
+            (expected, ret) => (expected == *ret).then_some(next),
         }
     }
 }
@@ -152,32 +188,44 @@ fn linearizable(history: &[Event]) -> bool {
     );
     let mut seen = HashSet::new();
     let used = HashSet::new();
-    search(history, 0, &Model::Free, &used, &mut seen)
+    // An operation with an unknown outcome may never have happened: it need not be placed.
+    let unknown = history
+        .iter()
+        .enumerate()
+        .filter(|(_, event)| event.ret == Ret::Unknown)
+        .fold(0u64, |bits, (at, _)| bits | (1 << at));
+    search(history, 0, unknown, &Model::Free, &used, &mut seen)
 }
 
 fn search(
     history: &[Event],
     done: u64,
+    unknown: u64,
     model: &Model,
     used: &HashSet<Token>,
     seen: &mut HashSet<(u64, Model)>,
 ) -> bool {
-    if done.count_ones() as usize == history.len() {
+    let all = if history.len() == 64 {
+        u64::MAX
+    } else {
+        (1u64 << history.len()) - 1
+    };
+    if (done | unknown) == all {
         return true;
     }
     if !seen.insert((done, model.clone())) {
         return false;
     }
-    // Only an operation called before every pending one returned can go next.
+    // Only an operation called before every pending known one returned can go next (an
+    // operation with an unknown outcome never returned).
     let first_return = history
         .iter()
         .enumerate()
-        .filter(|(at, _)| done & (1 << at) == 0)
+        .filter(|(at, event)| done & (1 << at) == 0 && event.ret != Ret::Unknown)
         .map(|(_, event)| event.returned)
-        .min()
-        .expect("a pending operation");
+        .min();
     for (at, event) in history.iter().enumerate() {
-        if done & (1 << at) != 0 || event.called > first_return {
+        if done & (1 << at) != 0 || first_return.is_some_and(|first| event.called > first) {
             continue;
         }
         if let Some(next) = model.step(&event.op, &event.ret, used) {
@@ -185,7 +233,7 @@ fn search(
             if let Ret::Acquired(token) = event.ret {
                 used.insert(token);
             }
-            if search(history, done | (1 << at), &next, &used, seen) {
+            if search(history, done | (1 << at), unknown, &next, &used, seen) {
                 return true;
             }
         }
@@ -211,12 +259,17 @@ async fn client(
     client: usize,
     mut rng: Rng,
     operations: usize,
+    faults: bool,
 ) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::with_capacity(operations);
     let mut owned: Option<Token> = None;
     let mut stale: Option<Token> = None;
     let tag = (client % 2) as u8;
     for _ in 0..operations {
+        if faults {
+            // Paced, so that a run spans the faults (a restart takes tens of milliseconds).
+            tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
+        }
         let op = match (owned, rng.below(10)) {
             (Some(token), 0..=1) => Op::Renew { token },
             (Some(token), 2..=5) => Op::Complete {
@@ -241,53 +294,66 @@ async fn client(
             _ => Op::Claim { fingerprint: tag },
         };
         let called = Instant::now();
-        let ret = match &op {
-            Op::Claim { fingerprint: tag } => {
-                match store.claim(&key, &fingerprint(*tag), LEASE).await? {
-                    Claim::Acquired { token, .. } => Ret::Acquired(token),
-                    Claim::InProgress { fingerprint, .. } => {
+        let answered: Result<Ret, StoreError> = async {
+            Ok(match &op {
+                Op::Claim { fingerprint: tag } => {
+                    match store.claim(&key, &fingerprint(*tag), LEASE).await? {
+                        Claim::Acquired { token, .. } => Ret::Acquired(token),
+                        Claim::InProgress { fingerprint, .. } => {
+                            Ret::InProgress(fingerprint_tag(&fingerprint))
+                        }
+                        Claim::Completed {
+                            fingerprint,
+                            output,
+                        } => Ret::Completed(fingerprint_tag(&fingerprint), output[0]),
+                        other => panic!("an unknown claim answer: {other:?}"),
+                    }
+                }
+                Op::Complete {
+                    token,
+                    fingerprint: tag,
+                    output,
+                } => fenced(
+                    store
+                        .complete(
+                            &key,
+                            token,
+                            &fingerprint(*tag),
+                            Bytes::from(vec![*output]),
+                            TTL,
+                        )
+                        .await,
+                )?,
+                Op::Release { token } => fenced(store.release(&key, token).await)?,
+                Op::Renew { token } => fenced(store.renew(&key, token, LEASE).await)?,
+                Op::Get => match store.get(&key).await? {
+                    None => Ret::Missing,
+                    Some(Record::InProgress { fingerprint, .. }) => {
                         Ret::InProgress(fingerprint_tag(&fingerprint))
                     }
-                    Claim::Completed {
+                    Some(Record::Completed {
                         fingerprint,
                         output,
-                    } => Ret::Completed(fingerprint_tag(&fingerprint), output[0]),
-                    other => panic!("an unknown claim answer: {other:?}"),
-                }
+                        ..
+                    }) => Ret::Completed(fingerprint_tag(&fingerprint), output[0]),
+                    Some(other) => panic!("an unknown record: {other:?}"),
+                },
+            })
+        }
+        .await;
+        let ret = match answered {
+            Ok(ret) => ret,
+            Err(error) if faults => {
+                let _ = error;
+                Ret::Unknown
             }
-            Op::Complete {
-                token,
-                fingerprint: tag,
-                output,
-            } => fenced(
-                store
-                    .complete(
-                        &key,
-                        token,
-                        &fingerprint(*tag),
-                        Bytes::from(vec![*output]),
-                        TTL,
-                    )
-                    .await,
-            )?,
-            Op::Release { token } => fenced(store.release(&key, token).await)?,
-            Op::Renew { token } => fenced(store.renew(&key, token, LEASE).await)?,
-            Op::Get => match store.get(&key).await? {
-                None => Ret::Missing,
-                Some(Record::InProgress { fingerprint, .. }) => {
-                    Ret::InProgress(fingerprint_tag(&fingerprint))
-                }
-                Some(Record::Completed {
-                    fingerprint,
-                    output,
-                    ..
-                }) => Ret::Completed(fingerprint_tag(&fingerprint), output[0]),
-                Some(other) => panic!("an unknown record: {other:?}"),
-            },
+            Err(error) => return Err(error),
         };
         let returned = Instant::now();
         match (&op, &ret) {
             (_, Ret::Acquired(token)) => owned = Some(*token),
+            // A claim whose outcome is unknown may have acquired a token nobody knows.
+            (Op::Claim { .. }, Ret::Unknown) => {}
             (Op::Complete { .. } | Op::Release { .. }, _) if owned.is_some() => {
                 stale = owned.take();
             }
@@ -324,14 +390,33 @@ pub(crate) fn seed() -> u64 {
 }
 
 /// `clients` concurrent clients a key, `operations` each, on `keys` keys at once; every key's
-/// history must be linearizable.
+/// history must be linearizable. With `faults`, a store error is an operation whose outcome
+/// is unknown (it may have taken effect or not); without, it fails the check. Returns how
+/// many outcomes were unknown.
 pub(crate) async fn check(
     store: Arc<dyn Store>,
     seed: u64,
     keys: usize,
     clients: usize,
     operations: usize,
-) {
+    faults: bool,
+) -> usize {
+    check_with_shape(store, seed, keys, clients, operations, faults)
+        .await
+        .0
+}
+
+/// [`check`], and the histories' shape: every key's operations in call order with what they
+/// returned, tokens named by their order of appearance. On a current-thread runtime over an
+/// in-process store the same seed gives the same shape: a failing seed replays exactly.
+pub(crate) async fn check_with_shape(
+    store: Arc<dyn Store>,
+    seed: u64,
+    keys: usize,
+    clients: usize,
+    operations: usize,
+    faults: bool,
+) -> (usize, String) {
     let mut rng = Rng::new(seed);
     let mut tasks = Vec::new();
     let mut names = Vec::new();
@@ -352,6 +437,7 @@ pub(crate) async fn check(
                     c,
                     client_rng,
                     operations,
+                    faults,
                 )),
             ));
         }
@@ -388,6 +474,45 @@ pub(crate) async fn check(
             );
         }
     }
+    let unknown = histories
+        .iter()
+        .flatten()
+        .filter(|event| event.ret == Ret::Unknown)
+        .count();
+    (unknown, shape(&histories))
+}
+
+fn shape(histories: &[Vec<Event>]) -> String {
+    let mut out = String::new();
+    for (k, history) in histories.iter().enumerate() {
+        let mut tokens: Vec<Token> = Vec::new();
+        let mut name = |token: &Token| match tokens.iter().position(|known| known == token) {
+            Some(at) => at,
+            None => {
+                tokens.push(*token);
+                tokens.len() - 1
+            }
+        };
+        for event in history {
+            let op = match &event.op {
+                Op::Claim { fingerprint } => format!("claim({fingerprint})"),
+                Op::Complete {
+                    token,
+                    fingerprint,
+                    output,
+                } => format!("complete(t{}, {fingerprint}, {output})", name(token)),
+                Op::Release { token } => format!("release(t{})", name(token)),
+                Op::Renew { token } => format!("renew(t{})", name(token)),
+                Op::Get => "get".to_owned(),
+            };
+            let ret = match &event.ret {
+                Ret::Acquired(token) => format!("acquired(t{})", name(token)),
+                other => format!("{other:?}"),
+            };
+            out.push_str(&format!("{k} c{} {op} -> {ret}\n", event.client));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

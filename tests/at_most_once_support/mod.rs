@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod linearizability;
+pub(crate) mod proxy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -491,7 +492,7 @@ macro_rules! at_most_once_suite {
                 };
                 let seed = support::linearizability::seed();
                 println!("linearizability seed {seed}");
-                support::linearizability::check(store, seed, 8, 4, 8).await;
+                support::linearizability::check(store, seed, 8, 4, 8, false).await;
             }
 
             /// A child process of `renewal_keeps_a_slow_body` (run by it, not on its own).

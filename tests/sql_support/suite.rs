@@ -1088,6 +1088,32 @@ macro_rules! sql_suite {
 
         at_most_once_support::at_most_once_suite!(at_most_once_open, cross_process = true);
 
+        /// Linearizable through a proxy that delays replies and cuts connections between a
+        /// statement and its reply (PostgreSQL and MySQL; SQLite has no connection to cut).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn histories_are_linearizable_through_a_faulty_proxy() {
+            use at_most_once_support::{linearizability, proxy};
+            if harness::SUITE == "sql_sqlite" {
+                return;
+            }
+            let Some((url, pool)) = harness::fresh(2).await else {
+                return;
+            };
+            let table = unique("linearizable");
+            let _scratch = scratch(&url, &[&table]);
+            store_on(&pool, &table).await;
+            let seed = linearizability::seed();
+            println!("linearizability seed {seed}");
+            let (proxy, proxied) = proxy::in_front_of(&url, seed, 12).await;
+            let faulty = harness::connect(&proxied, 8).await;
+            proxy.arm();
+            let store = SqlStore::builder(faulty).table(&table).build().expect("table");
+            let unknown =
+                linearizability::check(std::sync::Arc::new(store), seed, 8, 4, 14, true).await;
+            println!("{} cuts, {unknown} outcomes unknown", proxy.cuts());
+            assert!(proxy.cuts() > 0, "seed {seed}: the proxy cut no connection");
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn expired_rows_are_purged_in_batches_and_by_the_sweeper() {
             let Some((url, pool)) = harness::fresh(4).await else {

@@ -12,6 +12,7 @@
 //! | duplicate of a processed message | skips the handler; [`Outcome::Duplicate`] with the first run's output | ack |
 //! | duplicate while the first is still running | waits for it (bounded), then as above; [`Error::InProgress`] once the wait is over | nak with a delay |
 //! | the handler failed | its error; the id is **not** marked, so a redelivery runs it again | nak (redeliver) |
+//! | duplicate of a message whose output could not be stored | [`Error::OutputNotStored`]: the handler ran; it does not run again | ack (a nak redelivers it until the window passes) |
 //! | the store cannot be reached | [`Error::Store`]; the handler does not run | nak with a delay |
 //!
 //! The mark is written after the handler returns, so a consumer that crashes between its

@@ -1,9 +1,10 @@
-//! The executor's background work — completions of calls cancelled after their body
-//! succeeded — and its shutdown, which waits for that work and stops lease renewals.
+//! What the executor still has to finish — owners running their body or recording its
+//! output, and outputs left to the background (a cancelled call, a store that kept failing) —
+//! and its shutdown, which waits for all of it.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -14,44 +15,42 @@ use crate::protocol;
 /// What [`Idempotency::shutdown`](super::Idempotency::shutdown) could not finish in time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{pending} background completion(s) still running when the shutdown timeout passed; their calls' keys stay claimed until their leases pass, and retries then run the body again"
+    "{pending} call(s) or background completion(s) still running when the shutdown timeout passed; their keys stay claimed until their leases pass, and a retry then runs the body again"
 )]
 pub struct ShutdownTimedOut {
-    /// How many background completions were still running.
+    /// How many owners or background completions were still running.
     pub pending: usize,
 }
 
-/// The executor's background tasks, counted, and whether it is shutting down.
+/// The executor's unfinished work, counted.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
     pending: AtomicUsize,
     idle: Notify,
-    closing: AtomicBool,
 }
 
 impl Background {
+    /// Counts one piece of work until the returned guard drops.
+    pub(crate) fn count(self: &Arc<Self>) -> Counted {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        Counted(Arc::clone(self))
+    }
+
     /// Runs `task` on `runtime`, counted until it ends or the runtime drops it.
     pub(crate) fn spawn(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         task: impl Future<Output = ()> + Send + 'static,
     ) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        let counted = Counted(Arc::clone(self));
+        let counted = self.count();
         runtime.spawn(async move {
             let _counted = counted;
             task.await;
         });
     }
 
-    /// Whether [`shutdown`](Self::shutdown) was called: owners stop renewing their leases.
-    pub(crate) fn closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Stops lease renewals and waits up to `timeout` for the background tasks.
+    /// Waits up to `timeout` for the counted work to end.
     pub(crate) async fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownTimedOut> {
-        self.closing.store(true, Ordering::Release);
         let deadline = protocol::later(Instant::now(), timeout);
         loop {
             let idle = self.idle.notified();
@@ -74,8 +73,8 @@ impl Background {
     }
 }
 
-/// One counted task; dropped when it ends, or when its runtime drops it unfinished.
-struct Counted(Arc<Background>);
+/// One counted piece of work; dropped when it ends, or when its runtime drops it unfinished.
+pub(crate) struct Counted(Arc<Background>);
 
 impl Drop for Counted {
     fn drop(&mut self) {

@@ -153,8 +153,8 @@ pub(crate) struct Pilot<'a> {
 
 impl Pilot<'_> {
     /// The flight, for the owner's lease renewal to move its lease.
-    pub(crate) fn flight(&self) -> &Flight {
-        &self.flight
+    pub(crate) fn flight(&self) -> Arc<Flight> {
+        Arc::clone(&self.flight)
     }
 
     pub(crate) fn land(mut self, landing: Landing) {

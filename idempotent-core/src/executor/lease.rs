@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
-use super::background::Background;
 use super::flight::Flight;
 use crate::error::StoreError;
 use crate::key::Key;
@@ -33,7 +32,6 @@ pub(super) struct Renewal<'a> {
     lease: Duration,
     max_run: Duration,
     flight: &'a Flight,
-    background: &'a Background,
     /// When renewal stops: `max_run` after the body first waited.
     stop_at: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -49,7 +47,6 @@ impl<'a> Renewal<'a> {
         token: Token,
         settings: &Settings,
         flight: &'a Flight,
-        background: &'a Background,
     ) -> Renewal<'a> {
         Renewal {
             store,
@@ -58,7 +55,6 @@ impl<'a> Renewal<'a> {
             lease: settings.lease,
             max_run: settings.max_run,
             flight,
-            background,
             stop_at: None,
             timer: None,
             renewing: None,
@@ -66,8 +62,9 @@ impl<'a> Renewal<'a> {
         }
     }
 
-    /// Runs `body` to its end, renewing the lease meanwhile.
-    pub(super) async fn around<F: Future>(mut self, body: F) -> F::Output {
+    /// Runs `body` to its end, renewing the lease meanwhile (again for the next `around`:
+    /// the body, then the recording of its output).
+    pub(super) async fn around<F: Future>(&mut self, body: F) -> F::Output {
         let mut body = pin!(body);
         poll_fn(|cx| {
             if let Poll::Ready(output) = body.as_mut().poll(cx) {
@@ -120,17 +117,22 @@ impl<'a> Renewal<'a> {
                 return;
             }
             let now = Instant::now();
-            let ran_out = self.stop_at.is_some_and(|stop_at| now >= stop_at);
-            if ran_out || self.background.closing() {
-                event!(warn, key = %self.key, "the body is still running: lease renewal stops (`max_run` passed, or shutdown); the key may be taken over once its lease passes");
+            if self.stop_at.is_some_and(|stop_at| now >= stop_at) {
+                event!(warn, key = %self.key, "the body is still running and `max_run` passed: lease renewal stops; the key may be taken over once its lease passes");
                 self.stopped = true;
                 return;
             }
             timer.as_mut().reset(later(now, every));
             let (store, key, token, lease) = (self.store, self.key, self.token, self.lease);
+            // Bounded by the renewal period: a slow renewal never holds up the next one.
             self.renewing = Some((
                 now,
-                Box::pin(async move { store.renew(key, &token, lease).await }),
+                Box::pin(async move {
+                    match tokio::time::timeout(every, store.renew(key, &token, lease)).await {
+                        Ok(renewed) => renewed,
+                        Err(_) => Err(StoreError::Timeout(every)),
+                    }
+                }),
             ));
         }
     }

@@ -127,14 +127,16 @@ impl Idempotency {
         self.call(key, fingerprint).run(body).await
     }
 
-    /// Waits up to `timeout` for the outputs of calls cancelled after their body returned
-    /// (they are recorded in the background), and stops renewing the leases of bodies still
-    /// running, so that another instance can take their keys over once their leases pass.
+    /// Waits up to `timeout` for every call of this executor still running its body or
+    /// recording its output, and for the outputs left to the background (calls cancelled after
+    /// their body returned; a store that kept failing `complete`).
     ///
     /// Call it when the server has stopped taking requests (after axum's graceful shutdown,
-    /// say), before the runtime ends: a runtime that ends drops its background tasks, and a
-    /// retry of a call whose output was lost runs its body again. Calls made after it still
-    /// run, without lease renewal.
+    /// say), before the runtime ends: a runtime that ends drops its tasks, and a retry of a
+    /// call whose output was lost runs its body again once its lease passes. Leases stay
+    /// renewed while bodies run (up to `max_run`): a process that goes on after `shutdown`
+    /// keeps its keys, one that exits lets them go when their leases pass. Calls made after
+    /// it still run normally.
     ///
     /// ```
     /// use std::time::Duration;

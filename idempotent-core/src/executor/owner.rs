@@ -42,6 +42,8 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        // Counted until this call ends: `shutdown` waits for owners too.
+        let _owning = self.background.count();
         let pilot = self.flights.start(
             &key,
             fingerprint,
@@ -52,18 +54,12 @@ impl Inner {
             background: &self.background,
             key: &key,
             token,
-            fingerprint,
+            max_run: settings.max_run,
             stage: Stage::Running,
         };
         event!(debug, key = %key, "execute");
-        let renewal = Renewal::new(
-            &*self.store,
-            &key,
-            token,
-            &settings,
-            pilot.flight(),
-            &self.background,
-        );
+        let flight = pilot.flight();
+        let mut renewal = Renewal::new(&*self.store, &key, token, &settings, &flight);
         // `body()` is called inside the caught future: a panic in its synchronous part
         // releases the claim too.
         let body = AssertUnwindSafe(async move { body().await }).catch_unwind();
@@ -91,10 +87,23 @@ impl Inner {
             }
             Outcome::NotStored(reason) => {
                 event!(warn, key = %key, reason = %reason, "the output cannot be stored; recording that the body ran, so it does not run again");
-                (Bytes::from(protocol::not_stored(&reason)), None)
+                let record = protocol::not_stored(&reason, settings.max_output_bytes);
+                (Bytes::from(record), None)
             }
         };
-        let completed = claim.complete(output, settings.ttl, keep).await;
+        let completion = Completion {
+            store: Arc::clone(&self.store),
+            key: key.clone(),
+            token,
+            fingerprint,
+            output,
+            ttl: settings.ttl,
+            keep,
+            lease: settings.lease,
+            limit: settings.max_output_bytes,
+        };
+        // The lease is renewed until the output is recorded, not only while the body runs.
+        let completed = renewal.around(claim.complete(completion)).await;
         match &completed {
             Ok(output) => pilot.land(Landing::Completed(output.clone())),
             Err(_) => pilot.land(Landing::Released),
@@ -105,8 +114,9 @@ impl Inner {
         match completed {
             Ok(_) => result,
             Err(error) => {
-                // Not released: the body ran, so the claim keeps duplicates out until its lease
-                // passes rather than inviting an immediate second run.
+                // Not released: the body ran. A store that keeps failing is retried in the
+                // background (renewing the lease) until `max_run`; otherwise the claim keeps
+                // duplicates out until its lease passes.
                 event!(error, key = %key, error = %error, "could not record the output");
                 Err(Error::from_store(StoreOp::Complete, &key, error).into())
             }
@@ -114,61 +124,138 @@ impl Inner {
     }
 }
 
-/// `complete`, retried on transient errors: the body already ran, so recording its output is
-/// worth a retry, and `complete` is idempotent for the same token.
-async fn complete(
-    store: &dyn Store,
-    key: &Key,
-    token: &Token,
-    fingerprint: &Fingerprint,
+/// How long the owner keeps trying to record a body's output.
+#[derive(Clone, Copy)]
+enum Budget {
+    /// In the caller's call: a few attempts, then the rest goes to the background.
+    Attempts(u32),
+    /// In the background: until this instant (the claim's `max_run`), renewing the lease
+    /// between attempts so that no duplicate takes the key over meanwhile.
+    Until(Instant),
+}
+
+/// What one owner records: its output (or the not-stored record) and how.
+#[derive(Clone)]
+struct Completion {
+    store: Arc<dyn Store>,
+    key: Key,
+    token: Token,
+    fingerprint: Fingerprint,
     output: Bytes,
     ttl: Duration,
     keep: Option<Keep>,
-) -> Result<(), StoreError> {
-    let mut attempt = 1;
-    loop {
-        let completed = match keep {
-            Some(keep) => {
-                store
-                    .complete_keeping(key, token, fingerprint, output.clone(), ttl, keep)
-                    .await
+    lease: Duration,
+    limit: usize,
+}
+
+impl Completion {
+    /// Records the output, retrying transient errors within `budget` (`complete` is idempotent
+    /// for the same token). A store that refuses the output as too large gets the not-stored
+    /// record instead. Returns what was recorded.
+    async fn record(&mut self, budget: Budget) -> Result<Bytes, StoreError> {
+        let mut attempt = 1;
+        let mut pause = defaults::COMPLETE_BACKOFF;
+        loop {
+            let completed = match self.keep {
+                Some(keep) => {
+                    self.store
+                        .complete_keeping(
+                            &self.key,
+                            &self.token,
+                            &self.fingerprint,
+                            self.output.clone(),
+                            self.ttl,
+                            keep,
+                        )
+                        .await
+                }
+                None => {
+                    self.store
+                        .complete(
+                            &self.key,
+                            &self.token,
+                            &self.fingerprint,
+                            self.output.clone(),
+                            self.ttl,
+                        )
+                        .await
+                }
+            };
+            match completed {
+                Ok(()) => return Ok(self.output.clone()),
+                Err(StoreError::TooLarge { size, limit })
+                    if envelope::read_not_stored(&self.output).is_none() =>
+                {
+                    let reason = NotStored::TooLarge { size, limit };
+                    event!(warn, key = %self.key, reason = %reason, "the store refused the output; recording that the body ran, so it does not run again");
+                    self.output = Bytes::from(protocol::not_stored(&reason, self.limit.min(limit)));
+                    self.keep = None;
+                }
+                Err(
+                    error @ (StoreError::Unavailable(_)
+                    | StoreError::Timeout(_)
+                    | StoreError::Backend(_)),
+                ) => {
+                    let more = match budget {
+                        Budget::Attempts(attempts) => attempt < attempts,
+                        Budget::Until(until) => Instant::now() < until,
+                    };
+                    if !more {
+                        return Err(error);
+                    }
+                    event!(warn, key = %self.key, error = %error, attempt, "complete failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    // In the background the lease is renewed after each pause: a pause is at
+                    // most a third of it.
+                    let most = (self.lease / defaults::RENEW_DIVISOR).max(defaults::RENEW_MIN);
+                    pause = (pause * 4).min(defaults::COMPLETE_BACKOFF_MAX).min(most);
+                    attempt += 1;
+                    if let Budget::Until(_) = budget {
+                        // Keep the key while the store recovers; a taken-over key ends the
+                        // attempts at the next `complete` (`LeaseLost`).
+                        let _ = self.store.renew(&self.key, &self.token, self.lease).await;
+                    }
+                }
+                Err(error) => return Err(error),
             }
-            None => {
-                store
-                    .complete(key, token, fingerprint, output.clone(), ttl)
-                    .await
-            }
-        };
-        match completed {
-            Err(
-                error @ (StoreError::Unavailable(_)
-                | StoreError::Timeout(_)
-                | StoreError::Backend(_)),
-            ) if attempt < defaults::COMPLETE_ATTEMPTS => {
-                event!(warn, key = %key, error = %error, attempt, "complete failed; retrying");
-                let _ = error;
-                tokio::time::sleep(defaults::COMPLETE_BACKOFF * 4u32.pow(attempt - 1)).await;
-                attempt += 1;
-            }
-            other => return other,
         }
+    }
+
+    /// Keeps recording in the background, counted by `shutdown`, until it is recorded, the
+    /// key is taken over, or `max_run` passes. Without a runtime the lease frees the key, as
+    /// for a crash.
+    fn finish_in_background(mut self, background: &Arc<Background>, max_run: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let until = protocol::later(Instant::now(), max_run);
+        background.spawn(&runtime, async move {
+            match self.record(Budget::Until(until)).await {
+                Ok(_) => {
+                    event!(info, key = %self.key, "recorded the output in the background");
+                }
+                Err(error) => {
+                    event!(error, key = %self.key, error = %error, "gave up recording the output; the key stays claimed until its lease passes");
+                    let _ = error;
+                }
+            }
+        });
     }
 }
 
 /// Where the owner's call is, which decides what dropping it (a cancelled call) does.
+// Unboxed: the stage lives in the owner's future (itself boxed), and a box would cost every
+// first execution an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Stage {
     /// The body is running. A drop keeps the claim: the body may already have had its effect,
     /// so the key stays claimed until its lease passes instead of inviting an immediate
     /// second run.
     Running,
-    /// The body returned and its output (or the record that it was not stored) is encoded. A
-    /// drop completes in the background.
-    Completing {
-        output: Bytes,
-        ttl: Duration,
-        keep: Option<Keep>,
-    },
-    /// Completed, released, or left to its lease: a drop does nothing.
+    /// The body returned and its output (or the record that it was not stored) is on its way.
+    /// A drop keeps recording it in the background.
+    Completing(Completion),
+    /// Completed, released, or left to the background: a drop does nothing.
     Settled,
 }
 
@@ -178,52 +265,29 @@ struct HeldClaim<'a> {
     background: &'a Arc<Background>,
     key: &'a Key,
     token: Token,
-    fingerprint: Fingerprint,
+    max_run: Duration,
     stage: Stage,
 }
 
 impl HeldClaim<'_> {
-    /// Records the body's output (or that it was not stored); a drop on the way completes in
-    /// the background. A store that refuses the output as too large gets the not-stored record
-    /// instead. Returns what was recorded.
-    async fn complete(
-        &mut self,
-        output: Bytes,
-        ttl: Duration,
-        keep: Option<Keep>,
-    ) -> Result<Bytes, StoreError> {
-        let mut output = output;
-        let mut keep = keep;
-        loop {
-            self.stage = Stage::Completing {
-                output: output.clone(),
-                ttl,
-                keep,
-            };
-            let completed = complete(
-                &**self.store,
-                self.key,
-                &self.token,
-                &self.fingerprint,
-                output.clone(),
-                ttl,
-                keep,
-            )
+    /// Records the body's output (or that it was not stored): a few attempts here, then, on
+    /// a store that keeps failing, in the background until `max_run` (renewing the lease). A
+    /// drop on the way leaves it to the background too. Returns what was recorded.
+    async fn complete(&mut self, completion: Completion) -> Result<Bytes, StoreError> {
+        self.stage = Stage::Completing(completion);
+        let Stage::Completing(completion) = &mut self.stage else {
+            unreachable!("set above");
+        };
+        let recorded = completion
+            .record(Budget::Attempts(defaults::COMPLETE_ATTEMPTS))
             .await;
-            self.stage = Stage::Settled;
-            match completed {
-                Ok(()) => return Ok(output),
-                Err(StoreError::TooLarge { size, limit })
-                    if envelope::read_not_stored(&output).is_none() =>
-                {
-                    let reason = NotStored::TooLarge { size, limit };
-                    event!(warn, key = %self.key, reason = %reason, "the store refused the output; recording that the body ran, so it does not run again");
-                    output = Bytes::from(protocol::not_stored(&reason));
-                    keep = None;
-                }
-                Err(error) => return Err(error),
+        match std::mem::replace(&mut self.stage, Stage::Settled) {
+            Stage::Completing(completion) if is_transient(&recorded) => {
+                completion.finish_in_background(self.background, self.max_run);
             }
+            _ => {}
         }
+        recorded
     }
 
     /// Releases the claim (the body failed with an error that is not stored, or panicked).
@@ -241,24 +305,22 @@ impl HeldClaim<'_> {
     }
 }
 
+fn is_transient(recorded: &Result<Bytes, StoreError>) -> bool {
+    matches!(
+        recorded,
+        Err(StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_))
+    )
+}
+
 impl Drop for HeldClaim<'_> {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.stage, Stage::Settled) {
             Stage::Running => {
                 event!(warn, key = %self.key, "call cancelled while its body ran; the key stays claimed until its lease passes");
             }
-            Stage::Completing { output, ttl, keep } => {
-                // Without a runtime the lease frees the key, as for a crash.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let store = Arc::clone(self.store);
-                    let key = self.key.clone();
-                    let (token, fingerprint) = (self.token, self.fingerprint);
-                    event!(debug, key = %key, "call cancelled after its body returned; completing in the background (`Idempotency::shutdown` waits for it)");
-                    self.background.spawn(&runtime, async move {
-                        let _ =
-                            complete(&*store, &key, &token, &fingerprint, output, ttl, keep).await;
-                    });
-                }
+            Stage::Completing(completion) => {
+                event!(debug, key = %self.key, "call cancelled after its body returned; recording in the background (`Idempotency::shutdown` waits for it)");
+                completion.finish_in_background(self.background, self.max_run);
             }
             Stage::Settled => {}
         }

@@ -32,13 +32,17 @@ const DETAIL_MAX: usize = 256;
 /// The mark, the reason, the size and the limit.
 const NOT_STORED_HEAD: usize = 2 + 8 + 8;
 
-/// The record of a body that returned but whose output was not stored.
-pub(crate) fn not_stored(reason: &NotStored) -> Vec<u8> {
+/// The record of a body that returned but whose output was not stored, at most `fits` bytes
+/// where the head fits (the encoder's message is cut to fit).
+pub(crate) fn not_stored(reason: &NotStored, fits: usize) -> Vec<u8> {
     let (kind, size, limit, detail) = match reason {
         NotStored::TooLarge { size, limit } => (TOO_LARGE, *size, *limit, ""),
         NotStored::Unencodable { detail } => (UNENCODABLE, 0, 0, detail.as_str()),
     };
-    let mut end = detail.len().min(DETAIL_MAX);
+    let mut end = detail
+        .len()
+        .min(DETAIL_MAX)
+        .min(fits.saturating_sub(NOT_STORED_HEAD));
     while !detail.is_char_boundary(end) {
         end -= 1;
     }

@@ -42,3 +42,6 @@ pub(crate) const RENEW_MIN: Duration = Duration::from_millis(1);
 pub(crate) const COMPLETE_ATTEMPTS: u32 = 3;
 /// First pause between two attempts at `complete` (then four times longer each time).
 pub(crate) const COMPLETE_BACKOFF: Duration = Duration::from_millis(25);
+/// Longest pause between two attempts at `complete` (in the background, which keeps trying
+/// until `max_run`).
+pub(crate) const COMPLETE_BACKOFF_MAX: Duration = Duration::from_secs(1);

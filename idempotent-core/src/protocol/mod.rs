@@ -300,8 +300,9 @@ pub(crate) fn outcome_unwinding<M: OutputMode<T, E>, T, E>(
 
 /// The record of a body that returned but whose output cannot be stored: what retries get
 /// back as [`Error::OutputNotStored`].
-pub(crate) fn not_stored(reason: &NotStored) -> Vec<u8> {
-    envelope::not_stored(reason)
+/// The encoder's message is left out where the record would be over `limit`.
+pub(crate) fn not_stored(reason: &NotStored, limit: usize) -> Vec<u8> {
+    envelope::not_stored(reason, limit)
 }
 
 /// A stored output decoded for the call, or the codec error that says why it cannot be.

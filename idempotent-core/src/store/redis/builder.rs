@@ -87,7 +87,8 @@ impl<C> RedisStoreBuilder<C> {
     }
 
     /// Largest output stored, in bytes (default 1 MiB). A larger one fails `complete` with
-    /// [`StoreError::TooLarge`] before anything is sent; the executor then releases the claim.
+    /// [`StoreError::TooLarge`] before anything is sent; the executor then records that the
+    /// body ran with its output not stored (retries get `Error::OutputNotStored`).
     pub fn max_output_bytes(mut self, limit: usize) -> Self {
         self.max_output_bytes = limit;
         self

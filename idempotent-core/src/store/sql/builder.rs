@@ -184,7 +184,8 @@ impl<DB: SqlDialect> SqlStoreBuilder<DB> {
     }
 
     /// Largest output stored (default 1 MiB); a larger one is refused with
-    /// [`StoreError::TooLarge`] before any statement runs, and the executor releases the claim.
+    /// [`StoreError::TooLarge`] before any statement runs, and the executor records that the
+    /// body ran with its output not stored (retries get `Error::OutputNotStored`).
     pub fn max_output_bytes(mut self, limit: usize) -> Self {
         self.max_output_bytes = limit;
         self
