@@ -20,6 +20,7 @@ use crate::key::{Fingerprint, Key};
 use crate::output::{OutputMode, envelope};
 use crate::protocol::{self, Outcome, Settings, defaults};
 use crate::record::Token;
+use crate::retry::Retryable;
 use crate::store::Store;
 use crate::trace::event;
 
@@ -191,11 +192,7 @@ impl Completion {
                     self.output = Bytes::from(protocol::not_stored(&reason, self.limit.min(limit)));
                     self.keep = None;
                 }
-                Err(
-                    error @ (StoreError::Unavailable(_)
-                    | StoreError::Timeout(_)
-                    | StoreError::Backend(_)),
-                ) => {
+                Err(error) if error.is_retryable() => {
                     let more = match budget {
                         Budget::Attempts(attempts) => attempt < attempts,
                         Budget::Until(until) => Instant::now() < until,
@@ -282,7 +279,9 @@ impl HeldClaim<'_> {
             .record(Budget::Attempts(defaults::COMPLETE_ATTEMPTS))
             .await;
         match std::mem::replace(&mut self.stage, Stage::Settled) {
-            Stage::Completing(completion) if is_transient(&recorded) => {
+            Stage::Completing(completion)
+                if recorded.as_ref().is_err_and(Retryable::is_retryable) =>
+            {
                 completion.finish_in_background(self.background, self.max_run);
             }
             _ => {}
@@ -303,13 +302,6 @@ impl HeldClaim<'_> {
             }
         }
     }
-}
-
-fn is_transient(recorded: &Result<Bytes, StoreError>) -> bool {
-    matches!(
-        recorded,
-        Err(StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_))
-    )
 }
 
 impl Drop for HeldClaim<'_> {
