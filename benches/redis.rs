@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use futures::future::join_all;
+use idempotency::ClaimRequest;
 use idempotency::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use idempotency::redis::{self, AsyncCommands as _};
 use idempotency::{Fingerprint, Idempotency, Key, RedisStore, Store as _, Token, idempotent};
@@ -318,7 +319,10 @@ fn print_paired(runtime: &tokio::runtime::Runtime, setup: &Setup) {
     let claim = || async {
         setup
             .store
-            .claim(&key, &fingerprint, Duration::from_secs(30))
+            .claim(
+                &key,
+                ClaimRequest::new(fingerprint, Duration::from_secs(30)),
+            )
             .await
             .expect("claim")
     };

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use idempotency::ClaimRequest;
 use idempotency::sqlx::{self, Database, Pool};
 use idempotency::{
     Fingerprint, Idempotency, Key, SqlDialect, SqlStore, Store as _, Token, idempotent,
@@ -189,7 +190,7 @@ macro_rules! bench_database {
         let claim = || async {
             setup
                 .store
-                .claim(&key, &fingerprint, Duration::from_secs(30))
+                .claim(&key, ClaimRequest::new(fingerprint, Duration::from_secs(30)))
                 .await
                 .expect("claim")
         };

@@ -65,11 +65,12 @@
 #![forbid(unsafe_code)]
 
 pub use idempotent_core::{
-    BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, CodecOp, Digest,
-    DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency, IdempotencyBuilder,
-    InProgressPolicy, Keep, Key, Namespace, NotStored, OutputMode, OutputsAndErrors, OutputsOnly,
-    Record, ShutdownTimedOut, Store, StoreError, StoreOp, Token, async_trait, default_idempotency,
-    defaults, output, set_default, set_default_store, shutdown_default, store,
+    BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, ClaimRequest, CodecOp,
+    Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency,
+    IdempotencyBuilder, InProgressPolicy, Keep, Key, Namespace, NotStored, OutputMode,
+    OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut, Store, StoreError, StoreOp, Token,
+    async_trait, default_idempotency, defaults, output, set_default, set_default_store,
+    shutdown_default, store,
 };
 
 #[cfg(feature = "conformance")]

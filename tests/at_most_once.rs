@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency::{
-    Bytes, Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, MemoryStore, NotStored,
-    Record, Store, StoreError, StoreOp, Token, async_trait,
+    Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, MemoryStore, NotStored, Record,
+    Store, StoreError, StoreOp, Token, async_trait,
 };
+use idempotency::{ClaimRequest, Completion};
 use serde::{Deserialize, Serialize};
 
 async fn open(_: Option<String>) -> Option<(Arc<dyn Store>, String)> {
@@ -42,22 +43,10 @@ struct SlowComplete {
 
 #[async_trait]
 impl Store for SlowComplete {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fingerprint, lease).await
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+        self.inner.claim(key, request).await
     }
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
         tokio::time::sleep(self.delay).await;
         if self.fail {
             return Err(StoreError::Backend("the store broke".into()));
@@ -70,15 +59,13 @@ impl Store for SlowComplete {
         if failing.is_ok() {
             return Err(StoreError::Timeout(Duration::from_millis(1)));
         }
-        if output.len() > self.refuse_over {
+        if completion.output.len() > self.refuse_over {
             return Err(StoreError::TooLarge {
-                size: output.len(),
+                size: completion.output.len(),
                 limit: self.refuse_over,
             });
         }
-        self.inner
-            .complete(key, token, fingerprint, output, ttl)
-            .await
+        self.inner.complete(key, completion).await
     }
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
         self.inner.release(key, token).await
@@ -370,23 +357,11 @@ async fn the_linearizability_check_finds_a_store_that_lies_about_fencing() {
     struct Lies(MemoryStore);
     #[async_trait]
     impl Store for Lies {
-        async fn claim(
-            &self,
-            key: &Key,
-            fingerprint: &Fingerprint,
-            lease: Duration,
-        ) -> Result<Claim, StoreError> {
-            self.0.claim(key, fingerprint, lease).await
+        async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+            self.0.claim(key, request).await
         }
-        async fn complete(
-            &self,
-            key: &Key,
-            token: &Token,
-            fingerprint: &Fingerprint,
-            output: Bytes,
-            ttl: Duration,
-        ) -> Result<(), StoreError> {
-            match self.0.complete(key, token, fingerprint, output, ttl).await {
+        async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+            match self.0.complete(key, completion).await {
                 Err(StoreError::LeaseLost) => Ok(()),
                 other => other,
             }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{AppError, DOWN};
+use idempotency::ClaimRequest;
 use idempotency::consumer::{Consumer, Outcome};
 use idempotency::{
     Claim, Error, Fingerprint, Idempotency, InProgressPolicy, MemoryStore, Store, StoreOp,
@@ -116,7 +117,10 @@ async fn a_crashed_consumers_message_is_taken_over_after_its_lease() {
     let key = consumer.key("evt-7").unwrap();
     let fingerprint = Fingerprint::from_digest(*key.digest());
     let claim = store
-        .claim(&key, &fingerprint, Duration::from_millis(200))
+        .claim(
+            &key,
+            ClaimRequest::new(fingerprint, Duration::from_millis(200)),
+        )
         .await
         .unwrap();
     assert!(matches!(claim, Claim::Acquired { .. }));
@@ -141,7 +145,10 @@ async fn a_duplicate_in_progress_can_be_refused_at_once() {
     let key = consumer.key("evt-8").unwrap();
     let fingerprint = Fingerprint::from_digest(*key.digest());
     store
-        .claim(&key, &fingerprint, Duration::from_secs(60))
+        .claim(
+            &key,
+            ClaimRequest::new(fingerprint, Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     let result = consumer

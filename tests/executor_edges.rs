@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use common::Failing;
 use idempotency::{
-    Bytes, Claim, Error, Fingerprint, Idempotency, Key, MemoryStore, Record, Store, StoreError,
-    Token, async_trait,
+    Claim, Error, Fingerprint, Idempotency, Key, MemoryStore, Record, Store, StoreError, Token,
+    async_trait,
 };
+use idempotency::{ClaimRequest, Completion};
 
 /// A memory store whose `complete` is slow (a loaded Redis / an exhausted SQL pool), and
 /// which counts claims.
@@ -24,20 +25,13 @@ struct Slow {
 
 #[async_trait]
 impl Store for Slow {
-    async fn claim(&self, k: &Key, f: &Fingerprint, l: Duration) -> Result<Claim, StoreError> {
+    async fn claim(&self, k: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim(k, f, l).await
+        self.inner.claim(k, request).await
     }
-    async fn complete(
-        &self,
-        k: &Key,
-        t: &Token,
-        f: &Fingerprint,
-        o: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn complete(&self, k: &Key, completion: Completion) -> Result<(), StoreError> {
         tokio::time::sleep(self.complete_delay).await;
-        self.inner.complete(k, t, f, o, ttl).await
+        self.inner.complete(k, completion).await
     }
     async fn release(&self, k: &Key, t: &Token) -> Result<(), StoreError> {
         self.inner.release(k, t).await

@@ -842,21 +842,22 @@ impl Store for Damaging {
     async fn claim(
         &self,
         key: &idempotency::Key,
-        fingerprint: &idempotency::Fingerprint,
-        lease: Duration,
+        request: idempotency::ClaimRequest,
     ) -> Result<idempotency::Claim, idempotency::StoreError> {
-        self.0.claim(key, fingerprint, lease).await
+        self.0.claim(key, request).await
     }
     async fn complete(
         &self,
         key: &idempotency::Key,
-        token: &idempotency::Token,
-        fingerprint: &idempotency::Fingerprint,
-        _output: idempotency::Bytes,
-        ttl: Duration,
+        completion: idempotency::Completion,
     ) -> Result<(), idempotency::StoreError> {
         let junk = idempotency::Bytes::from_static(b"O{\"not\":\"a response\"}");
-        self.0.complete(key, token, fingerprint, junk, ttl).await
+        let completion = idempotency::Completion {
+            output: junk,
+            keep: None,
+            ..completion
+        };
+        self.0.complete(key, completion).await
     }
     async fn release(
         &self,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use idempotency::{Bytes, Claim, Digest, Fingerprint, Key, MemoryStore, Store, StoreError};
+use idempotency::{ClaimRequest, Completion};
 
 idempotency::conformance_tests!(|| async { Some(MemoryStore::new()) });
 
@@ -15,12 +16,15 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Claims `key` (it must be free) and completes it with `output`.
 async fn complete_one(store: &MemoryStore, key: &Key, output: impl Into<Bytes>, ttl: Duration) {
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-    let claim = store.claim(key, &fingerprint, HOUR).await.expect("claim");
+    let claim = store
+        .claim(key, ClaimRequest::new(fingerprint, HOUR))
+        .await
+        .expect("claim");
     let Claim::Acquired { token, .. } = claim else {
         panic!("{key} must be free, got {claim:?}");
     };
     store
-        .complete(key, &token, &fingerprint, output.into(), ttl)
+        .complete(key, Completion::new(token, fingerprint, output.into(), ttl))
         .await
         .expect("complete");
 }
@@ -32,7 +36,11 @@ async fn in_progress_records_are_never_evicted() {
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
     let mut owners = Vec::new();
     for n in 0..500 {
-        match store.claim(&key(n), &fingerprint, HOUR).await.unwrap() {
+        match store
+            .claim(&key(n), ClaimRequest::new(fingerprint, HOUR))
+            .await
+            .unwrap()
+        {
             Claim::Acquired { token, .. } => owners.push(token),
             other => panic!("expected Acquired, got {other:?}"),
         }
@@ -53,7 +61,10 @@ async fn in_progress_records_are_never_evicted() {
     for n in 0..500 {
         assert!(
             matches!(
-                store.claim(&key(n), &fingerprint, HOUR).await.unwrap(),
+                store
+                    .claim(&key(n), ClaimRequest::new(fingerprint, HOUR))
+                    .await
+                    .unwrap(),
                 Claim::InProgress { .. }
             ),
             "in-progress record {n} must survive capacity pressure"
@@ -63,10 +74,7 @@ async fn in_progress_records_are_never_evicted() {
         store
             .complete(
                 &key(n),
-                token,
-                &fingerprint,
-                Bytes::from_static(b"ok"),
-                HOUR,
+                Completion::new(*token, fingerprint, Bytes::from_static(b"ok"), HOUR),
             )
             .await
             .unwrap();
@@ -86,7 +94,10 @@ async fn the_least_recently_used_completed_record_goes_first() {
     store.evicted_before_expiry();
     // Touch record 0 so that record 1 is the least recently used.
     assert!(matches!(
-        store.claim(&key(0), &fingerprint, HOUR).await.unwrap(),
+        store
+            .claim(&key(0), ClaimRequest::new(fingerprint, HOUR))
+            .await
+            .unwrap(),
         Claim::Completed { .. }
     ));
     store.evicted_before_expiry();
@@ -112,17 +123,17 @@ async fn the_least_recently_used_completed_record_goes_first() {
 async fn an_output_larger_than_the_whole_capacity_is_refused() {
     let store = MemoryStore::builder().max_capacity_bytes(1024).build();
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-    let Claim::Acquired { token, .. } = store.claim(&key(1), &fingerprint, HOUR).await.unwrap()
+    let Claim::Acquired { token, .. } = store
+        .claim(&key(1), ClaimRequest::new(fingerprint, HOUR))
+        .await
+        .unwrap()
     else {
         panic!("expected Acquired");
     };
     let refused = store
         .complete(
             &key(1),
-            &token,
-            &fingerprint,
-            Bytes::from(vec![0u8; 4096]),
-            HOUR,
+            Completion::new(token, fingerprint, Bytes::from(vec![0u8; 4096]), HOUR),
         )
         .await;
     assert!(
@@ -149,12 +160,19 @@ async fn expired_records_are_swept_and_renewed_keys_kept() {
         u64::from(b"renewed".len() as u32) + "memory::capacity".len() as u64 + 192,
         "only the renewed record is left after the sweep"
     );
-    match store.claim(&key(2), &fingerprint, HOUR).await.unwrap() {
+    match store
+        .claim(&key(2), ClaimRequest::new(fingerprint, HOUR))
+        .await
+        .unwrap()
+    {
         Claim::Completed { output, .. } => assert_eq!(&output[..], b"renewed"),
         other => panic!("the renewed record must replay, got {other:?}"),
     }
     assert!(matches!(
-        store.claim(&key(1), &fingerprint, HOUR).await.unwrap(),
+        store
+            .claim(&key(1), ClaimRequest::new(fingerprint, HOUR))
+            .await
+            .unwrap(),
         Claim::Acquired { .. }
     ));
 }
@@ -165,7 +183,7 @@ async fn the_longest_ttl_and_lease_are_safe() {
     let store = MemoryStore::new();
     let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
     let Claim::Acquired { token, .. } = store
-        .claim(&key(7), &fingerprint, Duration::MAX)
+        .claim(&key(7), ClaimRequest::new(fingerprint, Duration::MAX))
         .await
         .unwrap()
     else {
@@ -175,15 +193,15 @@ async fn the_longest_ttl_and_lease_are_safe() {
     store
         .complete(
             &key(7),
-            &token,
-            &fingerprint,
-            Bytes::from_static(b"x"),
-            Duration::MAX,
+            Completion::new(token, fingerprint, Bytes::from_static(b"x"), Duration::MAX),
         )
         .await
         .unwrap();
     assert!(matches!(
-        store.claim(&key(7), &fingerprint, HOUR).await.unwrap(),
+        store
+            .claim(&key(7), ClaimRequest::new(fingerprint, HOUR))
+            .await
+            .unwrap(),
         Claim::Completed { .. }
     ));
     assert!(store.get(&key(7)).await.unwrap().is_some());

@@ -19,6 +19,7 @@ use idempotency::{
     Bytes, Claim, Digest, Error, Fingerprint, Idempotency, Key, Record, RedisStore, Store,
     StoreError, StoreOp, Token,
 };
+use idempotency::{ClaimRequest, Completion};
 use redis_support::{
     RedisServer, RoundTrips, admin, manager, manager_config, standalone, standalone_store,
     unique_prefix,
@@ -244,15 +245,17 @@ async fn values_we_did_not_write_are_corrupt_records_not_panics() {
     for (what, value) in foreign {
         let key = key_of("corrupt", what);
         plant(&url, &store, &key, &value).await;
-        assert_corrupt(store.claim(&key, &fingerprint("a"), HOUR).await, what);
+        assert_corrupt(
+            store
+                .claim(&key, ClaimRequest::new(fingerprint("a"), HOUR))
+                .await,
+            what,
+        );
         assert_corrupt(
             store
                 .complete(
                     &key,
-                    &token,
-                    &fingerprint("a"),
-                    Bytes::from_static(b"x"),
-                    HOUR,
+                    Completion::new(token, fingerprint("a"), Bytes::from_static(b"x"), HOUR),
                 )
                 .await,
             what,
@@ -287,10 +290,18 @@ async fn values_we_did_not_write_are_corrupt_records_not_panics() {
         .hset(store.redis_key(&key), "field", "value")
         .await
         .expect("HSET");
-    assert_corrupt(store.claim(&key, &fingerprint("a"), HOUR).await, "a hash");
     assert_corrupt(
         store
-            .complete(&key, &token, &fingerprint("a"), Bytes::new(), HOUR)
+            .claim(&key, ClaimRequest::new(fingerprint("a"), HOUR))
+            .await,
+        "a hash",
+    );
+    assert_corrupt(
+        store
+            .complete(
+                &key,
+                Completion::new(token, fingerprint("a"), Bytes::new(), HOUR),
+            )
             .await,
         "a hash",
     );
@@ -390,7 +401,7 @@ async fn outputs_over_the_limit_run_once_and_are_recorded_as_not_stored() {
     // The store itself refuses before sending anything.
     let other = key_of("limit", "direct");
     let Claim::Acquired { token, .. } = store
-        .claim(&other, &fingerprint("a"), HOUR)
+        .claim(&other, ClaimRequest::new(fingerprint("a"), HOUR))
         .await
         .expect("claim")
     else {
@@ -399,10 +410,7 @@ async fn outputs_over_the_limit_run_once_and_are_recorded_as_not_stored() {
     let refused = store
         .complete(
             &other,
-            &token,
-            &fingerprint("a"),
-            Bytes::from(vec![0; 1025]),
-            HOUR,
+            Completion::new(token, fingerprint("a"), Bytes::from(vec![0; 1025]), HOUR),
         )
         .await;
     assert!(
@@ -418,10 +426,7 @@ async fn outputs_over_the_limit_run_once_and_are_recorded_as_not_stored() {
     store
         .complete(
             &other,
-            &token,
-            &fingerprint("a"),
-            Bytes::from(vec![0; 1024]),
-            HOUR,
+            Completion::new(token, fingerprint("a"), Bytes::from(vec![0; 1024]), HOUR),
         )
         .await
         .expect("at the limit");
@@ -438,7 +443,10 @@ async fn abandoned_in_progress_records_leave_with_their_lease() {
         .expect("prefix");
     let key = key_of("lease expiry", "abandoned");
     let Claim::Acquired { .. } = store
-        .claim(&key, &fingerprint("a"), Duration::from_millis(200))
+        .claim(
+            &key,
+            ClaimRequest::new(fingerprint("a"), Duration::from_millis(200)),
+        )
         .await
         .expect("claim")
     else {
@@ -462,7 +470,7 @@ async fn a_late_owner_completes_unless_taken_over() {
     let lease = Duration::from_millis(200);
     let alone = key_of("late owner", "alone");
     let Claim::Acquired { token, .. } = store
-        .claim(&alone, &fingerprint("a"), lease)
+        .claim(&alone, ClaimRequest::new(fingerprint("a"), lease))
         .await
         .expect("claim")
     else {
@@ -472,14 +480,14 @@ async fn a_late_owner_completes_unless_taken_over() {
     store
         .complete(
             &alone,
-            &token,
-            &fingerprint("a"),
-            Bytes::from_static(b"late"),
-            HOUR,
+            Completion::new(token, fingerprint("a"), Bytes::from_static(b"late"), HOUR),
         )
         .await
         .expect("a late owner nobody took over completes");
-    match store.claim(&alone, &fingerprint("a"), HOUR).await {
+    match store
+        .claim(&alone, ClaimRequest::new(fingerprint("a"), HOUR))
+        .await
+    {
         Ok(Claim::Completed {
             fingerprint: stored,
             output,
@@ -492,7 +500,7 @@ async fn a_late_owner_completes_unless_taken_over() {
 
     let taken = key_of("late owner", "taken over");
     let Claim::Acquired { token: old, .. } = store
-        .claim(&taken, &fingerprint("a"), lease)
+        .claim(&taken, ClaimRequest::new(fingerprint("a"), lease))
         .await
         .expect("claim")
     else {
@@ -500,7 +508,7 @@ async fn a_late_owner_completes_unless_taken_over() {
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
     let Claim::Acquired { token: new, .. } = store
-        .claim(&taken, &fingerprint("a"), HOUR)
+        .claim(&taken, ClaimRequest::new(fingerprint("a"), HOUR))
         .await
         .expect("claim")
     else {
@@ -510,10 +518,7 @@ async fn a_late_owner_completes_unless_taken_over() {
         store
             .complete(
                 &taken,
-                &old,
-                &fingerprint("a"),
-                Bytes::from_static(b"late"),
-                HOUR
+                Completion::new(old, fingerprint("a"), Bytes::from_static(b"late"), HOUR)
             )
             .await,
         Err(StoreError::LeaseLost)
@@ -521,10 +526,7 @@ async fn a_late_owner_completes_unless_taken_over() {
     store
         .complete(
             &taken,
-            &new,
-            &fingerprint("a"),
-            Bytes::from_static(b"new"),
-            HOUR,
+            Completion::new(new, fingerprint("a"), Bytes::from_static(b"new"), HOUR),
         )
         .await
         .expect("the new owner completes");
@@ -596,7 +598,10 @@ async fn a_dead_port_fails_closed_within_the_timeout() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the body never runs");
     let claim = store
-        .claim(&key_of("dead", "port"), &fingerprint("a"), HOUR)
+        .claim(
+            &key_of("dead", "port"),
+            ClaimRequest::new(fingerprint("a"), HOUR),
+        )
         .await;
     assert!(
         matches!(
@@ -903,7 +908,7 @@ async fn renew_and_takeover_through_the_store() {
     let key = key_of("renew", "long body");
     let lease = Duration::from_secs(1);
     let Claim::Acquired { token, took_over } = store
-        .claim(&key, &fingerprint("a"), lease)
+        .claim(&key, ClaimRequest::new(fingerprint("a"), lease))
         .await
         .expect("claim")
     else {
@@ -916,13 +921,18 @@ async fn renew_and_takeover_through_the_store() {
         store.renew(&key, &token, lease).await.expect("renew");
     }
     assert!(matches!(
-        store.claim(&key, &fingerprint("a"), HOUR).await,
+        store
+            .claim(&key, ClaimRequest::new(fingerprint("a"), HOUR))
+            .await,
         Ok(Claim::InProgress { .. })
     ));
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     // Redis freed the key when the lease passed: the takeover is a plain claim (it cannot
     // tell a takeover from a free key, so it reports none).
-    match store.claim(&key, &fingerprint("a"), HOUR).await {
+    match store
+        .claim(&key, ClaimRequest::new(fingerprint("a"), HOUR))
+        .await
+    {
         Ok(Claim::Acquired { took_over, .. }) => assert!(!took_over),
         other => panic!("expected a takeover, got {other:?}"),
     }
@@ -992,8 +1002,7 @@ async fn a_server_older_than_redis_7_gets_the_claim_script() {
         match store
             .claim(
                 &key_of("old server", &n.to_string()),
-                &fingerprint("a"),
-                HOUR,
+                ClaimRequest::new(fingerprint("a"), HOUR),
             )
             .await
         {

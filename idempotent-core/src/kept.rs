@@ -4,7 +4,7 @@
 //! typed value those bytes decode to, so that each replay clones the value instead of
 //! decoding the bytes. Three pieces make it:
 //!
-//! * [`Keep`] — handed to [`Store::complete_keeping`](crate::Store::complete_keeping): how to
+//! * [`Keep`] — handed to a store in [`Completion::keep`](crate::Completion::keep): how to
 //!   decode the stored bytes into the value to keep (the store calls it, on the first replay);
 //! * [`Keeper`] — a call's side: a `Keep` for its output type, and how to take a clone of a
 //!   kept value back out of [`HeldRecord::kept`](crate::HeldRecord::kept);
@@ -26,7 +26,7 @@ use crate::output::envelope;
 
 /// How to decode a stored output into the typed value an in-process store keeps beside it, so
 /// that its replays clone the value instead of decoding the bytes. Given by the executor to
-/// [`Store::complete_keeping`](crate::Store::complete_keeping); the memory store decodes on
+/// [`Completion::keep`](crate::Completion::keep); the memory store decodes on
 /// the record's first replay.
 ///
 /// The value is decoded from the stored bytes, not copied from what the body returned, so a

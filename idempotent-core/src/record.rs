@@ -137,7 +137,7 @@ pub trait HeldRecord: Send + Sync {
     fn output(&self) -> &Bytes;
 
     /// The typed value the store kept beside the output when it was completed with
-    /// [`Store::complete_keeping`](crate::Store::complete_keeping), if it kept one.
+    /// [`Completion::keep`](crate::Completion::keep), if it kept one.
     fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
         None
     }

@@ -15,8 +15,8 @@ use crate::protocol::{
     self, CallOptions, Caller, Next, Outcome, Refusal, Request, Settings, call_option_setters,
 };
 use crate::record::Token;
-use crate::store::Store;
 use crate::store::sql::{SqlDialect, SqlStore};
+use crate::store::{ClaimRequest, Store};
 use crate::trace::event;
 
 /// One call in the caller's transaction: the claim, the body's writes and the completed
@@ -182,9 +182,8 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
         settings.check()?;
         let mut caller = Caller::in_transaction(&settings, store.waits_in_transaction());
         loop {
-            let claim = store
-                .claim_in(&mut **tx, &key, &fingerprint, settings.lease)
-                .await;
+            let request = ClaimRequest::new(fingerprint, settings.lease);
+            let claim = store.claim_in(&mut **tx, &key, request, true).await;
             let next = match claim {
                 Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) => Next::Fail(Refusal::Store(error)),

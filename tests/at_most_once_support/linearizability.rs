@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idempotency::{Bytes, Claim, Digest, Fingerprint, Key, Record, Store, StoreError, Token};
+use idempotency::{ClaimRequest, Completion};
 
 /// A lease no operation outlives: the history is untimed (takeover is the lease tests' job).
 const LEASE: Duration = Duration::from_secs(120);
@@ -297,7 +298,10 @@ async fn client(
         let answered: Result<Ret, StoreError> = async {
             Ok(match &op {
                 Op::Claim { fingerprint: tag } => {
-                    match store.claim(&key, &fingerprint(*tag), LEASE).await? {
+                    match store
+                        .claim(&key, ClaimRequest::new(fingerprint(*tag), LEASE))
+                        .await?
+                    {
                         Claim::Acquired { token, .. } => Ret::Acquired(token),
                         Claim::InProgress { fingerprint, .. } => {
                             Ret::InProgress(fingerprint_tag(&fingerprint))
@@ -317,10 +321,12 @@ async fn client(
                     store
                         .complete(
                             &key,
-                            token,
-                            &fingerprint(*tag),
-                            Bytes::from(vec![*output]),
-                            TTL,
+                            Completion::new(
+                                *token,
+                                fingerprint(*tag),
+                                Bytes::from(vec![*output]),
+                                TTL,
+                            ),
                         )
                         .await,
                 )?,

@@ -18,9 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use idempotency::consumer::Consumer;
 use idempotency::{
-    Bytes, Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, NotStored, Record, Store,
+    Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, NotStored, Record, Store,
     StoreError, Token, async_trait,
 };
+use idempotency::{ClaimRequest, Completion};
 use serde::{Deserialize, Serialize};
 
 /// The environment a child process reads: the store's locator, the key's seed, and when to
@@ -64,25 +65,11 @@ pub(crate) struct CountingRenewals {
 
 #[async_trait]
 impl Store for CountingRenewals {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fingerprint, lease).await
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+        self.inner.claim(key, request).await
     }
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .complete(key, token, fingerprint, output, ttl)
-            .await
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+        self.inner.complete(key, completion).await
     }
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
         self.inner.release(key, token).await

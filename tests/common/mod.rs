@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotency::{
-    Bytes, Claim, ClaimNow, Fingerprint, Keep, Key, Record, Store, StoreError, Token, async_trait,
-};
+use idempotency::{Claim, ClaimNow, Key, Record, Store, StoreError, Token, async_trait};
+use idempotency::{ClaimRequest, Completion};
 
 /// Counts the calls a store receives, by operation (each is one round trip on a remote store).
 #[derive(Debug, Default)]
@@ -69,56 +68,22 @@ impl<S> Recording<S> {
 
 #[async_trait]
 impl<S: Store> Store for Recording<S> {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
         self.counts.claim.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim(key, fingerprint, lease).await
+        self.inner.claim(key, request).await
     }
 
     // Forwarded (and counted as a claim), so that tests over a memory store run its real
     // path: the executor asks `claim_now` first.
-    fn claim_now(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Option<Result<ClaimNow, StoreError>> {
-        let answer = self.inner.claim_now(key, fingerprint, lease)?;
+    fn claim_now(&self, key: &Key, request: ClaimRequest) -> Option<Result<ClaimNow, StoreError>> {
+        let answer = self.inner.claim_now(key, request)?;
         self.counts.claim.fetch_add(1, Ordering::SeqCst);
         Some(answer)
     }
 
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
         self.counts.complete.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .complete(key, token, fingerprint, output, ttl)
-            .await
-    }
-
-    async fn complete_keeping(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-        keep: Keep,
-    ) -> Result<(), StoreError> {
-        self.counts.complete.fetch_add(1, Ordering::SeqCst);
-        self.inner
-            .complete_keeping(key, token, fingerprint, output, ttl, keep)
-            .await
+        self.inner.complete(key, completion).await
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
@@ -158,17 +123,10 @@ fn refused() -> StoreError {
 
 #[async_trait]
 impl Store for Failing {
-    async fn claim(&self, _: &Key, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
+    async fn claim(&self, _: &Key, _: ClaimRequest) -> Result<Claim, StoreError> {
         Err((self.0)())
     }
-    async fn complete(
-        &self,
-        _: &Key,
-        _: &Token,
-        _: &Fingerprint,
-        _: Bytes,
-        _: Duration,
-    ) -> Result<(), StoreError> {
+    async fn complete(&self, _: &Key, _: Completion) -> Result<(), StoreError> {
         Err((self.0)())
     }
     async fn release(&self, _: &Key, _: &Token) -> Result<(), StoreError> {

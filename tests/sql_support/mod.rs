@@ -259,23 +259,17 @@ impl<S: idempotency::Store> idempotency::Store for Cleaned<S> {
     async fn claim(
         &self,
         key: &idempotency::Key,
-        fingerprint: &idempotency::Fingerprint,
-        lease: Duration,
+        request: idempotency::ClaimRequest,
     ) -> Result<idempotency::Claim, idempotency::StoreError> {
-        self.store.claim(key, fingerprint, lease).await
+        self.store.claim(key, request).await
     }
 
     async fn complete(
         &self,
         key: &idempotency::Key,
-        token: &idempotency::Token,
-        fingerprint: &idempotency::Fingerprint,
-        output: idempotency::Bytes,
-        ttl: Duration,
+        completion: idempotency::Completion,
     ) -> Result<(), idempotency::StoreError> {
-        self.store
-            .complete(key, token, fingerprint, output, ttl)
-            .await
+        self.store.complete(key, completion).await
     }
 
     async fn release(

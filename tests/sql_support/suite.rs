@@ -561,7 +561,7 @@ macro_rules! sql_suite {
                 let (store, key) = (store.clone(), key.clone());
                 tokio::spawn(async move {
                     store
-                        .claim(&key, &fingerprint("a"), Duration::from_secs(30))
+                        .claim(&key, idempotency::ClaimRequest::new(fingerprint("a"), Duration::from_secs(30)))
                         .await
                 })
             };
@@ -1133,7 +1133,7 @@ macro_rules! sql_suite {
                 let store = store.clone();
                 async move {
                     let key = Key::derive("sql::purge", 1, &n).expect("key");
-                    match store.claim(&key, &fingerprint("a"), lease).await.expect("claim") {
+                    match store.claim(&key, idempotency::ClaimRequest::new(fingerprint("a"), lease)).await.expect("claim") {
                         idempotency::Claim::Acquired { token, .. } => (key, token),
                         other => panic!("expected Acquired, got {other:?}"),
                     }
@@ -1142,7 +1142,7 @@ macro_rules! sql_suite {
             for (n, ttl) in [(1, short), (2, short), (3, short), (4, long)] {
                 let (key, token) = claim(n, long).await;
                 store
-                    .complete(&key, &token, &fingerprint("a"), idempotency::Bytes::from_static(b"O1"), ttl)
+                    .complete(&key, idempotency::Completion::new(token, fingerprint("a"), idempotency::Bytes::from_static(b"O1"), ttl))
                     .await
                     .expect("complete");
             }
@@ -1158,7 +1158,7 @@ macro_rules! sql_suite {
             for n in 10..15 {
                 let (key, token) = claim(n, long).await;
                 store
-                    .complete(&key, &token, &fingerprint("a"), idempotency::Bytes::from_static(b"O1"), Duration::from_millis(50))
+                    .complete(&key, idempotency::Completion::new(token, fingerprint("a"), idempotency::Bytes::from_static(b"O1"), Duration::from_millis(50)))
                     .await
                     .expect("complete");
             }

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::key::{Digest, Fingerprint, Key};
 use crate::record::{Claim, ClaimNow, Record, Token};
-use crate::store::Store;
+use crate::store::{ClaimRequest, Store};
 
 /// A free key is acquired with a fresh token, and reads back as in progress.
 pub async fn claim_acquires_a_free_key(store: &dyn Store) {
@@ -93,7 +93,7 @@ pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
     let key = fresh("claim_now_agrees_with_claim");
     let now = |fingerprint: &Fingerprint| {
         store
-            .claim_now(&key, fingerprint, LONG)
+            .claim_now(&key, ClaimRequest::new(*fingerprint, LONG))
             .map(|answer| answer.map(ClaimNow::into_claim))
     };
     let Some(first) = now(&owner()) else {
@@ -132,7 +132,8 @@ pub async fn concurrent_claims_acquire_once(store: &dyn Store) {
     for round in 0..5 {
         let key = fresh("concurrent_claims_acquire_once");
         let owner = owner();
-        let claims = join_all((0..64).map(|_| store.claim(&key, &owner, LONG))).await;
+        let claims =
+            join_all((0..64).map(|_| store.claim(&key, ClaimRequest::new(owner, LONG)))).await;
         let acquired = claims
             .iter()
             .filter(|claim| matches!(claim, Ok(Claim::Acquired { .. })))

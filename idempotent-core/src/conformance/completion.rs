@@ -9,7 +9,7 @@ use super::{
 };
 use crate::key::{Digest, Key};
 use crate::record::{ClaimNow, Keep, Record, Token};
-use crate::store::Store;
+use crate::store::{ClaimRequest, Completion, Store};
 
 /// After `complete`, a claim returns the stored fingerprint and output, byte for byte.
 pub async fn complete_then_claim_replays(store: &dyn Store) {
@@ -79,33 +79,40 @@ pub async fn complete_twice_by_the_owner_is_a_no_op(store: &dyn Store) {
     assert_replays(store, &key, &owner(), b"first", "the first output stays").await;
 }
 
-/// [`Store::complete_keeping`] completes as `complete` does, fenced the same way; a store that
+/// A [`Completion`] that carries a [`Keep`] completes as one without does, fenced the same way; a store that
 /// keeps the value lends it with the record from `claim_now`, the value `Keep::value` gave.
-pub async fn complete_keeping_completes(store: &dyn Store) {
-    let key = fresh("complete_keeping_completes");
+pub async fn complete_with_keep_completes(store: &dyn Store) {
+    let key = fresh("complete_with_keep_completes");
     let keep = Keep::new(|output| Some(Box::new(output.len()) as Box<dyn Any + Send + Sync>));
     let output = Bytes::from_static(b"kept beside its bytes");
     let token = acquire(store, &key, LONG).await;
     let stale = store
-        .complete_keeping(&key, &Token::random(), &owner(), output.clone(), LONG, keep)
+        .complete(
+            &key,
+            Completion::new(Token::random(), owner(), output.clone(), LONG).keeping(Some(keep)),
+        )
         .await;
-    assert_lease_lost(stale, "complete_keeping with another token");
+    assert_lease_lost(stale, "complete with a keep, by another token");
     let done = store
-        .complete_keeping(&key, &token, &owner(), output.clone(), LONG, keep)
+        .complete(
+            &key,
+            Completion::new(token, owner(), output.clone(), LONG).keeping(Some(keep)),
+        )
         .await;
     assert!(
         done.is_ok(),
-        "the owner's complete_keeping must succeed: {done:?}"
+        "the owner's complete with a keep must succeed: {done:?}"
     );
     assert_replays(
         store,
         &key,
         &owner(),
         &output,
-        "claim after complete_keeping",
+        "claim after complete with a keep",
     )
     .await;
-    if let Some(Ok(ClaimNow::Held(held))) = store.claim_now(&key, &owner(), LONG) {
+    if let Some(Ok(ClaimNow::Held(held))) = store.claim_now(&key, ClaimRequest::new(owner(), LONG))
+    {
         assert_eq!(held.fingerprint(), &owner());
         assert_eq!(held.output(), &output);
         if let Some(kept) = held.kept() {

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use crate::error::StoreError;
 use crate::key::{Digest, Fingerprint, Key};
 use crate::record::{Claim, Record, Token};
-use crate::store::Store;
+use crate::store::{ClaimRequest, Completion, Store};
 
 mod claims;
 mod completion;
@@ -36,8 +36,8 @@ pub use claims::{
     concurrent_claims_acquire_once, keys_are_independent, missing_keys_are_empty,
 };
 pub use completion::{
-    complete_is_fenced, complete_keeping_completes, complete_then_claim_replays,
-    complete_twice_by_the_owner_is_a_no_op, completed_records_expire, odd_namespaces_are_safe,
+    complete_is_fenced, complete_then_claim_replays, complete_twice_by_the_owner_is_a_no_op,
+    complete_with_keep_completes, completed_records_expire, odd_namespaces_are_safe,
     outputs_round_trip_byte_exact, remove_deletes_any_record,
 };
 pub use leases::{
@@ -77,7 +77,7 @@ async fn claim_acquires(
     lease: Duration,
     what: &str,
 ) -> (Token, bool) {
-    match store.claim(key, claimant, lease).await {
+    match store.claim(key, ClaimRequest::new(*claimant, lease)).await {
         Ok(Claim::Acquired { token, took_over }) => (token, took_over),
         other => panic!("{what} must be Acquired, got {other:?}"),
     }
@@ -97,7 +97,7 @@ async fn claim_in_progress(
     claimant: &Fingerprint,
     what: &str,
 ) -> (Fingerprint, Duration) {
-    match store.claim(key, claimant, LONG).await {
+    match store.claim(key, ClaimRequest::new(*claimant, LONG)).await {
         Ok(Claim::InProgress {
             fingerprint,
             lease_remaining,
@@ -114,7 +114,7 @@ async fn assert_replays(
     output: &[u8],
     what: &str,
 ) {
-    match store.claim(key, claimant, LONG).await {
+    match store.claim(key, ClaimRequest::new(*claimant, LONG)).await {
         Ok(Claim::Completed {
             fingerprint: stored,
             output: replayed,
@@ -139,7 +139,7 @@ async fn complete(
     ttl: Duration,
 ) -> Result<(), StoreError> {
     store
-        .complete(key, token, &owner(), output.into(), ttl)
+        .complete(key, Completion::new(*token, owner(), output.into(), ttl))
         .await
 }
 
@@ -249,7 +249,7 @@ macro_rules! __conformance_cases {
             odd_namespaces_are_safe,
             concurrent_claims_acquire_once,
             claim_now_agrees_with_claim,
-            complete_keeping_completes,
+            complete_with_keep_completes,
             missing_keys_are_empty
         );
     };

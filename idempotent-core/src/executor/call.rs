@@ -12,6 +12,7 @@ use crate::key::{Fingerprint, Key};
 use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
 use crate::protocol::{self, CallOptions, Refusal, Request, call_option_setters};
 use crate::record::{Claim, ClaimNow, HeldRecord};
+use crate::store::ClaimRequest;
 use crate::trace::event;
 
 /// One call's options; finish with [`run`](Call::run).
@@ -104,7 +105,10 @@ impl<'a, M> Call<'a, M> {
         let first = if claim_first {
             #[cfg(feature = "tracing")]
             let _entered = span.enter();
-            match inner.store.claim_now(&key, &fingerprint, settings.lease) {
+            match inner
+                .store
+                .claim_now(&key, ClaimRequest::new(fingerprint, settings.lease))
+            {
                 Some(Ok(ClaimNow::Held(held))) => {
                     return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
                 }
@@ -124,7 +128,11 @@ impl<'a, M> Call<'a, M> {
                 None if claim_first => {
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
-                    match inner.store.claim(&key, &fingerprint, settings.lease).await {
+                    match inner
+                        .store
+                        .claim(&key, ClaimRequest::new(fingerprint, settings.lease))
+                        .await
+                    {
                         Ok(Claim::Completed {
                             fingerprint: stored,
                             output,
@@ -134,15 +142,8 @@ impl<'a, M> Call<'a, M> {
                 }
                 first => first,
             };
-            Box::pin(inner.execute::<M, T, E, F, Fut>(
-                settings,
-                key,
-                fingerprint,
-                body,
-                first,
-                keeper,
-            ))
-            .await
+            Box::pin(inner.execute::<M, T, E, F>(settings, key, fingerprint, body, first, keeper))
+                .await
         };
         #[cfg(feature = "tracing")]
         let execution = tracing::Instrument::instrument(execution, span);

@@ -1,26 +1,25 @@
 //! The rest of a call after its first step: the protocol's loop — follow a flight of this
 //! process, claim, wait for an owner elsewhere, or own the key.
 
-use std::future::Future;
-
 use tokio::time::Instant;
 
-use super::Inner;
 use super::call::replay;
 use super::flight::Landing;
+use super::{Body, Inner};
 use crate::error::{Error, StoreError};
 use crate::kept::Keeper;
 use crate::key::{Fingerprint, Key};
 use crate::output::OutputMode;
 use crate::protocol::{self, Caller, Next, Refusal, Settings};
 use crate::record::Claim;
+use crate::store::ClaimRequest;
 use crate::trace::event;
 
 impl Inner {
     /// The whole call. `first` is the answer to the call's first claim when `Call::start`
     /// already had it; it checked then that no flight of this process ran the key, so the
     /// answer is used as it is.
-    pub(super) async fn execute<M, T, E, F, Fut>(
+    pub(super) async fn execute<M, T, E, F>(
         &self,
         settings: Settings,
         key: Key,
@@ -32,8 +31,7 @@ impl Inner {
     where
         M: OutputMode<T, E>,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Body<T, E>,
     {
         settings.check()?;
         let mut caller = Caller::new(&settings);
@@ -73,13 +71,17 @@ impl Inner {
 
             let claim = match first.take() {
                 Some(claim) => claim,
-                None => self.store.claim(&key, &fingerprint, settings.lease).await,
+                None => {
+                    self.store
+                        .claim(&key, ClaimRequest::new(fingerprint, settings.lease))
+                        .await
+                }
             };
             let next = match claim {
                 Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) if caller.fails_open(&error) => {
                     event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
-                    return body().await;
+                    return body.run().await;
                 }
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
@@ -110,7 +112,7 @@ impl Inner {
                     let _ = took_over;
                     // Boxed: the first execution is the rare path, and keeping its state out of
                     // this future keeps replays small and cheap to move.
-                    return Box::pin(self.own::<M, T, E, F, Fut>(
+                    return Box::pin(self.own::<M, T, E, F>(
                         settings,
                         key,
                         fingerprint,

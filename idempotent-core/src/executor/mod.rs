@@ -28,6 +28,28 @@ use crate::key::{Fingerprint, Key};
 use crate::protocol::Settings;
 use crate::store::Store;
 
+/// A call's body, called once when the call owns its key: a closure that returns the future
+/// of its result (what every entry point takes as `F: FnOnce() -> Fut`).
+pub(crate) trait Body<T, E> {
+    /// The body's future.
+    type Run: Future<Output = Result<T, E>>;
+
+    /// Calls the closure.
+    fn run(self) -> Self::Run;
+}
+
+impl<T, E, F, Fut> Body<T, E> for F
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Run = Fut;
+
+    fn run(self) -> Fut {
+        self()
+    }
+}
+
 pub use background::ShutdownTimedOut;
 pub use call::Call;
 pub(crate) use call::start_prepared;

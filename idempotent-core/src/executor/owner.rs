@@ -1,7 +1,6 @@
 //! The owner of a key: run the body once, record its outcome as the protocol decides, and
 //! guard the claim when the call is dropped midway.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +9,10 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
-use super::Inner;
 use super::background::Background;
 use super::flight::Landing;
 use super::lease::Renewal;
+use super::{Body, Inner};
 use crate::error::{Error, NotStored, StoreError, StoreOp};
 use crate::kept::Keep;
 use crate::key::{Fingerprint, Key};
@@ -21,14 +20,14 @@ use crate::output::{OutputMode, envelope};
 use crate::protocol::{self, Outcome, Settings, defaults};
 use crate::record::Token;
 use crate::retry::Retryable;
-use crate::store::Store;
+use crate::store::{Completion, Store};
 use crate::trace::event;
 
 impl Inner {
     /// The caller owns the key: run the body once, renewing its lease, and record what it
     /// returned.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn own<M, T, E, F, Fut>(
+    pub(super) async fn own<M, T, E, F>(
         &self,
         settings: Settings,
         key: Key,
@@ -40,8 +39,7 @@ impl Inner {
     where
         M: OutputMode<T, E>,
         E: From<Error>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        F: Body<T, E>,
     {
         // Counted until this call ends: `shutdown` waits for owners too.
         let _owning = self.background.count();
@@ -61,9 +59,9 @@ impl Inner {
         event!(debug, key = %key, "execute");
         let flight = pilot.flight();
         let mut renewal = Renewal::new(&*self.store, &key, token, &settings, &flight);
-        // `body()` is called inside the caught future: a panic in its synchronous part
+        // `body.run()` is called inside the caught future: a panic in its synchronous part
         // releases the claim too.
-        let body = AssertUnwindSafe(async move { body().await }).catch_unwind();
+        let body = AssertUnwindSafe(async move { body.run().await }).catch_unwind();
         let result = match renewal.around(body).await {
             Ok(result) => result,
             Err(panic) => {
@@ -92,19 +90,15 @@ impl Inner {
                 (Bytes::from(record), None)
             }
         };
-        let completion = Completion {
+        let recording = Recording {
             store: Arc::clone(&self.store),
             key: key.clone(),
-            token,
-            fingerprint,
-            output,
-            ttl: settings.ttl,
-            keep,
+            done: Completion::new(token, fingerprint, output, settings.ttl).keeping(keep),
             lease: settings.lease,
             limit: settings.max_output_bytes,
         };
         // The lease is renewed until the output is recorded, not only while the body runs.
-        let completed = renewal.around(claim.complete(completion)).await;
+        let completed = renewal.around(claim.complete(recording)).await;
         match &completed {
             Ok(output) => pilot.land(Landing::Completed(output.clone())),
             Err(_) => pilot.land(Landing::Released),
@@ -137,19 +131,15 @@ enum Budget {
 
 /// What one owner records: its output (or the not-stored record) and how.
 #[derive(Clone)]
-struct Completion {
+struct Recording {
     store: Arc<dyn Store>,
     key: Key,
-    token: Token,
-    fingerprint: Fingerprint,
-    output: Bytes,
-    ttl: Duration,
-    keep: Option<Keep>,
+    done: Completion,
     lease: Duration,
     limit: usize,
 }
 
-impl Completion {
+impl Recording {
     /// Records the output, retrying transient errors within `budget` (`complete` is idempotent
     /// for the same token). A store that refuses the output as too large gets the not-stored
     /// record instead. Returns what was recorded.
@@ -157,40 +147,17 @@ impl Completion {
         let mut attempt = 1;
         let mut pause = defaults::COMPLETE_BACKOFF;
         loop {
-            let completed = match self.keep {
-                Some(keep) => {
-                    self.store
-                        .complete_keeping(
-                            &self.key,
-                            &self.token,
-                            &self.fingerprint,
-                            self.output.clone(),
-                            self.ttl,
-                            keep,
-                        )
-                        .await
-                }
-                None => {
-                    self.store
-                        .complete(
-                            &self.key,
-                            &self.token,
-                            &self.fingerprint,
-                            self.output.clone(),
-                            self.ttl,
-                        )
-                        .await
-                }
-            };
+            let completed = self.store.complete(&self.key, self.done.clone()).await;
             match completed {
-                Ok(()) => return Ok(self.output.clone()),
+                Ok(()) => return Ok(self.done.output.clone()),
                 Err(StoreError::TooLarge { size, limit })
-                    if envelope::read_not_stored(&self.output).is_none() =>
+                    if envelope::read_not_stored(&self.done.output).is_none() =>
                 {
                     let reason = NotStored::TooLarge { size, limit };
                     event!(warn, key = %self.key, reason = %reason, "the store refused the output; recording that the body ran, so it does not run again");
-                    self.output = Bytes::from(protocol::not_stored(&reason, self.limit.min(limit)));
-                    self.keep = None;
+                    let record = protocol::not_stored(&reason, self.limit.min(limit));
+                    self.done.output = Bytes::from(record);
+                    self.done.keep = None;
                 }
                 Err(error) if error.is_retryable() => {
                     let more = match budget {
@@ -210,7 +177,10 @@ impl Completion {
                     if let Budget::Until(_) = budget {
                         // Keep the key while the store recovers; a taken-over key ends the
                         // attempts at the next `complete` (`LeaseLost`).
-                        let _ = self.store.renew(&self.key, &self.token, self.lease).await;
+                        let _ = self
+                            .store
+                            .renew(&self.key, &self.done.token, self.lease)
+                            .await;
                     }
                 }
                 Err(error) => return Err(error),
@@ -251,7 +221,7 @@ enum Stage {
     Running,
     /// The body returned and its output (or the record that it was not stored) is on its way.
     /// A drop keeps recording it in the background.
-    Completing(Completion),
+    Completing(Recording),
     /// Completed, released, or left to the background: a drop does nothing.
     Settled,
 }
@@ -270,8 +240,8 @@ impl HeldClaim<'_> {
     /// Records the body's output (or that it was not stored): a few attempts here, then, on
     /// a store that keeps failing, in the background until `max_run` (renewing the lease). A
     /// drop on the way leaves it to the background too. Returns what was recorded.
-    async fn complete(&mut self, completion: Completion) -> Result<Bytes, StoreError> {
-        self.stage = Stage::Completing(completion);
+    async fn complete(&mut self, recording: Recording) -> Result<Bytes, StoreError> {
+        self.stage = Stage::Completing(recording);
         let Stage::Completing(completion) = &mut self.stage else {
             unreachable!("set above");
         };

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, ClaimNow, Keep, Record, Token};
+use crate::key::Key;
+use crate::record::{Claim, ClaimNow, Record, Token};
+
+mod request;
+pub use request::{ClaimRequest, Completion};
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -49,7 +51,7 @@ pub mod sql;
 /// use std::sync::Mutex;
 /// use std::time::{Duration, Instant, SystemTime};
 ///
-/// use idempotent_core::{async_trait, Bytes, Claim, Fingerprint, Key, Record, Store, StoreError, Token};
+/// use idempotent_core::{async_trait, Claim, ClaimRequest, Completion, Key, Record, Store, StoreError, Token};
 ///
 /// /// A toy store: one mutex over a map (no eviction of expired records).
 /// #[derive(Debug, Default)]
@@ -61,7 +63,7 @@ pub mod sql;
 ///
 /// #[async_trait]
 /// impl Store for MapStore {
-///     async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Result<Claim, StoreError> {
+///     async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
 ///         let mut map = self.0.lock().unwrap();
 ///         let now = Instant::now();
 ///         let mut took_over = false;
@@ -76,24 +78,22 @@ pub mod sql;
 ///             _ => {}
 ///         }
 ///         let token = Token::random();
-///         let record = Record::InProgress { token, fingerprint: *fingerprint, lease_until: SystemTime::now() + lease };
+///         let ClaimRequest { fingerprint, lease } = request;
+///         let record = Record::InProgress { token, fingerprint, lease_until: SystemTime::now() + lease };
 ///         map.insert(key.clone(), (record, now + lease));
 ///         Ok(Claim::Acquired { token, took_over })
 ///     }
 ///
-///     async fn complete(
-///         &self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration,
-///     ) -> Result<(), StoreError> {
+///     async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+///         let Completion { token, fingerprint, output, ttl, .. } = completion;
 ///         let mut map = self.0.lock().unwrap();
 ///         if let Some((Record::Completed { token: done_by, .. }, _)) = map.get(key) {
-///             return if done_by == token { Ok(()) } else { Err(StoreError::LeaseLost) };
+///             return if *done_by == token { Ok(()) } else { Err(StoreError::LeaseLost) };
 ///         }
-///         if !owned_by(&map, key, token) {
+///         if !owned_by(&map, key, &token) {
 ///             return Err(StoreError::LeaseLost);
 ///         }
-///         let record = Record::Completed {
-///             token: *token, fingerprint: *fingerprint, output, expires_at: SystemTime::now() + ttl,
-///         };
+///         let record = Record::Completed { token, fingerprint, output, expires_at: SystemTime::now() + ttl };
 ///         map.insert(key.clone(), (record, Instant::now() + ttl));
 ///         Ok(())
 ///     }
@@ -150,12 +150,7 @@ pub trait Store: Debug + Send + Sync + 'static {
     ///
     /// The store does not compare fingerprints; the executor does. Among any number of
     /// concurrent claims of one free key, across processes, exactly one is `Acquired`.
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError>;
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError>;
 
     /// [`claim`](Store::claim), answered at once by a store that needs no I/O for it (one
     /// that keeps its records in this process), or `None` to have the executor await
@@ -166,57 +161,26 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// first, so an in-process store replays without allocating a future. The default is
     /// `None`, which every remote store keeps; a wrapper that counts or observes claims should
     /// keep it too, so that every claim goes through `claim`.
-    fn claim_now(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Option<Result<ClaimNow, StoreError>> {
-        let _ = (key, fingerprint, lease);
+    fn claim_now(&self, key: &Key, request: ClaimRequest) -> Option<Result<ClaimNow, StoreError>> {
+        let _ = (key, request);
         None
     }
 
-    /// Turns the record owned by `token` into `Completed { output, fingerprint, expires_at:
-    /// now + ttl }`.
+    /// Turns the record owned by `completion.token` into `Completed { output, fingerprint,
+    /// expires_at: now + ttl }`.
     ///
-    /// Fenced: succeeds only while the record is in progress under `token` (a lease that
+    /// Fenced: succeeds only while the record is in progress under the token (a lease that
     /// passed without a takeover still counts as owned). If the record is already completed
-    /// by this same `token` it returns `Ok` without changing it (a retried complete whose
-    /// first answer was lost). Otherwise [`StoreError::LeaseLost`], and nothing changes.
+    /// by this same token it returns `Ok` without changing it (a retried complete whose first
+    /// answer was lost). Otherwise [`StoreError::LeaseLost`], and nothing changes.
     ///
-    /// `fingerprint` is the one the owner claimed with. A store whose in-progress records
-    /// leave by themselves when their lease passes (Redis: the record's own expiry) has
-    /// nothing left to read it from when a late owner completes, yet that owner still owns
-    /// the key if nobody claimed it since; it writes the completed record from these
-    /// arguments. Other stores may ignore it.
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
-
-    /// [`complete`](Store::complete), from an executor that can replay a typed value: a store
-    /// that lends its completed records through [`claim_now`](Store::claim_now) may keep
-    /// `keep.value(&output)` beside the output and lend it as [`HeldRecord::kept`], so its
-    /// replays clone that value instead of decoding the output. Same contract as `complete`
-    /// otherwise; the default calls it and keeps nothing.
-    ///
-    /// [`HeldRecord::kept`]: crate::HeldRecord::kept
-    async fn complete_keeping(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-        keep: Keep,
-    ) -> Result<(), StoreError> {
-        let _ = keep;
-        self.complete(key, token, fingerprint, output, ttl).await
-    }
+    /// `completion.fingerprint` is the one the owner claimed with. A store whose in-progress
+    /// records leave by themselves when their lease passes (Redis: the record's own expiry)
+    /// has nothing left to read it from when a late owner completes, yet that owner still owns
+    /// the key if nobody claimed it since; it writes the completed record from the completion.
+    /// Other stores may ignore it. So may they [`completion.keep`](Completion::keep), unless
+    /// they lend records through [`claim_now`](Store::claim_now).
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError>;
 
     /// Deletes the record owned by `token`, so the next claim runs the body again.
     ///
@@ -246,24 +210,32 @@ pub trait Store: Debug + Send + Sync + 'static {
     }
 }
 
+/// `Ok` when `output` is within `limit` bytes, else the [`StoreError::TooLarge`] a store's
+/// `complete` answers before it sends anything.
+pub(crate) fn fits(output: &[u8], limit: usize) -> Result<(), StoreError> {
+    if output.len() > limit {
+        return Err(StoreError::TooLarge {
+            size: output.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 macro_rules! forward_store {
     ($($ty:ty),*) => {$(
         #[async_trait]
         impl<S: Store + ?Sized> Store for $ty {
-            async fn claim(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Result<Claim, StoreError> {
-                (**self).claim(key, fingerprint, lease).await
+            async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+                (**self).claim(key, request).await
             }
 
-            fn claim_now(&self, key: &Key, fingerprint: &Fingerprint, lease: Duration) -> Option<Result<ClaimNow, StoreError>> {
-                (**self).claim_now(key, fingerprint, lease)
+            fn claim_now(&self, key: &Key, request: ClaimRequest) -> Option<Result<ClaimNow, StoreError>> {
+                (**self).claim_now(key, request)
             }
 
-            async fn complete(&self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration) -> Result<(), StoreError> {
-                (**self).complete(key, token, fingerprint, output, ttl).await
-            }
-
-            async fn complete_keeping(&self, key: &Key, token: &Token, fingerprint: &Fingerprint, output: Bytes, ttl: Duration, keep: Keep) -> Result<(), StoreError> {
-                (**self).complete_keeping(key, token, fingerprint, output, ttl, keep).await
+            async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+                (**self).complete(key, completion).await
             }
 
             async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {

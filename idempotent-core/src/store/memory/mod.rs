@@ -6,13 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
-use crate::record::{Claim, ClaimNow, Keep, Record, Token};
-use crate::store::Store;
+use crate::key::Key;
+use crate::record::{Claim, ClaimNow, Record, Token};
+use crate::store::{ClaimRequest, Completion, Store};
 
 mod builder;
 mod record;
@@ -218,12 +217,8 @@ fn owns(pending: &HashMap<Key, Pending>, key: &Key, token: &Token) -> bool {
 impl MemoryStore {
     /// The whole claim: it needs no I/O, so `claim_now` and `claim` both answer with it. A
     /// completed record is lent as it is held.
-    fn claim_here(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<ClaimNow, StoreError> {
+    fn claim_here(&self, key: &Key, request: ClaimRequest) -> Result<ClaimNow, StoreError> {
+        let ClaimRequest { fingerprint, lease } = request;
         // Replays take no lock and read only the coarse clock: a live completed record only
         // leaves by expiry, capacity or `remove`.
         if let Some(done) = self.inner.completed.get(key) {
@@ -259,7 +254,7 @@ impl MemoryStore {
             key.clone(),
             Pending {
                 token,
-                fingerprint: *fingerprint,
+                fingerprint,
                 lease_until: now + lease.min(LONGEST_TTL),
             },
         );
@@ -267,16 +262,26 @@ impl MemoryStore {
         self.sweep_if_due();
         Ok(ClaimNow::Claim(Claim::Acquired { token, took_over }))
     }
+}
 
-    /// `complete`, keeping `kept` beside the output.
-    fn complete_here(
-        &self,
-        key: &Key,
-        token: &Token,
-        output: Bytes,
-        ttl: Duration,
-        keep: Option<Keep>,
-    ) -> Result<(), StoreError> {
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+        self.claim_here(key, request).map(ClaimNow::into_claim)
+    }
+
+    fn claim_now(&self, key: &Key, request: ClaimRequest) -> Option<Result<ClaimNow, StoreError>> {
+        Some(self.claim_here(key, request))
+    }
+
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+        let Completion {
+            token,
+            output,
+            ttl,
+            keep,
+            ..
+        } = completion;
         let size = u64::from(weight(key, output.len()));
         if size > self.inner.max_capacity_bytes {
             return Err(StoreError::TooLarge {
@@ -285,9 +290,9 @@ impl MemoryStore {
             });
         }
         let mut pending = self.shard(key);
-        if !owns(&pending, key, token) {
+        if !owns(&pending, key, &token) {
             return match self.live_completed(key) {
-                Some(done) if done.token == *token => Ok(()),
+                Some(done) if done.token == token => Ok(()),
                 _ => Err(StoreError::LeaseLost),
             };
         }
@@ -295,7 +300,7 @@ impl MemoryStore {
             return Err(StoreError::LeaseLost);
         };
         let mut done = Done {
-            token: *token,
+            token,
             fingerprint: owner.fingerprint,
             keep,
             kept: OnceLock::new(),
@@ -311,51 +316,6 @@ impl MemoryStore {
         drop(pending);
         self.sweep_if_due();
         Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.claim_here(key, fingerprint, lease)
-            .map(ClaimNow::into_claim)
-    }
-
-    fn claim_now(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Option<Result<ClaimNow, StoreError>> {
-        Some(self.claim_here(key, fingerprint, lease))
-    }
-
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        _fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.complete_here(key, token, output, ttl, None)
-    }
-
-    async fn complete_keeping(
-        &self,
-        key: &Key,
-        token: &Token,
-        _fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-        keep: Keep,
-    ) -> Result<(), StoreError> {
-        self.complete_here(key, token, output, ttl, Some(keep))
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {

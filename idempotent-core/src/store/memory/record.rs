@@ -28,7 +28,7 @@ pub(super) struct Done {
     pub(super) expires: u64,
     /// When it expires by the precise clock, as `get` reports it.
     pub(super) expires_at: Instant,
-    /// How to decode the typed output the executor asked to keep (`complete_keeping`).
+    /// How to decode the typed output the executor asked to keep (`Completion::keep`).
     pub(super) keep: Option<Keep>,
     /// That value, decoded on the first replay; replays clone it instead of decoding `output`.
     pub(super) kept: OnceLock<Option<Box<dyn Any + Send + Sync>>>,

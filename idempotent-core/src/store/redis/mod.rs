@@ -13,9 +13,9 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
+use crate::key::Key;
 use crate::record::{Claim, Record, Token};
-use crate::store::Store;
+use crate::store::{ClaimRequest, Completion, Store, fits};
 
 mod builder;
 mod record;
@@ -39,8 +39,14 @@ struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     claim: Script::new(include_str!("claim.lua")),
     complete: Script::new(include_str!("complete.lua")),
-    release: Script::new(include_str!("release.lua")),
-    renew: Script::new(include_str!("renew.lua")),
+    release: Script::new(concat!(
+        include_str!("owned.lua"),
+        include_str!("release.lua")
+    )),
+    renew: Script::new(concat!(
+        include_str!("owned.lua"),
+        include_str!("renew.lua")
+    )),
 });
 
 /// The store on Redis or Redis Cluster: atomic one-command claims, Lua-scripted completions
@@ -440,18 +446,14 @@ impl<C> Store for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
+        let ClaimRequest { fingerprint, lease } = request;
         let redis_key = self.redis_key(key);
         let lease_ms = millis(lease);
         let now = SystemTime::now();
         let lease_until = now + Duration::from_millis(lease_ms);
         let token = record::token(lease_until);
-        let record = record::in_progress(&token, fingerprint, lease_until);
+        let record = record::in_progress(&token, &fingerprint, lease_until);
         let reply = self.claim_reply(&redis_key, &record, lease_ms).await?;
         let (claim, own_record) = claim_answer(&redis_key, reply, token, now)?;
         if own_record {
@@ -462,29 +464,17 @@ where
         Ok(claim)
     }
 
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        if output.len() > self.config.max_output_bytes {
-            return Err(StoreError::TooLarge {
-                size: output.len(),
-                limit: self.config.max_output_bytes,
-            });
-        }
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+        fits(&completion.output, self.config.max_output_bytes)?;
         let redis_key = self.redis_key(key);
         let script = &SCRIPTS.complete;
-        let mut command = evalsha(script, &redis_key, 5, 80 + output.len());
-        let lease_passed = record::lease_passed(token, SystemTime::now());
+        let mut command = evalsha(script, &redis_key, 5, 80 + completion.output.len());
+        let lease_passed = record::lease_passed(&completion.token, SystemTime::now());
         command
-            .arg(&token.as_bytes()[..])
-            .arg(millis(ttl))
-            .arg(&output[..])
-            .arg(&fingerprint.as_bytes()[..])
+            .arg(&completion.token.as_bytes()[..])
+            .arg(millis(completion.ttl))
+            .arg(&completion.output[..])
+            .arg(&completion.fingerprint.as_bytes()[..])
             .arg(if lease_passed { "1" } else { "0" });
         match self.config.wait_for_replicas {
             None => self.fenced("complete", script, &redis_key, &command).await,
@@ -531,7 +521,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Digest;
+    use crate::key::{Digest, Fingerprint};
 
     /// A claim re-sent after a lost reply finds the record its first send wrote: it owns the
     /// key, instead of reading its own record as another owner's and waiting out the lease.

@@ -1,4 +1,5 @@
--- Extend the lease of the in-progress record owned by a token to now + lease.
+-- Extend the lease of the in-progress record owned by a token to now + lease. Runs after
+-- owned.lua, which found it.
 --
 -- KEYS[1]  the record
 -- ARGV[1]  the owner's token (16 bytes)   ARGV[2]  lease (ms)
@@ -6,15 +7,6 @@
 -- Replies: 1 renewed; 0 the token does not own an in-progress record (or its lease passed and
 --          Redis dropped it: renew before the lease ends); -1 the value is not one of our
 --          records.
-local record = redis.pcall('GET', KEYS[1])
-if not record then return 0 end
-if type(record) == 'table' then return -1 end
-local kind = string.sub(record, 1, 6)
-if not ((kind == 'idem1P' and #record == 69) or (kind == 'idem1C' and #record >= 69))
-    or not string.find(string.sub(record, 55, 69), '^%d+$') then
-  return -1
-end
-if kind ~= 'idem1P' or string.sub(record, 7, 22) ~= ARGV[1] then return 0 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease = tonumber(ARGV[2])

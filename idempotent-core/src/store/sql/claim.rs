@@ -5,16 +5,13 @@
 //! stored output), and SQLite's upsert returns no row when it leaves the existing one alone,
 //! so neither can claim in one statement as PostgreSQL does.
 
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 
-use super::dialect::{self, Args, ClaimStatements, Dialect, Statement};
+use super::dialect::{self, Args, ClaimOn, ClaimStatements, Dialect, Statement};
 use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
 use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
 use crate::record::{Claim, Token};
 
 /// A claim that reads, then writes, retries when another caller changed the row in between;
@@ -81,41 +78,27 @@ impl Current {
 }
 
 impl<DB: Dialect> ClaimStatements<DB> for ReadThenInsert {
-    fn claim<'c>(
-        &'c self,
-        store: &'c SqlStore<DB>,
-        conn: &'c mut DB::Connection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    fn claim<'c>(&'c self, on: ClaimOn<'c, DB>) -> BoxFuture<'c, Result<Claim, StoreError>>
     where
         DB: SqlDialect,
     {
         Box::pin(async move {
-            let (id, key_text) = row_key(key);
+            let (id, key_text) = row_key(on.key);
             let token = Token::random();
+            let store = on.store;
             let mut claiming = Claiming {
                 store,
                 statements: self,
-                conn,
-                args: Args::claim(
-                    &id,
-                    &key_text,
-                    &token,
-                    fingerprint,
-                    lease,
-                    store.abandoned_after(),
-                ),
+                conn: on.conn,
+                args: Args::claim(&id, &key_text, &token, &on.request, store.abandoned_after()),
                 token,
                 lock_timed_out: false,
             };
-            let insert_first = in_transaction || store.claims_insert_first();
-            match claiming.run(in_transaction, insert_first).await {
+            let insert_first = on.in_transaction || store.claims_insert_first();
+            match claiming.run(on.in_transaction, insert_first).await {
                 // Another transaction holds the row (a claim not committed yet) past the
                 // session's `innodb_lock_wait_timeout` (MySQL): the key is in progress there.
-                Err(_) if claiming.lock_timed_out => Ok(locked_elsewhere(fingerprint)),
+                Err(_) if claiming.lock_timed_out => Ok(locked_elsewhere(&on.request.fingerprint)),
                 answer => answer,
             }
         })

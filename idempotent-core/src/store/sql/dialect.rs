@@ -19,20 +19,21 @@ use super::builder::TableName;
 use super::time::{epoch_micros, micros};
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
+use crate::key::Key;
 use crate::record::{Claim, Token};
+use crate::store::ClaimRequest;
 
 /// A database the SQL store and the versioned update run on.
 pub trait Dialect: Database {
-    /// The identifier quote character.
-    const QUOTE: char;
-    /// Where "now" comes from.
-    const CLOCK: Clock;
+    /// The identifier quote character (default: standard SQL's `"`).
+    const QUOTE: char = '"';
+    /// Where "now" comes from (default: the database server's clock).
+    const CLOCK: Clock = Clock::Server;
     /// Whether a claim in a transaction may wait for a key in progress outside it: only where
     /// the claim holds no lock the owner's `complete` needs (PostgreSQL). MySQL's refused
     /// insert keeps a shared lock on the row and SQLite's the write lock until the transaction
-    /// ends, so there the claim answers in progress at once.
-    const WAITS_IN_TRANSACTION: bool;
+    /// ends, so there the claim answers in progress at once (the default, `false`).
+    const WAITS_IN_TRANSACTION: bool = false;
 
     /// The statements a claim runs (one, or a read and two writes), which run it.
     type ClaimStatements: ClaimStatements<Self>;
@@ -103,17 +104,29 @@ pub trait Dialect: Database {
 /// A claim's statements, and how a claim runs them: atomicity is the database's own.
 pub trait ClaimStatements<DB: Database>: Send + Sync + 'static {
     /// The store's claim on `conn`, in the caller's transaction or on a pooled connection.
-    fn claim<'c>(
-        &'c self,
-        store: &'c SqlStore<DB>,
-        conn: &'c mut DB::Connection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    fn claim<'c>(&'c self, on: ClaimOn<'c, DB>) -> BoxFuture<'c, Result<Claim, StoreError>>
     where
         DB: SqlDialect;
+}
+
+/// One claim of `key` on `conn`: the caller's transaction (`in_transaction`) or a pooled
+/// connection.
+pub struct ClaimOn<'c, DB: SqlDialect> {
+    pub(crate) store: &'c SqlStore<DB>,
+    pub(crate) conn: &'c mut DB::Connection,
+    pub(crate) key: &'c Key,
+    pub(crate) request: ClaimRequest,
+    pub(crate) in_transaction: bool,
+}
+
+impl<DB: SqlDialect> std::fmt::Debug for ClaimOn<'_, DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimOn")
+            .field("key", self.key)
+            .field("request", &self.request)
+            .field("in_transaction", &self.in_transaction)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The sqlx calls of [`Dialect`], written once and expanded in each database's impl.
@@ -290,17 +303,16 @@ impl<'a> Args<'a> {
         id: &'a [u8],
         key_text: &'a str,
         token: &'a Token,
-        fingerprint: &'a Fingerprint,
-        lease: Duration,
+        request: &'a ClaimRequest,
         abandoned_after: Duration,
     ) -> Args<'a> {
         Args {
             id,
             key_text,
             token: token.as_bytes(),
-            fingerprint: fingerprint.as_bytes(),
-            lease,
-            expiry: lease.saturating_add(abandoned_after),
+            fingerprint: request.fingerprint.as_bytes(),
+            lease: request.lease,
+            expiry: request.lease.saturating_add(abandoned_after),
             ..Args::default()
         }
     }

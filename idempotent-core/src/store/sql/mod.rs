@@ -5,16 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use sqlx::Pool;
 
 use self::builder::TableName;
-use self::dialect::{Args, ClaimStatements as _, Dialect, Statement, Statements};
+use self::dialect::{Args, ClaimOn, ClaimStatements as _, Dialect, Statement, Statements};
 use self::record::{fenced, record_from, row_id};
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
+use crate::key::Key;
 use crate::record::{Claim, Record, Token};
-use crate::store::Store;
+use crate::store::{ClaimRequest, Completion, Store, fits};
 
 pub(crate) mod builder;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
@@ -67,6 +66,8 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 /// runs on: `sqlx::Postgres`, `sqlx::MySql` or `sqlx::Sqlite` (features `postgres`, `mysql`,
 /// `sqlite`). Sealed: the statements are written per database.
 pub trait SqlDialect: Dialect {}
+
+impl<DB: Dialect> SqlDialect for DB {}
 
 /// A store that keeps records in a SQL table, on a sqlx [`Pool`]. See the
 /// [module docs](self) for the table, the round trips and transactional mode.
@@ -227,16 +228,23 @@ impl<DB: SqlDialect> SqlStore<DB> {
         Ok(Sweeper::spawn(&runtime, self.clone(), every, batch))
     }
 
-    /// The claim on `conn`, the caller's transaction (transactional mode).
+    /// The claim on `conn`: the caller's transaction (transactional mode) or a pooled
+    /// connection.
     pub(crate) async fn claim_in(
         &self,
         conn: &mut DB::Connection,
         key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
+        request: ClaimRequest,
+        in_transaction: bool,
     ) -> Result<Claim, StoreError> {
-        let claim = &self.sql().claim;
-        claim.claim(self, conn, key, fingerprint, lease, true).await
+        let on = ClaimOn {
+            store: self,
+            conn,
+            key,
+            request,
+            in_transaction,
+        };
+        self.sql().claim.claim(on).await
     }
 
     /// `complete` on `conn`, the caller's transaction (transactional mode), or a pooled
@@ -385,36 +393,18 @@ impl<DB: SqlDialect> SqlStore<DB> {
 
 #[async_trait]
 impl<DB: SqlDialect> Store for SqlStore<DB> {
-    async fn claim(
-        &self,
-        key: &Key,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
         let mut conn = self.acquire().await?;
-        let claim = &self.sql().claim;
-        claim
-            .claim(self, &mut conn, key, fingerprint, lease, false)
-            .await
+        self.claim_in(&mut conn, key, request, false).await
     }
 
-    async fn complete(
-        &self,
-        key: &Key,
-        token: &Token,
-        _fingerprint: &Fingerprint,
-        output: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let limit = self.inner.max_output_bytes;
-        if output.len() > limit {
-            return Err(StoreError::TooLarge {
-                size: output.len(),
-                limit,
-            });
-        }
+    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
+        fits(&completion.output, self.inner.max_output_bytes)?;
         let mut conn = self.acquire().await?;
-        self.complete_in(&mut conn, key, token, &output, ttl).await
+        let Completion {
+            token, output, ttl, ..
+        } = &completion;
+        self.complete_in(&mut conn, key, token, output, *ttl).await
     }
 
     async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {

@@ -5,10 +5,9 @@
 use sqlx::MySql;
 use sqlx::mysql::MySqlDatabaseError;
 
-use super::SqlDialect;
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
-use super::dialect::{Clock, Dialect, Statement, Statements, sqlx_calls};
+use super::dialect::{Dialect, Statement, Statements, sqlx_calls};
 
 const NOW: &str = "UTC_TIMESTAMP(6)";
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock wait passed `innodb_lock_wait_timeout`.
@@ -103,12 +102,8 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
     }
 }
 
-impl SqlDialect for MySql {}
-
 impl Dialect for MySql {
     const QUOTE: char = '`';
-    const CLOCK: Clock = Clock::Server;
-    const WAITS_IN_TRANSACTION: bool = false;
 
     type ClaimStatements = ReadThenInsert;
 

@@ -2,21 +2,18 @@
 //! record the table's claim function, around `INSERT … ON CONFLICT … DO UPDATE`); times come
 //! from the server's `statement_timestamp()`.
 
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection as _, Postgres, Row as _};
 
 use super::builder::TableName;
 use super::dialect::{
-    self, Args, ClaimStatements, Clock, Dialect, Statement, Statements, sqlx_calls,
+    self, Args, ClaimOn, ClaimStatements, Dialect, Statement, Statements, sqlx_calls,
 };
 use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
 use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
-use crate::key::{Fingerprint, Key};
 use crate::record::{Claim, Token};
 
 /// `x` as microseconds since the Unix epoch (`int8`).
@@ -228,15 +225,7 @@ struct NoRow;
 pub struct ReadOrUpsert(Statement);
 
 impl ClaimStatements<Postgres> for ReadOrUpsert {
-    fn claim<'c>(
-        &'c self,
-        store: &'c SqlStore<Postgres>,
-        conn: &'c mut PgConnection,
-        key: &'c Key,
-        fingerprint: &'c Fingerprint,
-        lease: Duration,
-        in_transaction: bool,
-    ) -> BoxFuture<'c, Result<Claim, StoreError>>
+    fn claim<'c>(&'c self, on: ClaimOn<'c, Postgres>) -> BoxFuture<'c, Result<Claim, StoreError>>
     where
         Postgres: SqlDialect,
     {
@@ -244,17 +233,11 @@ impl ClaimStatements<Postgres> for ReadOrUpsert {
             let token = Token::random();
             // On the pool, bound the wait for a row lock held by an uncommitted transaction;
             // in the caller's transaction a `set_config(…, true)` would outlive the claim.
-            let lock_timeout = store.lock_timeout();
-            let bound = !in_transaction && !lock_timeout.is_zero();
-            let (id, key_text) = row_key(key);
-            let mut args = Args::claim(
-                &id,
-                &key_text,
-                &token,
-                fingerprint,
-                lease,
-                store.abandoned_after(),
-            );
+            let lock_timeout = on.store.lock_timeout();
+            let bound = !on.in_transaction && !lock_timeout.is_zero();
+            let (id, key_text) = row_key(on.key);
+            let abandoned_after = on.store.abandoned_after();
+            let mut args = Args::claim(&id, &key_text, &token, &on.request, abandoned_after);
             // Whole milliseconds, at least one (`0` would mean no bound).
             args.lock = bound.then(|| {
                 lock_timeout
@@ -262,23 +245,19 @@ impl ClaimStatements<Postgres> for ReadOrUpsert {
                     .clamp(1, i32::MAX as u128)
                     .to_string()
             });
-            let row = match dialect::fetch::<Postgres>(conn, &self.0, &args).await {
+            let row = match dialect::fetch::<Postgres>(on.conn, &self.0, &args).await {
                 Ok(row) => row.ok_or_else(|| StoreError::backend(NoRow))?,
                 Err(error) if Postgres::lock_wait_timed_out(&error) => {
-                    return Ok(locked_elsewhere(fingerprint));
+                    return Ok(locked_elsewhere(&on.request.fingerprint));
                 }
-                Err(error) => return Err(store.error(error)),
+                Err(error) => return Err(on.store.error(error)),
             };
-            claim_from(&row, token, in_transaction)
+            claim_from(&row, token, on.in_transaction)
         })
     }
 }
 
-impl SqlDialect for Postgres {}
-
 impl Dialect for Postgres {
-    const QUOTE: char = '"';
-    const CLOCK: Clock = Clock::Server;
     const WAITS_IN_TRANSACTION: bool = true;
 
     type ClaimStatements = ReadOrUpsert;

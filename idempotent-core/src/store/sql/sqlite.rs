@@ -5,7 +5,6 @@
 
 use sqlx::Sqlite;
 
-use super::SqlDialect;
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
 use super::dialect::{Clock, Dialect, Statement, Statements, sqlx_calls};
@@ -103,12 +102,8 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
     }
 }
 
-impl SqlDialect for Sqlite {}
-
 impl Dialect for Sqlite {
-    const QUOTE: char = '"';
     const CLOCK: Clock = Clock::Process;
-    const WAITS_IN_TRANSACTION: bool = false;
 
     type ClaimStatements = ReadThenInsert;
 
