@@ -384,3 +384,118 @@ async fn wait_for_replicas_sends_wait_with_each_completion() {
     // And it replays.
     assert_eq!(complete(&idempotency, "second").await.unwrap(), "second");
 }
+
+/// What one record costs Redis (`MEMORY USAGE`) for three shapes of output, with the default
+/// prefix, on a test-owned server: the budgets `BENCHMARKS.md` and the store's docs state. A
+/// short string's record must not cost more than a peer's (AWS Powertools' Redis layer: 184
+/// bytes for the same record).
+#[tokio::test]
+async fn redis_record_bytes() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Order {
+        id: String,
+        customer: String,
+        items: Vec<u64>,
+        note: String,
+    }
+    let Some(server) = RedisServer::start("redis record bytes") else {
+        return;
+    };
+    let connection = manager(&server.url(), TIMEOUT).await.expect("connect");
+    let plain = RedisStore::builder(connection.clone())
+        .build()
+        .expect("prefix");
+    let compressing = RedisStore::builder(connection)
+        .compress_outputs_above(1024)
+        .build()
+        .expect("prefix");
+    let order = Order {
+        id: "9f1c2a4e-0d7b-4c1e-9a35-6b2f8e0c4d17".into(),
+        customer: "customer-000000000000000000000000000042".into(),
+        items: (1..=10).map(|n| n * 1_000_003).collect(),
+        note: "door".into(),
+    };
+    let body: String = (0..10_240)
+        .map(|n| char::from(b"{\"sku\":\"A-1\",\"qty\":2},"[n % 22]))
+        .collect();
+
+    let mut measured = Vec::new();
+    measured.push((
+        "11-character string",
+        record_bytes(&server, &plain, "string", "receipt-042".to_owned()).await,
+        184,
+    ));
+    measured.push((
+        "200-byte struct",
+        record_bytes(&server, &plain, "struct", encoded(&order)).await,
+        424,
+    ));
+    measured.push((
+        "10 KB body",
+        record_bytes(&server, &plain, "body", body.clone()).await,
+        12_392,
+    ));
+    measured.push((
+        "10 KB body, compress_outputs_above(1024)",
+        record_bytes(&server, &compressing, "compressed body", body).await,
+        264,
+    ));
+    for (shape, bytes, budget) in &measured {
+        println!("{shape}: {bytes} bytes (budget {budget})");
+    }
+    for (shape, bytes, budget) in measured {
+        assert!(
+            bytes <= budget,
+            "{shape}: {bytes} bytes, over its budget of {budget}"
+        );
+    }
+}
+
+/// The order as its stored output holds it: the struct's own encoding, as a string, so every
+/// shape stores a `String` and only its length differs.
+fn encoded<T: serde::Serialize>(value: &T) -> String {
+    let text = serde_json::to_string(value).expect("json");
+    assert!((190..=210).contains(&text.len()), "{}", text.len());
+    text
+}
+
+/// Completes one call whose output is `output` and reads `MEMORY USAGE` of its record.
+async fn record_bytes(
+    server: &RedisServer,
+    store: &RedisStore,
+    label: &str,
+    output: String,
+) -> u64 {
+    let idempotency = Idempotency::new(store.clone());
+    let key = Key::derive("shop::orders::create", 1, &(output.len(), label)).expect("key");
+    let fingerprint = Fingerprint::from_digest(Digest::of_bytes(output.as_bytes()));
+    let returned = idempotency
+        .call(key.clone(), fingerprint)
+        .run(|| async { Ok::<_, Error>(output.clone()) })
+        .await
+        .expect("first call");
+    assert_eq!(returned, output);
+    let replayed = idempotency
+        .call(key.clone(), fingerprint)
+        .run(|| async { Ok::<_, Error>(String::new()) })
+        .await
+        .expect("replay");
+    assert_eq!(replayed, output, "the record replays the output");
+    let redis_key = store.redis_key(&key);
+    assert_eq!(redis_key.len(), "idempotency:".len() + 48);
+    let stored: u64 = redis::cmd("STRLEN")
+        .arg(&redis_key)
+        .query_async(&mut admin(&server.url()).await)
+        .await
+        .expect("STRLEN");
+    println!(
+        "{label}: the value holds {stored} bytes for a {}-character output",
+        output.len()
+    );
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&redis_key)
+        .query_async(&mut admin(&server.url()).await)
+        .await
+        .expect("MEMORY USAGE")
+}

@@ -26,6 +26,8 @@ pub(super) struct Config {
     pub(super) allow_evicting_policy: bool,
     /// `WAIT` for replicas after each completion.
     pub(super) wait_for_replicas: Option<WaitForReplicas>,
+    /// Outputs of at least this many bytes are stored LZ4-compressed (when that is shorter).
+    pub(super) compress_above: usize,
 }
 
 /// Configures a [`RedisStore`]; from [`RedisStore::builder`].
@@ -39,6 +41,7 @@ pub struct RedisStoreBuilder<C> {
     claim_by_script: bool,
     allow_evicting_policy: bool,
     wait_for_replicas: Option<(u32, Duration)>,
+    compress_above: usize,
 }
 
 /// A key prefix that [`RedisStoreBuilder::build`] refuses.
@@ -69,6 +72,7 @@ impl<C> RedisStoreBuilder<C> {
             claim_by_script: false,
             allow_evicting_policy: false,
             wait_for_replicas: None,
+            compress_above: usize::MAX,
         }
     }
 
@@ -127,6 +131,19 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// Store outputs of `bytes` or more LZ4-compressed, when that makes them shorter (default:
+    /// never). Redis keeps every record in memory for its whole TTL: for large, repetitive
+    /// outputs (JSON bodies, reports) compression can cut that several times, for some CPU on
+    /// each completion and each replay of such a record. Small outputs seldom shrink and are
+    /// never worth it: pick a threshold of a kilobyte or more. [`max_output_bytes`] limits the
+    /// output before compression. A store without the option still reads compressed records.
+    ///
+    /// [`max_output_bytes`]: Self::max_output_bytes
+    pub fn compress_outputs_above(mut self, bytes: usize) -> Self {
+        self.compress_above = bytes;
+        self
+    }
+
     /// The store, or an error if the prefix contains `{` or `}`.
     ///
     /// ```
@@ -165,6 +182,7 @@ impl<C> RedisStoreBuilder<C> {
                         timeout_ms: super::record::millis(timeout).max(1),
                     }
                 }),
+                compress_above: self.compress_above,
             }),
         }
     }

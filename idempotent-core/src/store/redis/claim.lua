@@ -2,7 +2,7 @@
 -- servers older than Redis 7.0 (which refuse `NX` with `GET`). Same effect, same replies.
 --
 -- KEYS[1]  the record
--- ARGV[1]  a new in-progress record (69 bytes: 'idem1P' token fingerprint lease_until)
+-- ARGV[1]  a new in-progress record (62 bytes: 'P' token fingerprint lease_until)
 -- ARGV[2]  lease (ms): the record's time to live, so Redis frees the key when it passes
 --
 -- Replies

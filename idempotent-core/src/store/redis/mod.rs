@@ -125,7 +125,11 @@ where
         &self.connection
     }
 
-    /// The Redis key that holds `key`'s record: for operators (`redis-cli GET`, `DEL`).
+    /// The Redis key that holds `key`'s record: for operators (`redis-cli GET`, `DEL`). It is
+    /// the prefix and 48 characters of base64url: a hash of the key's namespace and version
+    /// (96 bits), then the first 24 bytes of its digest. To find the record of a call, derive
+    /// its [`Key`] as the call does (`Key::derive(namespace, version, &key_value)`) and ask
+    /// this.
     ///
     /// ```
     /// # use idempotent_core::{Digest, Key, RedisStore};
@@ -138,7 +142,7 @@ where
     /// let redis_key = store.redis_key(&key);
     /// assert!(redis_key.starts_with("app:"));
     /// assert!(!redis_key.contains(['{', '}', ' ', '\n'])); // the namespace is hashed
-    /// assert!(redis_key.ends_with(&format!(":2:{}", key.digest())));
+    /// assert_eq!(redis_key.len(), "app:".len() + 48);
     /// # Ok(())
     /// # }
     /// ```
@@ -374,6 +378,7 @@ fn claim_answer(
     reply: Value,
     token: Token,
     now: SystemTime,
+    max_output: usize,
 ) -> Result<(Claim, bool), StoreError> {
     let claim = match reply {
         // The key was free (never used, released, expired, or its owner's lease passed).
@@ -382,33 +387,35 @@ fn claim_answer(
             took_over: false,
         },
         Value::Int(-1) => return Err(not_a_record(redis_key)),
-        Value::BulkString(value) => match record::decode(redis_key, Bytes::from(value))? {
-            Record::Completed {
-                fingerprint,
-                output,
-                ..
-            } => Claim::Completed {
-                fingerprint,
-                output,
-            },
-            Record::InProgress { token: owner, .. } if owner == token => {
-                let acquired = Claim::Acquired {
-                    token,
-                    took_over: false,
-                };
-                return Ok((acquired, true));
+        Value::BulkString(value) => {
+            match record::decode(redis_key, Bytes::from(value), max_output)? {
+                Record::Completed {
+                    fingerprint,
+                    output,
+                    ..
+                } => Claim::Completed {
+                    fingerprint,
+                    output,
+                },
+                Record::InProgress { token: owner, .. } if owner == token => {
+                    let acquired = Claim::Acquired {
+                        token,
+                        took_over: false,
+                    };
+                    return Ok((acquired, true));
+                }
+                Record::InProgress {
+                    fingerprint,
+                    lease_until,
+                    ..
+                } => Claim::InProgress {
+                    fingerprint,
+                    // By the owner's clock; zero when that is behind ours (Redis frees the key
+                    // at the lease's end by its own clock).
+                    lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
+                },
             }
-            Record::InProgress {
-                fingerprint,
-                lease_until,
-                ..
-            } => Claim::InProgress {
-                fingerprint,
-                // By the owner's clock; zero when that is behind ours (Redis frees the key
-                // at the lease's end by its own clock).
-                lease_remaining: lease_until.duration_since(now).unwrap_or_default(),
-            },
-        },
+        }
         other => return Err(unexpected("claim", &other)),
     };
     Ok((claim, false))
@@ -455,7 +462,8 @@ where
         let token = record::token(lease_until);
         let record = record::in_progress(&token, &fingerprint, lease_until);
         let reply = self.claim_reply(&redis_key, &record, lease_ms).await?;
-        let (claim, own_record) = claim_answer(&redis_key, reply, token, now)?;
+        let limit = self.config.max_output_bytes;
+        let (claim, own_record) = claim_answer(&redis_key, reply, token, now, limit)?;
         if own_record {
             // Our first send wrote it, and its lease started then: renew it from now, as the
             // owner counts its lease from this answer.
@@ -468,14 +476,22 @@ where
         fits(&completion.output, self.config.max_output_bytes)?;
         let redis_key = self.redis_key(key);
         let script = &SCRIPTS.complete;
-        let mut command = evalsha(script, &redis_key, 5, 80 + completion.output.len());
+        let compressed = (completion.output.len() >= self.config.compress_above)
+            .then(|| record::compress(&completion.output))
+            .flatten();
+        let (output, kind) = match &compressed {
+            Some(compressed) => (&compressed[..], "Z"),
+            None => (&completion.output[..], "C"),
+        };
+        let mut command = evalsha(script, &redis_key, 6, 80 + output.len());
         let lease_passed = record::lease_passed(&completion.token, SystemTime::now());
         command
             .arg(&completion.token.as_bytes()[..])
             .arg(millis(completion.ttl))
-            .arg(&completion.output[..])
+            .arg(output)
             .arg(&completion.fingerprint.as_bytes()[..])
-            .arg(if lease_passed { "1" } else { "0" });
+            .arg(if lease_passed { "1" } else { "0" })
+            .arg(kind);
         match self.config.wait_for_replicas {
             None => self.fenced("complete", script, &redis_key, &command).await,
             Some(wait) => Box::pin(self.complete_and_wait(script, &redis_key, command, wait)).await,
@@ -502,7 +518,10 @@ where
         let redis_key = self.redis_key(key);
         match self.on_key::<Value>("GET", &redis_key).await? {
             Value::Nil => Ok(None),
-            Value::BulkString(value) => record::decode(&redis_key, Bytes::from(value)).map(Some),
+            Value::BulkString(value) => {
+                record::decode(&redis_key, Bytes::from(value), self.config.max_output_bytes)
+                    .map(Some)
+            }
             other => Err(unexpected("get", &other)),
         }
     }
@@ -532,13 +551,19 @@ mod tests {
         let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"args"));
         let ours = record::token(lease_until);
         let written = record::in_progress(&ours, &fingerprint, lease_until);
-        let answer = claim_answer("k", Value::BulkString(written.to_vec()), ours, now);
+        let answer = claim_answer("k", Value::BulkString(written.to_vec()), ours, now, 1 << 20);
         assert!(
             matches!(answer, Ok((Claim::Acquired { token, took_over: false }, true)) if token == ours),
             "{answer:?}"
         );
         let another = record::token(lease_until);
-        let answer = claim_answer("k", Value::BulkString(written.to_vec()), another, now);
+        let answer = claim_answer(
+            "k",
+            Value::BulkString(written.to_vec()),
+            another,
+            now,
+            1 << 20,
+        );
         assert!(
             matches!(answer, Ok((Claim::InProgress { lease_remaining, .. }, false)) if lease_remaining > Duration::from_secs(29)),
             "{answer:?}"

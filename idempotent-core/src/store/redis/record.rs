@@ -1,16 +1,21 @@
 //! How a record is laid out in its one Redis string, and how a [`Key`] names that string.
 //!
 //! ```text
-//! 'idem1' kind token fingerprint time            [output]
-//!  5      1    16    32          15 ASCII digits  rest (completed records only)
+//! kind token fingerprint time            [output]
+//! 1    16    32          13 ASCII digits  rest (completed records only)
 //! ```
 //!
-//! `kind` is `P` (in progress; `time` is `lease_until`) or `C` (completed; `time` is
-//! `expires_at`), times in milliseconds since the Unix epoch: an in-progress record is built
-//! here by the claiming client, with its clock; a completed one (and a renewed lease) by the
-//! Lua scripts, with the Redis server's. The scripts read its fixed offsets; this module reads
-//! it back for the client and refuses anything else as corrupt. The times are only reported
-//! back: what frees a key is the record's own time to live (`PX`).
+//! `kind` is `P` (in progress; `time` is `lease_until`), `C` (completed; `time` is
+//! `expires_at`) or `Z` (completed, the output LZ4-compressed: see
+//! [`compress_outputs_above`](super::RedisStoreBuilder::compress_outputs_above)); another
+//! layout would take other letters (the one before this began `idem1`). Times are milliseconds since the Unix epoch: an in-progress record is
+//! built here by the claiming client, with its clock; a completed one (and a renewed lease) by
+//! the Lua scripts, with the Redis server's. The scripts read its fixed offsets; this module
+//! reads it back for the client and refuses anything else as corrupt. The times are only
+//! reported back: what frees a key is the record's own time to live (`PX`).
+//!
+//! Every byte counts: a record lives in Redis's memory for its whole time to live. The layout
+//! stores nothing twice, and the key is 48 characters after the prefix (see [`redis_key`]).
 
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,54 +27,56 @@ use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
 use crate::record::{Record, Token};
 
-const MAGIC: &[u8; 5] = b"idem1";
-const TOKEN_AT: usize = 6;
+const IN_PROGRESS: &[u8; 1] = b"P";
+const COMPLETED: &[u8; 1] = b"C";
+const COMPRESSED: &[u8; 1] = b"Z";
+const TOKEN_AT: usize = 1;
 const FINGERPRINT_AT: usize = TOKEN_AT + 16;
 const TIME_AT: usize = FINGERPRINT_AT + 32;
-const TIME_DIGITS: usize = 15;
+const TIME_DIGITS: usize = 13;
 /// Bytes before the output: the whole of an in-progress record.
 pub(super) const HEADER: usize = TIME_AT + TIME_DIGITS;
 
 /// Longest duration sent to a script, in milliseconds (about 31 years): keeps `now + ttl`
-/// within the 15 digits of the layout and exact in Lua's doubles.
+/// within the 13 digits of the layout (until the year 2286) and exact in Lua's doubles.
 const MAX_MILLIS: u64 = crate::defaults::LONGEST.as_millis() as u64;
-/// Largest time the 15 digits hold.
-const MAX_TIME: u64 = 999_999_999_999_999;
+/// Largest time the 13 digits hold.
+const MAX_TIME: u64 = 9_999_999_999_999;
 
-/// Bytes of the namespace's SHA-256 kept in the Redis key (128 bits).
-const NAMESPACE_HASH_BYTES: usize = 16;
+/// Bytes of `sha256(namespace, version)` in the Redis key (96 bits).
+const NAMESPACE_HASH_BYTES: usize = 12;
+/// Bytes of the key material's digest in the Redis key (192 bits: finding two key values
+/// with one Redis key takes about 2^96 hashes).
+const DIGEST_BYTES: usize = 24;
+/// Characters of the Redis key after the prefix: base64url of 36 bytes, no padding.
+pub(super) const KEY_CHARS: usize = (NAMESPACE_HASH_BYTES + DIGEST_BYTES) / 3 * 4;
 
-/// `{prefix}{hex(sha256(namespace))[..32]}:{version}:{hex(digest)}`.
+/// `{prefix}{base64url(sha256(namespace, version)[..12] ‖ digest[..24])}`: the prefix and 48
+/// characters.
 ///
 /// The namespace is user text (spaces, newlines, braces, kilobytes); hashing it keeps every
-/// Redis key short and free of `{`/`}`, so no user text can form a Redis Cluster hash tag and
-/// records spread over all slots. The digest is already a hash of the key material.
+/// Redis key short and free of `{`/`}` (base64url has neither), so no user text can form a
+/// Redis Cluster hash tag and records spread over all slots. The digest is already a hash of
+/// the key material; 24 of its 32 bytes name the record.
 pub(super) fn redis_key(prefix: &str, key: &Key) -> String {
-    let namespace_hex = namespace_hex(key.namespace());
-    let mut out = String::with_capacity(prefix.len() + namespace_hex.len() + 12 + 64);
+    let mut bytes = [0u8; NAMESPACE_HASH_BYTES + DIGEST_BYTES];
+    bytes[..NAMESPACE_HASH_BYTES].copy_from_slice(&namespace_hash(key.namespace(), key.version()));
+    bytes[NAMESPACE_HASH_BYTES..].copy_from_slice(&key.digest().as_bytes()[..DIGEST_BYTES]);
+    let mut out = String::with_capacity(prefix.len() + KEY_CHARS);
     out.push_str(prefix);
-    out.push_str(std::str::from_utf8(&namespace_hex).unwrap_or_default());
-    out.push(':');
-    push_decimal(&mut out, key.version());
-    out.push(':');
-    out.push_str(key.digest().hex().as_str());
+    push_base64url(&mut out, &bytes);
     out
 }
 
-/// `n` in decimal (what `write!` would give, without its formatting machinery).
-fn push_decimal(out: &mut String, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
+/// Base64url of `bytes` (whose length is a multiple of 3: no padding).
+fn push_base64url(out: &mut String, bytes: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for group in bytes.chunks_exact(3) {
+        let n = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// A fresh token for a claim whose lease ends at `lease_until`: 8 random bytes, then that end
@@ -95,7 +102,7 @@ fn epoch_millis(at: SystemTime) -> u64 {
     })
 }
 
-/// A new in-progress record: `'idem1P' token fingerprint lease_until`, the lease's end by the
+/// A new in-progress record: `P token fingerprint lease_until`, the lease's end by the
 /// claiming client's clock (only reported back, as the time left; Redis frees the key by the
 /// record's own time to live).
 pub(super) fn in_progress(
@@ -104,8 +111,7 @@ pub(super) fn in_progress(
     lease_until: SystemTime,
 ) -> [u8; HEADER] {
     let mut record = [0u8; HEADER];
-    record[..MAGIC.len()].copy_from_slice(MAGIC);
-    record[MAGIC.len()] = b'P';
+    record[..TOKEN_AT].copy_from_slice(IN_PROGRESS);
     record[TOKEN_AT..FINGERPRINT_AT].copy_from_slice(token.as_bytes());
     record[FINGERPRINT_AT..TIME_AT].copy_from_slice(fingerprint.as_bytes());
     let mut rest = epoch_millis(lease_until).min(MAX_TIME);
@@ -116,32 +122,37 @@ pub(super) fn in_progress(
     record
 }
 
-type NamespaceHex = [u8; 2 * NAMESPACE_HASH_BYTES];
+type NamespaceHash = [u8; NAMESPACE_HASH_BYTES];
 
-/// Namespaces this long or shorter are remembered by [`namespace_hex`].
+/// Namespaces this long or shorter are remembered by [`namespace_hash`].
 const CACHED_NAMESPACE_LEN: usize = 256;
 const CACHED_NAMESPACES: usize = 8;
 
 thread_local! {
-    /// The namespaces this thread hashed last, with their hashes: a service calls a handful
-    /// of idempotent functions, and comparing their names is cheaper than SHA-256.
+    /// The namespaces this thread hashed last, with their versions and hashes: a service calls
+    /// a handful of idempotent functions, and comparing their names is cheaper than SHA-256.
     static RECENT_NAMESPACES: RefCell<RecentNamespaces> = RefCell::default();
 }
 
 #[derive(Default)]
 struct RecentNamespaces {
-    entries: Vec<(Box<str>, NamespaceHex)>,
+    entries: Vec<(Box<str>, u32, NamespaceHash)>,
     next: usize,
 }
 
-/// `hex(sha256(namespace))[..32]`.
-fn namespace_hex(namespace: &str) -> NamespaceHex {
+/// `sha256(len(namespace) ‖ namespace ‖ version)[..12]`, the length and the version as
+/// big-endian integers: the length first, so that no two (namespace, version) pairs hash the
+/// same bytes.
+fn namespace_hash(namespace: &str, version: u32) -> NamespaceHash {
     let hash = || {
-        let digest = Sha256::digest(namespace.as_bytes());
-        let mut hex_digits = [0u8; 2 * NAMESPACE_HASH_BYTES];
-        // Cannot fail: the buffer is exactly twice the input.
-        let _ = hex::encode_to_slice(&digest[..NAMESPACE_HASH_BYTES], &mut hex_digits);
-        hex_digits
+        let mut sha = Sha256::new();
+        sha.update((namespace.len() as u64).to_be_bytes());
+        sha.update(namespace.as_bytes());
+        sha.update(version.to_be_bytes());
+        let digest = sha.finalize();
+        let mut out = [0u8; NAMESPACE_HASH_BYTES];
+        out.copy_from_slice(&digest[..NAMESPACE_HASH_BYTES]);
+        out
     };
     if namespace.len() > CACHED_NAMESPACE_LEN {
         return hash();
@@ -150,12 +161,15 @@ fn namespace_hex(namespace: &str) -> NamespaceHex {
         let Ok(mut recent) = recent.try_borrow_mut() else {
             return hash();
         };
-        if let Some((_, hex_digits)) = recent.entries.iter().find(|(name, _)| **name == *namespace)
+        if let Some((_, _, known)) = recent
+            .entries
+            .iter()
+            .find(|(name, v, _)| *v == version && **name == *namespace)
         {
-            return *hex_digits;
+            return *known;
         }
-        let hex_digits = hash();
-        let entry = (Box::from(namespace), hex_digits);
+        let hashed = hash();
+        let entry = (Box::from(namespace), version, hashed);
         if recent.entries.len() < CACHED_NAMESPACES {
             recent.entries.push(entry);
         } else {
@@ -163,7 +177,7 @@ fn namespace_hex(namespace: &str) -> NamespaceHex {
             recent.entries[next] = entry;
             recent.next = (next + 1) % CACHED_NAMESPACES;
         }
-        hex_digits
+        hashed
     });
     // The thread is exiting and its locals are gone: hash without remembering.
     remembered.unwrap_or_else(|_| hash())
@@ -177,15 +191,20 @@ pub(super) fn millis(duration: Duration) -> u64 {
         .clamp(1, MAX_MILLIS)
 }
 
-/// Parses a record read back from `redis_key`; anything not in the layout is corrupt.
-pub(super) fn decode(redis_key: &str, value: Bytes) -> Result<Record, StoreError> {
+/// Parses a record read back from `redis_key`; anything not in the layout is corrupt. A
+/// compressed output is decompressed, up to `max_output` bytes.
+pub(super) fn decode(
+    redis_key: &str,
+    value: Bytes,
+    max_output: usize,
+) -> Result<Record, StoreError> {
     let len = value.len();
     let corrupt = || {
         StoreError::corrupt(format!(
             "redis key `{redis_key}` holds {len} bytes that are not an idempotency record"
         ))
     };
-    if value.len() < HEADER || &value[..MAGIC.len()] != MAGIC {
+    if value.len() < HEADER {
         return Err(corrupt());
     }
     let mut token = [0u8; 16];
@@ -197,26 +216,48 @@ pub(super) fn decode(redis_key: &str, value: Bytes) -> Result<Record, StoreError
         Token::from_bytes(token),
         Fingerprint::from_bytes(fingerprint),
     );
-    match value[MAGIC.len()] {
-        b'P' if value.len() == HEADER => Ok(Record::InProgress {
+    let kind = &value[..TOKEN_AT];
+    if kind == IN_PROGRESS && value.len() == HEADER {
+        return Ok(Record::InProgress {
             token,
             fingerprint,
             lease_until: time,
-        }),
-        b'C' => Ok(Record::Completed {
-            token,
-            fingerprint,
-            expires_at: time,
-            // Advanced rather than sliced: the reply's buffer is not shared yet, and
-            // slicing it would allocate to share it.
-            output: {
-                let mut output = value;
-                output.advance(HEADER);
-                output
-            },
-        }),
-        _ => Err(corrupt()),
+        });
     }
+    let output = if kind == COMPLETED {
+        // Advanced rather than sliced: the reply's buffer is not shared yet, and slicing it
+        // would allocate to share it.
+        let mut output = value;
+        output.advance(HEADER);
+        output
+    } else if kind == COMPRESSED {
+        decompress(&value[HEADER..], max_output).ok_or_else(corrupt)?
+    } else {
+        return Err(corrupt());
+    };
+    Ok(Record::Completed {
+        token,
+        fingerprint,
+        expires_at: time,
+        output,
+    })
+}
+
+/// `output`, LZ4-compressed behind its length (4 bytes, little-endian), when that is shorter.
+pub(super) fn compress(output: &[u8]) -> Option<Vec<u8>> {
+    let compressed = lz4_flex::compress_prepend_size(output);
+    (compressed.len() < output.len()).then_some(compressed)
+}
+
+/// What [`compress`] compressed, refused (`None`) when damaged or longer than `max_output`.
+fn decompress(compressed: &[u8], max_output: usize) -> Option<Bytes> {
+    let size = u32::from_le_bytes(compressed.get(..4)?.try_into().ok()?);
+    if usize::try_from(size).ok()? > max_output {
+        return None;
+    }
+    lz4_flex::decompress_size_prepended(compressed)
+        .ok()
+        .map(Bytes::from)
 }
 
 fn parse_millis(digits: &[u8]) -> Option<SystemTime> {
@@ -237,32 +278,38 @@ mod tests {
     use super::*;
     use crate::key::Digest;
 
+    const MAX: usize = 1 << 20;
+
     fn encode(
-        kind: u8,
+        kind: &[u8; 1],
         token: &Token,
         fingerprint: &Fingerprint,
         millis: u64,
         out: &[u8],
     ) -> Bytes {
         let mut value = Vec::new();
-        value.extend_from_slice(MAGIC);
-        value.push(kind);
+        value.extend_from_slice(kind);
         value.extend_from_slice(token.as_bytes());
         value.extend_from_slice(fingerprint.as_bytes());
-        value.extend_from_slice(format!("{millis:015}").as_bytes());
+        value.extend_from_slice(format!("{millis:013}").as_bytes());
         value.extend_from_slice(out);
         Bytes::from(value)
     }
 
+    fn parts() -> (Token, Fingerprint) {
+        (
+            Token::random(),
+            Fingerprint::from_digest(Digest::of_bytes(b"f")),
+        )
+    }
+
     #[test]
     fn records_decode() {
-        let token = Token::random();
-        let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+        let (token, fingerprint) = parts();
         let lease_until = UNIX_EPOCH + Duration::from_millis(1_795_434_931_530);
-        match decode(
-            "k",
-            encode(b'P', &token, &fingerprint, 1_795_434_931_530, b""),
-        ) {
+        let in_progress = encode(IN_PROGRESS, &token, &fingerprint, 1_795_434_931_530, b"");
+        assert_eq!(in_progress.len(), 62);
+        match decode("k", in_progress, MAX) {
             Ok(Record::InProgress {
                 token: t,
                 fingerprint: f,
@@ -272,19 +319,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match decode("k", encode(b'C', &token, &fingerprint, 7, b"\0out\xff")) {
+        match decode(
+            "k",
+            encode(COMPLETED, &token, &fingerprint, 7, b"\0out\xff"),
+            MAX,
+        ) {
             Ok(Record::Completed { output, .. }) => assert_eq!(&output[..], b"\0out\xff"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn versions_are_written_in_decimal() {
-        for n in [0, 7, 10, 99, 1234, u32::MAX] {
-            let mut out = String::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string());
+    fn compressed_outputs_decode_to_the_output() {
+        let (token, fingerprint) = parts();
+        let output = b"a receipt, a receipt, a receipt, a receipt, a receipt".repeat(20);
+        let compressed = compress(&output).expect("repetitive text compresses");
+        assert!(compressed.len() < output.len() / 4, "{}", compressed.len());
+        let value = encode(COMPRESSED, &token, &fingerprint, 7, &compressed);
+        match decode("k", value.clone(), MAX) {
+            Ok(Record::Completed { output: out, .. }) => assert_eq!(&out[..], &output[..]),
+            other => panic!("{other:?}"),
         }
+        // Larger than the store's limit, or damaged: corrupt, not a huge allocation.
+        assert!(matches!(
+            decode("k", value, output.len() - 1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut claims_4_gib = compressed.clone();
+        claims_4_gib[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let damaged = encode(COMPRESSED, &token, &fingerprint, 7, &claims_4_gib);
+        assert!(matches!(
+            decode("k", damaged, MAX),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // What does not shrink is sent as it is.
+        assert_eq!(compress(b"short"), None);
     }
 
     #[test]
@@ -302,16 +371,15 @@ mod tests {
 
     #[test]
     fn a_new_claim_is_an_in_progress_record() {
-        let token = Token::random();
-        let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
+        let (token, fingerprint) = parts();
         let lease_until = UNIX_EPOCH + Duration::from_millis(1_795_434_931_530);
         let value = in_progress(&token, &fingerprint, lease_until);
         assert_eq!(
             Bytes::copy_from_slice(&value),
-            encode(b'P', &token, &fingerprint, 1_795_434_931_530, b"")
+            encode(IN_PROGRESS, &token, &fingerprint, 1_795_434_931_530, b"")
         );
         assert!(matches!(
-            decode("k", Bytes::copy_from_slice(&value)),
+            decode("k", Bytes::copy_from_slice(&value), MAX),
             Ok(Record::InProgress { token: t, lease_until: l, .. }) if t == token && l == lease_until
         ));
         let far = in_progress(
@@ -319,25 +387,26 @@ mod tests {
             &fingerprint,
             UNIX_EPOCH + Duration::from_secs(1 << 40),
         );
-        assert_eq!(&far[TIME_AT..], b"999999999999999");
+        assert_eq!(&far[TIME_AT..], b"9999999999999");
     }
 
     #[test]
     fn anything_else_is_corrupt() {
-        let token = Token::random();
-        let fingerprint = Fingerprint::from_digest(Digest::of_bytes(b"f"));
-        let mut bad_digits = encode(b'P', &token, &fingerprint, 1, b"").to_vec();
+        let (token, fingerprint) = parts();
+        let mut bad_digits = encode(IN_PROGRESS, &token, &fingerprint, 1, b"").to_vec();
         bad_digits[HEADER - 1] = b'x';
         for value in [
             Bytes::from_static(b""),
             Bytes::from_static(b"hello"),
             Bytes::from(vec![b'i'; 200]),
-            encode(b'P', &token, &fingerprint, 1, b"trailing"),
-            encode(b'X', &token, &fingerprint, 1, b""),
+            encode(IN_PROGRESS, &token, &fingerprint, 1, b"trailing"),
+            encode(b"X", &token, &fingerprint, 1, b""),
+            encode(b"i", &token, &fingerprint, 1, b"dem1C"),
+            encode(COMPRESSED, &token, &fingerprint, 1, b"not lz4"),
             Bytes::from(bad_digits),
-            encode(b'C', &token, &fingerprint, 1, b"").slice(..HEADER - 1),
+            encode(COMPLETED, &token, &fingerprint, 1, b"").slice(..HEADER - 1),
         ] {
-            match decode("k", value.clone()) {
+            match decode("k", value.clone(), MAX) {
                 Err(StoreError::Corrupt { detail }) => assert!(detail.contains("`k`"), "{detail}"),
                 other => panic!("{value:?} must be corrupt, got {other:?}"),
             }
@@ -345,21 +414,36 @@ mod tests {
     }
 
     #[test]
-    fn redis_keys_are_hashed_and_brace_free() {
+    fn redis_keys_are_short_hashed_and_brace_free() {
         let key = Key::new("{tag} with\nnewline", 7, Digest::of_bytes(b"m"));
         let redis_key = redis_key("app:", &key);
         assert!(redis_key.starts_with("app:"));
-        assert!(redis_key.ends_with(&format!(":7:{}", key.digest())));
-        assert_eq!(redis_key.len(), 4 + 32 + 3 + 64);
+        assert_eq!(redis_key.len(), 4 + KEY_CHARS);
+        assert_eq!(KEY_CHARS, 48);
         assert!(
             redis_key[4..]
                 .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':')
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_ne!(
-            redis_key,
-            super::redis_key("app:", &Key::new("{tag} with\nnewline", 8, *key.digest()))
-        );
+        // Every part of the key counts: the namespace, the version and the digest.
+        for other in [
+            Key::new("{tag} with\nnewline", 8, *key.digest()),
+            Key::new("{tag} with newline", 7, *key.digest()),
+            Key::new("{tag} with\nnewline", 7, Digest::of_bytes(b"n")),
+        ] {
+            assert_ne!(redis_key, super::redis_key("app:", &other));
+        }
+        // The digest's first 24 bytes, in base64url, end the key.
+        let mut tail = String::new();
+        push_base64url(&mut tail, &key.digest().as_bytes()[..DIGEST_BYTES]);
+        assert!(redis_key.ends_with(&tail));
+    }
+
+    #[test]
+    fn base64url_is_the_standard_alphabet_without_padding() {
+        let mut out = String::new();
+        push_base64url(&mut out, b"\xfb\xff\xbfany");
+        assert_eq!(out, "-_-_YW55");
     }
 
     #[test]
@@ -370,11 +454,17 @@ mod tests {
             .collect();
         for _ in 0..3 {
             for name in &names {
-                let digest = Sha256::digest(name.as_bytes());
-                assert_eq!(
-                    &namespace_hex(name)[..],
-                    hex::encode(&digest[..NAMESPACE_HASH_BYTES]).as_bytes()
-                );
+                for version in [1, 2] {
+                    let mut sha = Sha256::new();
+                    sha.update((name.len() as u64).to_be_bytes());
+                    sha.update(name.as_bytes());
+                    sha.update(u32::to_be_bytes(version));
+                    let digest = sha.finalize();
+                    assert_eq!(
+                        namespace_hash(name, version)[..],
+                        digest[..NAMESPACE_HASH_BYTES]
+                    );
+                }
             }
         }
     }

@@ -10,6 +10,6 @@
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.sub(record, 1, 54) .. string.format('%015d', now + lease),
+redis.call('SET', KEYS[1], string.sub(record, 1, 49) .. string.format('%013d', now + lease),
   'PX', lease)
 return 1
