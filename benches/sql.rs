@@ -257,7 +257,6 @@ macro_rules! insert_update {
         let token = Token::random();
         sqlx::query(&$setup.raw.insert)
             .bind(&id[..])
-            .bind(format!("bench.sql.raw:1:{}", $n))
             .bind(&token.as_bytes()[..])
             .bind(&[7u8; 32][..])
             .execute(&$setup.pool)
@@ -453,8 +452,8 @@ fn main() {
             let setup = runtime.block_on(prepare("sql_postgres", pool, |t| Raw {
                 select: format!("SELECT fingerprint, output FROM {t} WHERE id = $1"),
                 insert: format!(
-                    "INSERT INTO {t} (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-                     VALUES ($1, $2, $3, $4, FALSE, now() + INTERVAL '30 seconds', now() + INTERVAL '90 minutes', NULL)"
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+                     VALUES ($1, $2, $3, FALSE, now() + INTERVAL '30 seconds', now() + INTERVAL '90 minutes', NULL)"
                 ),
                 update: format!(
                     "UPDATE {t} SET completed = TRUE, output = $1, lease_until = NULL, expires_at = now() + INTERVAL '1 day'
@@ -483,8 +482,8 @@ fn main() {
             let setup = runtime.block_on(prepare("sql_mysql", pool, |t| Raw {
                 select: format!("SELECT fingerprint, output FROM {t} WHERE id = ?"),
                 insert: format!(
-                    "INSERT INTO {t} (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-                     VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6) + INTERVAL 30 SECOND, UTC_TIMESTAMP(6) + INTERVAL 90 MINUTE, NULL)"
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+                     VALUES (?, ?, ?, FALSE, UTC_TIMESTAMP(6) + INTERVAL 30 SECOND, UTC_TIMESTAMP(6) + INTERVAL 90 MINUTE, NULL)"
                 ),
                 update: format!(
                     "UPDATE {t} SET completed = TRUE, output = ?, lease_until = NULL, expires_at = UTC_TIMESTAMP(6) + INTERVAL 1 DAY
@@ -517,8 +516,8 @@ fn main() {
             let setup = runtime.block_on(prepare("sql_sqlite", pool, |t| Raw {
                 select: format!("SELECT fingerprint, output FROM {t} WHERE id = ?"),
                 insert: format!(
-                    "INSERT INTO {t} (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-                     VALUES (?, ?, ?, ?, 0, 4102444800000000, 4102444800000000, NULL)"
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+                     VALUES (?, ?, ?, 0, 4102444800000000, 4102444800000000, NULL)"
                 ),
                 update: format!(
                     "UPDATE {t} SET completed = 1, output = ?, lease_until = NULL, expires_at = 4102444800000000

@@ -988,11 +988,50 @@ macro_rules! sql_suite {
             }
             assert_eq!(runs.load(Ordering::SeqCst), 1);
             assert_eq!(rows(&pool, &victim).await, 0, "the victim table is still there");
-            let stored: String = sqlx::query_scalar(&format!("SELECT key_text FROM {records}"))
+            let stored: Vec<u8> = sqlx::query_scalar(&format!("SELECT id FROM {records}"))
                 .fetch_one(&pool)
                 .await
-                .expect("key text");
-            assert_eq!(stored, key.to_string(), "the key is stored as data, verbatim");
+                .expect("row id");
+            assert_eq!(stored, store.row_id(&key), "the key is hashed into the row id");
+        }
+
+        /// A table created before 0.2 has the key's text in a `key_text` column; `migrate`
+        /// drops it (and leaves a table without it alone), and the store then works on it.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn migrate_drops_the_key_text_column_of_an_older_table() {
+            let Some((url, pool)) = harness::fresh(2).await else {
+                return;
+            };
+            let records = unique("legacy");
+            let _scratch = scratch(&url, &[&records]);
+            let store = store_on(&pool, &records).await;
+            // The column as 0.1 had it, less its NOT NULL (SQLite cannot add one to a table).
+            create(&pool, format!("ALTER TABLE {records} ADD COLUMN key_text TEXT")).await;
+            let has_column = |pool: Pool<harness::Db>| {
+                let sql = format!("SELECT key_text FROM {records}");
+                async move { sqlx::query(&sql).fetch_all(&pool).await.is_ok() }
+            };
+            assert!(has_column(pool.clone()).await, "the older table has the column");
+            store.migrate().await.expect("migrate an older table");
+            assert!(!has_column(pool.clone()).await, "migrate dropped the column");
+            store.migrate().await.expect("migrate again: nothing to drop");
+
+            let idempotency = Idempotency::new(store.clone());
+            let key = Key::derive("sql::legacy", 1, &unique("k")).expect("key");
+            let runs = AtomicUsize::new(0);
+            for _ in 0..2 {
+                let output: Result<u32, Error> = idempotency
+                    .run(key.clone(), fingerprint("a"), || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok(7)
+                    })
+                    .await;
+                assert_eq!(output.expect("run"), 7);
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+            assert_eq!(rows(&pool, &records).await, 1);
+            let id = store.row_id(&key);
+            assert_eq!(id.len(), 32);
         }
 
         /// The body of a call whose output is over the store's limit ran: its record says so,

@@ -8,7 +8,7 @@
 use futures_util::future::BoxFuture;
 
 use super::dialect::{self, Args, ClaimOn, ClaimStatements, Dialect, Statement};
-use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
+use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_id};
 use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
@@ -83,14 +83,14 @@ impl<DB: Dialect> ClaimStatements<DB> for ReadThenInsert {
         DB: SqlDialect,
     {
         Box::pin(async move {
-            let (id, key_text) = row_key(on.key);
+            let id = row_id(on.key);
             let token = Token::random();
             let store = on.store;
             let mut claiming = Claiming {
                 store,
                 statements: self,
                 conn: on.conn,
-                args: Args::claim(&id, &key_text, &token, &on.request, store.abandoned_after()),
+                args: Args::claim(&id, &token, &on.request, store.abandoned_after()),
                 token,
                 lock_timed_out: false,
             };

@@ -55,7 +55,7 @@ pub trait Dialect: Database {
                     .await
                     .map_err(|error| store.error(error))?;
             }
-            Ok(())
+            drop_legacy_key_text(store, conn).await
         })
     }
 
@@ -212,8 +212,6 @@ impl Clock {
 pub(crate) enum Param {
     /// The row id.
     Id,
-    /// The key's text form.
-    KeyText,
     /// The owner's token.
     Token,
     /// The call's fingerprint.
@@ -277,13 +275,36 @@ pub struct Statements<DB: Dialect> {
     pub(crate) get: Statement,
     pub(crate) remove: Statement,
     pub(crate) purge: Statement,
+    /// Whether the table still has the `key_text` column of tables created before 0.2 (one
+    /// row: a count), and the statement that drops it; `migrate` runs them after `create`.
+    pub(crate) legacy_key_text: (Statement, String),
+}
+
+/// Drops the `key_text` column (the key's text, 100 bytes or more a row, that no statement
+/// reads) from a table created before 0.2; a table without it is left alone.
+pub(crate) async fn drop_legacy_key_text<DB: SqlDialect>(
+    store: &SqlStore<DB>,
+    conn: &mut DB::Connection,
+) -> Result<(), StoreError> {
+    let (present, drop) = &store.sql().legacy_key_text;
+    let error = |error| store.error(error);
+    let found = fetch::<DB>(&mut *conn, present, &Args::default())
+        .await
+        .map_err(error)?;
+    let columns = match found {
+        Some(row) => DB::maybe_int(&row, 0).map_err(error)?.unwrap_or(0),
+        None => 0,
+    };
+    if columns > 0 {
+        DB::execute(conn, sqlx::query(drop)).await.map_err(error)?;
+    }
+    Ok(())
 }
 
 /// The values of one call's statements; each statement binds those its list names.
 #[derive(Debug, Default)]
 pub(crate) struct Args<'a> {
     pub(crate) id: &'a [u8],
-    pub(crate) key_text: &'a str,
     pub(crate) token: &'a [u8],
     pub(crate) fingerprint: &'a [u8],
     pub(crate) output: &'a [u8],
@@ -301,14 +322,12 @@ impl<'a> Args<'a> {
     /// The values of a claim (the token is new, the key formatted once).
     pub(crate) fn claim(
         id: &'a [u8],
-        key_text: &'a str,
         token: &'a Token,
         request: &'a ClaimRequest,
         abandoned_after: Duration,
     ) -> Args<'a> {
         Args {
             id,
-            key_text,
             token: token.as_bytes(),
             fingerprint: request.fingerprint.as_bytes(),
             lease: request.lease,
@@ -329,7 +348,6 @@ impl<'a> Args<'a> {
     fn value(&self, param: Param) -> Value<'_> {
         match param {
             Param::Id => Value::Bytes(self.id),
-            Param::KeyText => Value::Text(self.key_text),
             Param::Token => Value::Bytes(self.token),
             Param::Fingerprint => Value::Bytes(self.fingerprint),
             Param::Output => Value::Bytes(self.output),

@@ -174,13 +174,24 @@ impl<DB: SqlDialect> SqlStore<DB> {
         self.inner.max_output_bytes
     }
 
-    /// The statements [`migrate`](Self::migrate) runs, for a migration tool of your own.
+    /// The statements [`migrate`](Self::migrate) runs, for a migration tool of your own. A
+    /// table created before 0.2 also has a `key_text` column, which `migrate` drops and these
+    /// statements do not: drop it yourself (`ALTER TABLE … DROP COLUMN key_text`).
     pub fn migration(&self) -> &[String] {
         &self.inner.sql.create
     }
 
+    /// The row id of `key`: SHA-256 of its text form, the table's primary key. For operators
+    /// finding a call's row (PostgreSQL: `WHERE id = decode('<hex>', 'hex')`; MySQL:
+    /// `WHERE id = UNHEX('<hex>')`; SQLite: `WHERE id = X'<hex>'`).
+    pub fn row_id(&self, key: &Key) -> [u8; 32] {
+        row_id(key)
+    }
+
     /// Creates the table and its index if they do not exist, and on PostgreSQL (re)creates the
-    /// table's claim function `{table}_claim` beside it (drop it with the table). Safe to run
+    /// table's claim function `{table}_claim` beside it (drop it with the table). Drops the
+    /// `key_text` column of a table created before 0.2 (processes of an older version still
+    /// writing that table then fail their claims, closed: upgrade them together). Safe to run
     /// at every start-up, from several processes at once; run it after every upgrade of this
     /// crate, as the claim function may change with it.
     pub async fn migrate(&self) -> Result<(), StoreError> {

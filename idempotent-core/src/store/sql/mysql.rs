@@ -29,7 +29,6 @@ FROM {t} WHERE id = ?"
         create: vec![format!(
             "CREATE TABLE IF NOT EXISTS {t} (
     id          BINARY(32) NOT NULL PRIMARY KEY,
-    key_text    MEDIUMTEXT NOT NULL,
     token       BINARY(16) NOT NULL,
     fingerprint BINARY(32) NOT NULL,
     completed   BOOLEAN NOT NULL,
@@ -47,18 +46,18 @@ FROM {t} WHERE id = ?"
             read: Statement::new(read, &[Id]),
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?, ?, ?, ?, FALSE, {after}, {after}, NULL)"
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+VALUES (?, ?, ?, FALSE, {after}, {after}, NULL)"
                 ),
-                &[Id, KeyText, Token, Fingerprint, Lease, Expiry],
+                &[Id, Token, Fingerprint, Lease, Expiry],
             ),
             take_over: Statement::new(
                 format!(
-                    "UPDATE {t} SET key_text = ?, token = ?, fingerprint = ?, completed = FALSE,
+                    "UPDATE {t} SET token = ?, fingerprint = ?, completed = FALSE,
     lease_until = {after}, expires_at = {after}, output = NULL
 WHERE id = ? AND {until} <= {NOW}"
                 ),
-                &[KeyText, Token, Fingerprint, Lease, Expiry, Id],
+                &[Token, Fingerprint, Lease, Expiry, Id],
             ),
         },
         complete: Statement::new(
@@ -98,6 +97,20 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
         purge: Statement::new(
             format!("DELETE FROM {t} WHERE expires_at < {NOW} ORDER BY expires_at LIMIT ?"),
             &[Limit],
+        ),
+        legacy_key_text: (
+            Statement::new(
+                format!(
+                    "SELECT COUNT(*) FROM information_schema.columns
+WHERE table_schema = {schema} AND table_name = '{name}' AND column_name = 'key_text'",
+                    schema = table
+                        .schema()
+                        .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'")),
+                    name = table.name(),
+                ),
+                &[],
+            ),
+            format!("ALTER TABLE {t} DROP COLUMN key_text"),
         ),
     }
 }

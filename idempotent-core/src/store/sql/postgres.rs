@@ -10,7 +10,7 @@ use super::builder::TableName;
 use super::dialect::{
     self, Args, ClaimOn, ClaimStatements, Dialect, Statement, Statements, sqlx_calls,
 };
-use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_key};
+use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_id};
 use super::time::remaining;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
@@ -63,7 +63,7 @@ FROM {t} WHERE id = $1 AND {live})
 UNION ALL
 (SELECT (CASE WHEN f.acquired THEN CASE WHEN f.took_over THEN 3 ELSE 2 END ELSE 1 END)::int2,
     f.completed, f.fingerprint, f.output, f.remaining
-FROM {function}($1, $2, $3, $4, $5, $6, $7) AS f)
+FROM {function}($1, $2, $3, $4, $5, $6) AS f)
 LIMIT 1",
         left_cur = left(""),
     );
@@ -83,8 +83,7 @@ LIMIT 1",
     );
     let claim_function = format!(
         "CREATE OR REPLACE FUNCTION {function}(
-    p_id bytea, p_key text, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8,
-    p_lock text,
+    p_id bytea, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8, p_lock text,
     OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
     OUT remaining int8, OUT took_over bool
 ) LANGUAGE plpgsql VOLATILE AS $claim$
@@ -93,10 +92,10 @@ BEGIN
     IF p_lock IS NOT NULL THEN
         PERFORM set_config('lock_timeout', p_lock, true);
     END IF;
-    INSERT INTO {t} AS r (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-    VALUES (p_id, p_key, p_token, p_fingerprint, FALSE, {lease}, {expiry}, NULL)
+    INSERT INTO {t} AS r (id, token, fingerprint, completed, lease_until, expires_at, output)
+    VALUES (p_id, p_token, p_fingerprint, FALSE, {lease}, {expiry}, NULL)
     ON CONFLICT (id) DO UPDATE SET
-        {set_key}, {set_token}, {set_fingerprint}, {set_completed},
+        {set_token}, {set_fingerprint}, {set_completed},
         {set_lease}, {set_expiry}, {set_output}
     RETURNING r.token = p_token, r.completed, r.fingerprint, r.output, {left_r},
         r.expires_at <> {expiry}
@@ -106,7 +105,6 @@ END
 $claim$",
         lease = after("p_lease"),
         left_r = left("r."),
-        set_key = keep_or("key_text", "EXCLUDED.key_text"),
         set_token = keep_or("token", "EXCLUDED.token"),
         set_fingerprint = keep_or("fingerprint", "EXCLUDED.fingerprint"),
         set_completed = keep_or("completed", "FALSE"),
@@ -121,7 +119,6 @@ $claim$",
     create.push(format!(
         "CREATE TABLE IF NOT EXISTS {t} (
     id          BYTEA PRIMARY KEY,
-    key_text    TEXT NOT NULL,
     token       BYTEA NOT NULL,
     fingerprint BYTEA NOT NULL,
     completed   BOOLEAN NOT NULL,
@@ -133,13 +130,17 @@ $claim$",
     create.push(format!(
         "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
     ));
+    // 0.1's claim function took the key text too; it goes with that column.
+    create.push(format!(
+        "DROP FUNCTION IF EXISTS {function}(bytea, text, bytea, bytea, int8, int8, text)"
+    ));
     create.push(claim_function);
 
     Statements {
         create,
         claim: ReadOrUpsert(Statement::new(
             claim,
-            &[Id, KeyText, Token, Fingerprint, Lease, Expiry, Lock],
+            &[Id, Token, Fingerprint, Lease, Expiry, Lock],
         )),
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
@@ -177,6 +178,16 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )"
         ), &[Limit]),
+        legacy_key_text: (
+            Statement::new(
+                format!(
+                    "SELECT COUNT(*) FROM pg_attribute
+WHERE attrelid = to_regclass('{t}') AND attname = 'key_text' AND NOT attisdropped"
+                ),
+                &[],
+            ),
+            format!("ALTER TABLE {t} DROP COLUMN key_text"),
+        ),
     }
 }
 
@@ -235,9 +246,9 @@ impl ClaimStatements<Postgres> for ReadOrUpsert {
             // in the caller's transaction a `set_config(…, true)` would outlive the claim.
             let lock_timeout = on.store.lock_timeout();
             let bound = !on.in_transaction && !lock_timeout.is_zero();
-            let (id, key_text) = row_key(on.key);
+            let id = row_id(on.key);
             let abandoned_after = on.store.abandoned_after();
-            let mut args = Args::claim(&id, &key_text, &token, &on.request, abandoned_after);
+            let mut args = Args::claim(&id, &token, &on.request, abandoned_after);
             // Whole milliseconds, at least one (`0` would mean no bound).
             args.lock = bound.then(|| {
                 lock_timeout
@@ -286,6 +297,7 @@ impl Dialect for Postgres {
                     .await
                     .map_err(error)?;
             }
+            dialect::drop_legacy_key_text(store, &mut tx).await?;
             tx.commit().await.map_err(error)
         })
     }

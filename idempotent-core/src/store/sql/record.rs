@@ -13,12 +13,6 @@ use crate::error::StoreError;
 use crate::key::{Fingerprint, Key};
 use crate::record::{Claim, Record, Token};
 
-/// The key's text form and its row id, for a claim, which stores both: the key formatted once.
-pub(crate) fn row_key(key: &Key) -> ([u8; 32], String) {
-    let text = key.to_string();
-    (Sha256::digest(text.as_bytes()).into(), text)
-}
-
 /// The row id of `key`: SHA-256 of its text form, streamed without building the string. The
 /// text form is unambiguous (the version and the hex digest end it and contain no `:`).
 pub(crate) fn row_id(key: &Key) -> [u8; 32] {
@@ -112,7 +106,6 @@ mod tests {
         let key = Key::derive("ns", 1, &"material").unwrap();
         let expected: [u8; 32] = Sha256::digest(key.to_string().as_bytes()).into();
         assert_eq!(row_id(&key), expected);
-        assert_eq!(row_key(&key), (expected, key.to_string()));
         let other = Key::derive("ns", 2, &"material").unwrap();
         assert_ne!(row_id(&key), row_id(&other));
     }

@@ -20,7 +20,6 @@ fn statements(table: &TableName) -> Statements<Sqlite> {
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
     id          BLOB PRIMARY KEY NOT NULL,
-    key_text    TEXT NOT NULL,
     token       BLOB NOT NULL,
     fingerprint BLOB NOT NULL,
     completed   INTEGER NOT NULL,
@@ -44,19 +43,19 @@ fn statements(table: &TableName) -> Statements<Sqlite> {
             read_locked: None,
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, key_text, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, NULL)
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL)
 ON CONFLICT (id) DO NOTHING"
                 ),
-                &[Id, KeyText, Token, Fingerprint, Lease, Expiry],
+                &[Id, Token, Fingerprint, Lease, Expiry],
             ),
             take_over: Statement::new(
                 format!(
-                    "UPDATE {t} SET key_text = ?2, token = ?3, fingerprint = ?4, completed = 0,
-    lease_until = ?5, expires_at = ?6, output = NULL
-WHERE id = ?1 AND {until} <= ?7"
+                    "UPDATE {t} SET token = ?2, fingerprint = ?3, completed = 0,
+    lease_until = ?4, expires_at = ?5, output = NULL
+WHERE id = ?1 AND {until} <= ?6"
                 ),
-                &[Id, KeyText, Token, Fingerprint, Lease, Expiry, Now],
+                &[Id, Token, Fingerprint, Lease, Expiry, Now],
             ),
         },
         complete: Statement::new(
@@ -98,6 +97,19 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
 )"
             ),
             &[Now, Limit],
+        ),
+        legacy_key_text: (
+            Statement::new(
+                format!(
+                    "SELECT COUNT(*) FROM pragma_table_info('{name}'{schema}) WHERE name = 'key_text'",
+                    name = table.name(),
+                    schema = table
+                        .schema()
+                        .map_or_else(String::new, |schema| format!(", '{schema}'")),
+                ),
+                &[],
+            ),
+            format!("ALTER TABLE {t} DROP COLUMN key_text"),
         ),
     }
 }
