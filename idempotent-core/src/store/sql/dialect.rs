@@ -276,8 +276,8 @@ pub struct Statements<DB: Dialect> {
     pub(crate) remove: Statement,
     pub(crate) purge: Statement,
     /// Whether the table still has the `key_text` column of tables created before 0.2 (one
-    /// row: a count), and the statement that drops it; `migrate` runs them after `create`.
-    pub(crate) legacy_key_text: (Statement, String),
+    /// row: a count); `migrate` asks after `create`, and drops the column when it is there.
+    pub(crate) has_key_text: Statement,
 }
 
 /// Drops the `key_text` column (the key's text, 100 bytes or more a row, that no statement
@@ -286,9 +286,8 @@ pub(crate) async fn drop_legacy_key_text<DB: SqlDialect>(
     store: &SqlStore<DB>,
     conn: &mut DB::Connection,
 ) -> Result<(), StoreError> {
-    let (present, drop) = &store.sql().legacy_key_text;
     let error = |error| store.error(error);
-    let found = fetch::<DB>(&mut *conn, present, &Args::default())
+    let found = fetch::<DB>(&mut *conn, &store.sql().has_key_text, &Args::default())
         .await
         .map_err(error)?;
     let columns = match found {
@@ -296,7 +295,9 @@ pub(crate) async fn drop_legacy_key_text<DB: SqlDialect>(
         None => 0,
     };
     if columns > 0 {
-        DB::execute(conn, sqlx::query(drop)).await.map_err(error)?;
+        let table = store.table_name().quoted(DB::QUOTE);
+        let drop = format!("ALTER TABLE {table} DROP COLUMN key_text");
+        DB::execute(conn, sqlx::query(&drop)).await.map_err(error)?;
     }
     Ok(())
 }

@@ -98,19 +98,16 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
             format!("DELETE FROM {t} WHERE expires_at < {NOW} ORDER BY expires_at LIMIT ?"),
             &[Limit],
         ),
-        legacy_key_text: (
-            Statement::new(
-                format!(
-                    "SELECT COUNT(*) FROM information_schema.columns
+        has_key_text: Statement::new(
+            format!(
+                "SELECT COUNT(*) FROM information_schema.columns
 WHERE table_schema = {schema} AND table_name = '{name}' AND column_name = 'key_text'",
-                    schema = table
-                        .schema()
-                        .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'")),
-                    name = table.name(),
-                ),
-                &[],
+                schema = table
+                    .schema()
+                    .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'")),
+                name = table.name(),
             ),
-            format!("ALTER TABLE {t} DROP COLUMN key_text"),
+            &[],
         ),
     }
 }

@@ -178,15 +178,12 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )"
         ), &[Limit]),
-        legacy_key_text: (
-            Statement::new(
-                format!(
-                    "SELECT COUNT(*) FROM pg_attribute
+        has_key_text: Statement::new(
+            format!(
+                "SELECT COUNT(*) FROM pg_attribute
 WHERE attrelid = to_regclass('{t}') AND attname = 'key_text' AND NOT attisdropped"
-                ),
-                &[],
             ),
-            format!("ALTER TABLE {t} DROP COLUMN key_text"),
+            &[],
         ),
     }
 }

@@ -98,18 +98,15 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
             ),
             &[Now, Limit],
         ),
-        legacy_key_text: (
-            Statement::new(
-                format!(
-                    "SELECT COUNT(*) FROM pragma_table_info('{name}'{schema}) WHERE name = 'key_text'",
-                    name = table.name(),
-                    schema = table
-                        .schema()
-                        .map_or_else(String::new, |schema| format!(", '{schema}'")),
-                ),
-                &[],
+        has_key_text: Statement::new(
+            format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{name}'{schema}) WHERE name = 'key_text'",
+                name = table.name(),
+                schema = table
+                    .schema()
+                    .map_or_else(String::new, |schema| format!(", '{schema}'")),
             ),
-            format!("ALTER TABLE {t} DROP COLUMN key_text"),
+            &[],
         ),
     }
 }
