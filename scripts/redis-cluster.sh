@@ -26,13 +26,11 @@ usage() {
     exit 2
 }
 
-
-
 stop() {
     local dir=$1
     [ -f "$dir/$MARKER" ] || { echo "$dir is not a cluster directory of this script" >&2; return 1; }
     stop_pids "$dir"
-    rm -f "$dir"/*.pid "$dir"/*.log "$dir"/nodes-*.conf "$dir/urls" "$dir/$MARKER"
+    rm -f "$dir"/*.pid "$dir"/*.log "$dir"/nodes-*.conf "$dir/urls" "$dir/ports" "$dir/$MARKER"
     rmdir "$dir" 2>/dev/null || true
 }
 
@@ -49,29 +47,12 @@ start() {
     touch "$dir/$MARKER"
     trap 'stop "$dir" >/dev/null 2>&1 || true' ERR
 
-    local ports=() attempts=0 port pid
-    while [ "${#ports[@]}" -lt "$NODES" ]; do
-        attempts=$((attempts + 1))
-        if [ "$attempts" -gt 50 ]; then
-            echo "could not find $NODES free loopback ports" >&2
-            stop "$dir"
-            exit 1
-        fi
-        port=$((20000 + RANDOM % 30000))
-        port_in_use "$port" && continue
-        port_in_use "$((port + 10000))" && continue # the cluster bus port
-        redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-            --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
-            --cluster-node-timeout 2000 --dir "$dir" \
-            </dev/null >"$dir/$port.log" 2>&1 &
-        pid=$!
-        echo "$pid" >"$dir/$port.pid"
-        if wait_for_ping "$port" "$pid"; then
-            ports+=("$port")
-        else
-            kill "$pid" 2>/dev/null || true
-            rm -f "$dir/$port.pid"
-        fi
+    local ports=() port i
+    for i in $(seq 1 "$NODES"); do
+        port=$(start_on_free_port "$dir" "cluster node $i" --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes-{port}.conf" \
+            --cluster-node-timeout 2000) || { stop "$dir"; exit 1; }
+        ports+=("$port")
     done
 
     local nodes=()

@@ -30,22 +30,6 @@ usage() {
     exit 2
 }
 
-
-free_port() {
-    local port
-    for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 30000))
-        if ! port_in_use "$port" && ! grep -qx "$port" "$DIR/ports" 2>/dev/null; then
-            echo "$port" >>"$DIR/ports"
-            echo "$port"
-            return 0
-        fi
-    done
-    echo "no free loopback port" >&2
-    return 1
-}
-
-
 # Waits (up to ~$2 tenths of a second) until command "$1" succeeds.
 wait_until() {
     local check=$1 tenths=$2
@@ -55,17 +39,6 @@ wait_until() {
     done
     echo "timed out waiting for: $check" >&2
     return 1
-}
-
-# Starts `redis-server "$@"` on port $1 (the rest are extra arguments); its pid in DIR/<port>.pid.
-spawn() {
-    local port=$1
-    shift
-    redis-server "$@" --port "$port" --bind 127.0.0.1 --protected-mode no --dir "$DIR" \
-        </dev/null >"$DIR/$port.log" 2>&1 &
-    local pid=$!
-    echo "$pid" >"$DIR/$port.pid"
-    wait_for_ping "$port" "$pid" || { echo "redis-server on $port did not start" >&2; return 1; }
 }
 
 stop() {
@@ -92,26 +65,20 @@ start() {
 
     local plain=(--save "" --appendonly no)
     local master replica
-    master=$(free_port)
-    spawn "$master" "${plain[@]}"
-    replica=$(free_port)
-    spawn "$replica" "${plain[@]}" --replicaof 127.0.0.1 "$master"
+    master=$(start_on_free_port "$DIR" "the master" "${plain[@]}")
+    replica=$(start_on_free_port "$DIR" "the replica" "${plain[@]}" --replicaof 127.0.0.1 "$master")
     wait_until "redis-cli -h 127.0.0.1 -p $replica info replication 2>/dev/null | grep -q '^master_link_status:up'" 100
 
-    local urls="" port conf
-    for _ in $(seq 1 "$SENTINELS"); do
-        port=$(free_port)
-        conf="$DIR/sentinel-$port.conf"
+    local urls="" port conf i
+    for i in $(seq 1 "$SENTINELS"); do
+        conf="$DIR/sentinel-$i.conf"
         cat >"$conf" <<CONF
 sentinel monitor $MASTER_NAME 127.0.0.1 $master 2
 sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER_MS
 sentinel failover-timeout $MASTER_NAME 10000
 sentinel parallel-syncs $MASTER_NAME 1
 CONF
-        redis-server "$conf" --sentinel --port "$port" --bind 127.0.0.1 --protected-mode no \
-            --dir "$DIR" </dev/null >"$DIR/$port.log" 2>&1 &
-        echo "$!" >"$DIR/$port.pid"
-        wait_for_ping "$port" "$(cat "$DIR/$port.pid")" || { echo "sentinel on $port did not start" >&2; false; }
+        port=$(start_on_free_port "$DIR" "sentinel $i" "$conf" --sentinel)
         urls+="${urls:+,}redis://127.0.0.1:$port"
     done
 
