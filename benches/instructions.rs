@@ -9,7 +9,9 @@ mod shape;
 
 use std::hint::black_box;
 
-use shape::{cached_charge, idempotent_charge, plain, raw_lookup, raw_prime, request};
+use shape::{
+    cached_charge, guarded_charge, idempotent_charge, plain, raw_lookup, raw_prime, request,
+};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|arg| arg != "--bench");
@@ -43,6 +45,11 @@ fn main() {
                     black_box(idempotent_charge(black_box(req.clone())).await.ok());
                 }
             }
+            "breaker" => {
+                for _ in 0..=calls {
+                    black_box(guarded_charge(black_box(req.clone())).await.ok());
+                }
+            }
             "first" => {
                 for n in 0..calls {
                     let req = request(1_000_000 + n);
@@ -58,7 +65,7 @@ fn main() {
             }
             _ => {
                 eprintln!(
-                    "usage: instructions <plain|cached|raw|replay|first|hash> <calls> (run under callgrind; see scripts/instructions.sh)"
+                    "usage: instructions <plain|cached|raw|replay|breaker|first|hash> <calls> (run under callgrind; see scripts/instructions.sh)"
                 );
             }
         }

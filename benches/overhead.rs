@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use criterion::Criterion;
-use shape::{cached_charge, idempotent_charge, plain, raw_lookup, raw_prime, request};
+use shape::{
+    cached_charge, guarded_charge, idempotent_charge, plain, raw_lookup, raw_prime, request,
+};
 
 /// Counts heap allocations, to report allocations per call.
 struct Counting;
@@ -43,6 +45,7 @@ fn benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let req = request(1);
     runtime.block_on(async {
         idempotent_charge(req.clone()).await.expect("prime");
+        guarded_charge(req.clone()).await.expect("prime");
         cached_charge(req.clone()).await.expect("prime");
     });
     raw_prime(&req);
@@ -64,6 +67,10 @@ fn benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     group.bench_function("idempotent_replay", |b| {
         b.to_async(runtime)
             .iter(|| idempotent_charge(black_box(req.clone())))
+    });
+    group.bench_function("idempotent_replay_breaker", |b| {
+        b.to_async(runtime)
+            .iter(|| guarded_charge(black_box(req.clone())))
     });
     let next = AtomicU64::new(1_000_000);
     group.bench_function("idempotent_first_execution", |b| {
@@ -129,6 +136,7 @@ fn print_ratios() {
         "cached_hit",
         "raw_sha256_moka_get",
         "idempotent_replay",
+        "idempotent_replay_breaker",
         "idempotent_first_execution",
     ];
     println!("\nmedians (ns):");
@@ -139,12 +147,17 @@ fn print_ratios() {
     }
     let ratio = |a: &str, b: &str, target: &str| {
         if let (Some(a_ns), Some(b_ns)) = (median_ns(a), median_ns(b)) {
-            println!("  {a} / {b} = {:.2}  ({target})", a_ns / b_ns);
+            println!("  {a} / {b} = {:.3}  ({target})", a_ns / b_ns);
         }
     };
     println!("ratios:");
     ratio("idempotent_replay", "cached_hit", "target <= 2.0");
     ratio("idempotent_replay", "raw_sha256_moka_get", "target <= 1.3");
+    ratio(
+        "idempotent_replay_breaker",
+        "idempotent_replay",
+        "a closed store breaker: target <= 1.03",
+    );
     ratio("idempotent_replay", "plain_call", "for scale");
     ratio("idempotent_first_execution", "plain_call", "for scale");
 }

@@ -24,7 +24,7 @@ count() {
     echo "$total ${sha:-0}"
 }
 printf '%-8s %14s %22s\n' case 'instr/call' 'instr/call without SHA'
-for case in plain cached raw hash replay; do
+for case in plain cached raw hash replay breaker; do
     read -r total1 sha1 < <(count "$case" "$calls")
     read -r total2 sha2 < <(count "$case" $((calls * 2)))
     printf '%-8s %14d %22d\n' "$case" $(((total2 - total1) / calls)) $(((total2 - sha2 - total1 + sha1) / calls))

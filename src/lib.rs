@@ -65,9 +65,9 @@
 #![forbid(unsafe_code)]
 
 pub use idempotent_core::{
-    BoxError, Bytes, Call, CallOptions, CanonicalError, Claim, ClaimNow, ClaimRequest, CodecOp,
-    Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, Idempotency,
-    IdempotencyBuilder, InProgressPolicy, Keep, Key, Namespace, NotStored, OutputMode,
+    BoxError, Bytes, Call, CallOptions, CanonicalError, CircuitOpen, Claim, ClaimNow, ClaimRequest,
+    CodecOp, Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest,
+    Idempotency, IdempotencyBuilder, InProgressPolicy, Keep, Key, Namespace, NotStored, OutputMode,
     OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut, Store, StoreError, StoreOp, Token,
     async_trait, default_idempotency, defaults, output, set_default, set_default_store,
     shutdown_default, store,
@@ -78,7 +78,7 @@ pub use idempotent_core::{
 pub use idempotent_core::{conformance, conformance_tests, testing};
 
 pub use idempotent_core::consumer::{self, Consumer};
-pub use idempotent_core::retry::{self, IdempotencyKey, RetryPolicy};
+pub use idempotent_core::retry::{self, CircuitBreaker, IdempotencyKey, RetryPolicy};
 pub use idempotent_core::versioning::{self, VersionConflict, Versioned, retry_on_conflict};
 #[allow(deprecated)]
 pub use idempotent_core::{DropErrors, StoreErrors};

@@ -1,5 +1,6 @@
 //! The function shape both benches measure, and its baselines: a plain call, the `cached`
-//! crate's `#[cached]`, a hand-rolled `sha256(fields)` + moka lookup, and `#[idempotent]`.
+//! crate's `#[cached]`, a hand-rolled `sha256(fields)` + moka lookup, and `#[idempotent]`
+//! (also behind a closed store breaker).
 
 use std::sync::LazyLock;
 
@@ -54,6 +55,18 @@ pub(crate) async fn plain(req: ChargeRequest) -> Result<Receipt, PaymentError> {
 
 #[idempotent(store = EXECUTOR)]
 pub(crate) async fn idempotent_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
+    Ok(receipt(&req))
+}
+
+/// The same executor shape with a closed store breaker in front of its claims.
+pub(crate) static GUARDED: LazyLock<Idempotency> = LazyLock::new(|| {
+    Idempotency::builder(MemoryStore::builder().max_capacity_bytes(1 << 30).build())
+        .store_breaker(idempotency::CircuitBreaker::new())
+        .build()
+});
+
+#[idempotent(store = GUARDED)]
+pub(crate) async fn guarded_charge(req: ChargeRequest) -> Result<Receipt, PaymentError> {
     Ok(receipt(&req))
 }
 

@@ -40,9 +40,42 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("the store failed")]
     Backend(#[source] BoxError),
+    /// The executor's [store breaker](crate::IdempotencyBuilder::store_breaker) is open: the
+    /// store failed repeatedly, so the call was refused without asking it. Not retryable at
+    /// once: [`CircuitOpen::retry_after`] says when the breaker lets a probe through.
+    #[error(transparent)]
+    CircuitOpen(CircuitOpen),
+}
+
+/// A [`CircuitBreaker`](crate::retry::CircuitBreaker) refused a call: it is open after
+/// repeated failures, or half-open with every probe already in flight. The call was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the circuit breaker is open after repeated failures; the call was not made (next probe in {retry_after:?})"
+)]
+pub struct CircuitOpen {
+    pub(crate) retry_after: Duration,
+}
+
+impl CircuitOpen {
+    /// How long until the breaker lets a probe through (zero when half-open: a probe is in
+    /// flight and the breaker closes or opens again when it ends).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
 }
 
 impl StoreError {
+    /// Unreachable, timed out or failed: the same request may succeed later. Not a lost
+    /// lease, a corrupt record, a size limit, or an open breaker (which refused the call so
+    /// that it is not retried at once).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_)
+        )
+    }
+
     /// A backend failure, keeping its source.
     pub fn backend(error: impl Into<BoxError>) -> StoreError {
         StoreError::Backend(error.into())
@@ -287,10 +320,7 @@ impl Error {
                 op: StoreOp::Complete,
                 ..
             } => false,
-            Error::Store { source, .. } => matches!(
-                source,
-                StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_)
-            ),
+            Error::Store { source, .. } => source.is_transient(),
             _ => false,
         }
     }

@@ -56,7 +56,7 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 
 pub use canonical::CanonicalError;
-pub use error::{BoxError, CodecOp, Error, NotStored, StoreError, StoreOp};
+pub use error::{BoxError, CircuitOpen, CodecOp, Error, NotStored, StoreError, StoreOp};
 pub use executor::{Call, Idempotency, IdempotencyBuilder, ShutdownTimedOut};
 pub use global::{default_idempotency, set_default, set_default_store, shutdown_default};
 pub use kept::Keep;

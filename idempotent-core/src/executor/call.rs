@@ -105,10 +105,7 @@ impl<'a, M> Call<'a, M> {
         let first = if claim_first {
             #[cfg(feature = "tracing")]
             let _entered = span.enter();
-            match inner
-                .store
-                .claim_now(&key, ClaimRequest::new(fingerprint, settings.lease))
-            {
+            match inner.claim_now(&key, ClaimRequest::new(fingerprint, settings.lease)) {
                 Some(Ok(ClaimNow::Held(held))) => {
                     return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
                 }
@@ -129,7 +126,6 @@ impl<'a, M> Call<'a, M> {
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
                     match inner
-                        .store
                         .claim(&key, ClaimRequest::new(fingerprint, settings.lease))
                         .await
                     {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{Idempotency, Inner, flight::Flights};
 use crate::protocol::{CallOptions, Settings, call_option_setters};
+use crate::retry::CircuitBreaker;
 use crate::store::Store;
 
 /// Configures an [`Idempotency`]: the defaults of its calls ([`CallOptions`], set one by one
@@ -11,6 +12,7 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct IdempotencyBuilder {
     store: Arc<dyn Store>,
+    breaker: Option<CircuitBreaker>,
     settings: Settings,
 }
 
@@ -18,6 +20,7 @@ impl IdempotencyBuilder {
     pub(super) fn new(store: Arc<dyn Store>) -> IdempotencyBuilder {
         IdempotencyBuilder {
             store,
+            breaker: None,
             settings: Settings::DEFAULT,
         }
     }
@@ -34,6 +37,26 @@ impl IdempotencyBuilder {
     /// Opting in trades at-most-once for availability during a store outage.
     pub fn fail_open(mut self, fail_open: bool) -> Self {
         self.settings.fail_open = fail_open;
+        self
+    }
+
+    /// Put `breaker` in front of the store (default: none). Every claim asks it first; while
+    /// it is open — after the store failed to answer claims repeatedly (unreachable, timed
+    /// out, failing) — calls fail closed **at once** with [`Error::Store`](crate::Error::Store)
+    /// whose cause is [`StoreError::CircuitOpen`](crate::StoreError::CircuitOpen), instead of
+    /// each waiting out the store's timeout; the body does not run. After the cool-down a
+    /// probe claim goes to the store, and closes the breaker when the store answers.
+    ///
+    /// Only claims are gated and counted: completions, releases and lease renewals of bodies
+    /// already running always go to the store. With [`fail_open`](Self::fail_open), an open
+    /// breaker counts as an outage: the body runs unclaimed.
+    ///
+    /// Off by default: an open breaker refuses calls the store might have answered (a blip of
+    /// five failures costs a cool-down of refusals), a trade the service should choose. For a
+    /// remote store, [`CircuitBreaker::new`] (5 failures in a row, 5 s cool-down) is a sound
+    /// start. Share one breaker between executors over the same store.
+    pub fn store_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
         self
     }
 
@@ -54,6 +77,7 @@ impl IdempotencyBuilder {
         Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
+                breaker: self.breaker,
                 settings,
                 flights: Flights::default(),
                 background: Default::default(),

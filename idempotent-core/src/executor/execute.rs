@@ -72,8 +72,7 @@ impl Inner {
             let claim = match first.take() {
                 Some(claim) => claim,
                 None => {
-                    self.store
-                        .claim(&key, ClaimRequest::new(fingerprint, settings.lease))
+                    self.claim(&key, ClaimRequest::new(fingerprint, settings.lease))
                         .await
                 }
             };

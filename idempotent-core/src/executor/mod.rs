@@ -7,13 +7,15 @@
 //! * `owner.rs` — the owner: run the body, record its outcome, the guard for a dropped call;
 //! * `lease.rs` — the owner's lease renewal while its body runs;
 //! * `background.rs` — completions left to the background, and the executor's shutdown;
-//! * `flight.rs` — in-process coalescing of duplicates.
+//! * `flight.rs` — in-process coalescing of duplicates;
+//! * `gate.rs` — the store breaker in front of every claim.
 
 mod background;
 mod call;
 mod config;
 mod execute;
 mod flight;
+mod gate;
 mod lease;
 mod owner;
 
@@ -26,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::key::{Fingerprint, Key};
 use crate::protocol::Settings;
+use crate::retry::CircuitBreaker;
 use crate::store::Store;
 
 /// A call's body, called once when the call owns its key: a closure that returns the future
@@ -87,6 +90,8 @@ pub struct Idempotency {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// Asked before every claim, when set.
+    breaker: Option<CircuitBreaker>,
     settings: Settings,
     flights: flight::Flights,
     background: Arc<background::Background>,

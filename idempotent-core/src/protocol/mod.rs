@@ -205,9 +205,14 @@ impl Caller {
 
     /// Whether the caller runs its body unclaimed after the store failed to answer its claim
     /// with `error`: only a `fail_open` caller, and only when the store is unreachable or
-    /// silent (a corrupt record or any other answer from a store that is up is no outage).
+    /// silent, or the store breaker is open because it was (a corrupt record or any other
+    /// answer from a store that is up is no outage).
     pub(crate) fn fails_open(&self, error: &StoreError) -> bool {
-        self.fail_open && matches!(error, StoreError::Unavailable(_) | StoreError::Timeout(_))
+        self.fail_open
+            && matches!(
+                error,
+                StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::CircuitOpen(_)
+            )
     }
 
     /// A task of this process owns the key under `fingerprint` with its lease until

@@ -1,5 +1,6 @@
-//! Retrying with exponential backoff and full jitter, and a client-side idempotency key
-//! reused across the attempts.
+//! Retrying with exponential backoff and full jitter, a client-side idempotency key reused
+//! across the attempts, and a [`CircuitBreaker`] that stops calling a dependency that keeps
+//! failing.
 //!
 //! A retry is only safe when the operation is idempotent: pair [`RetryPolicy`] with an
 //! [`IdempotencyKey`] the server deduplicates on ([`RetryPolicy::retry_with_key`]), with a
@@ -44,10 +45,15 @@ use std::time::Duration;
 
 use crate::error::{Error, StoreError};
 
+mod breaker;
 mod clock;
 mod key;
 mod random;
 
+pub use crate::error::CircuitOpen;
+pub use breaker::{
+    BreakerConfigError, BreakerState, CircuitBreaker, CircuitBreakerBuilder, CircuitError, Permit,
+};
 pub use clock::{Clock, ManualClock, Sleep, TokioClock};
 pub use key::IdempotencyKey;
 pub use random::{RandomSource, SeededRandom, ThreadRandom};
@@ -86,12 +92,10 @@ impl Retryable for Error {
 }
 
 impl Retryable for StoreError {
-    /// Unreachable, timed out or failed; not a lost lease, a corrupt record or a size limit.
+    /// Unreachable, timed out or failed; not a lost lease, a corrupt record, a size limit or
+    /// an open breaker.
     fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Backend(_)
-        )
+        self.is_transient()
     }
 }
 
