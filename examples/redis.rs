@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use idempotency::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use idempotency::redis::{self, AsyncCommands as _};
-use idempotency::{Idempotency, Key, RedisStore, Token, idempotent};
+use idempotency::{CircuitBreaker, Idempotency, Key, RedisStore, Token, idempotent};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,8 +91,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Arc::new(Gateway::default());
     let instance = |name| PaymentService {
         name,
-        // Separate executors: nothing is shared between the two instances but Redis.
-        idempotency: Idempotency::new(store.clone()),
+        // Separate executors: nothing is shared between the two instances but Redis. Each
+        // puts a circuit breaker in front of it: if Redis goes down, calls fail closed at once
+        // (`StoreError::CircuitOpen`) instead of each waiting out the 500 ms timeout.
+        idempotency: Idempotency::builder(store.clone())
+            .store_breaker(CircuitBreaker::new())
+            .build(),
         gateway: Arc::clone(&gateway),
     };
     let (a, b) = (instance("instance-a"), instance("instance-b"));
