@@ -390,15 +390,37 @@ async fn the_linearizability_check_finds_a_store_that_lies_about_fencing() {
         let run = tokio::spawn(at_most_once_support::linearizability::check(
             store, seed, 32, 4, 10, false,
         ));
-        if run.await.is_err() {
-            caught = Some(seed);
+        if let Err(failure) = run.await {
+            let panic = failure.into_panic();
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| format!("{panic:?}"));
+            caught = Some((seed, message));
             break;
         }
     }
+    let Some((seed, message)) = caught else {
+        panic!(
+            "seeds {first}..{}: a store that accepts a zombie's complete must fail the check",
+            first + 100
+        );
+    };
+    // The failure names the seed and prints a minimal history before the whole one: the
+    // zombie's accepted complete is in it, and it is shorter.
+    println!("seed {seed}: {message}");
+    let (minimal, whole) = message
+        .split_once("The whole history:")
+        .expect("the whole history is printed");
+    assert!(message.contains(&format!("LINEARIZABILITY_SEED={seed}")));
+    let minimal = minimal
+        .split_once("Minimal history")
+        .expect("a minimal history is printed")
+        .1;
+    assert!(minimal.contains("Complete"), "{minimal}");
     assert!(
-        caught.is_some(),
-        "seeds {first}..{}: a store that accepts a zombie's complete must fail the check",
-        first + 100
+        minimal.lines().count() < whole.lines().count(),
+        "the minimal history is shorter:\n{minimal}\nthan\n{whole}"
     );
 }
 

@@ -1,8 +1,8 @@
 //! Linearizability of a real store: concurrent clients run random claim / complete / release /
 //! renew / get on a few keys, each operation's call and return times are recorded, and each
 //! key's history is checked against the sequential `Store` model (a Wing–Gong search with
-//! memoization). Every run is seeded (`LINEARIZABILITY_SEED` replays one); a failure prints the
-//! key's whole history and the seed.
+//! memoization). Every run is seeded (`LINEARIZABILITY_SEED` replays one); a failure prints a
+//! minimal history (see [`minimal`]), the key's whole history and the seed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use idempotency::{Bytes, Claim, Digest, Fingerprint, Key, Record, Store, StoreError, Token};
 use idempotency::{ClaimRequest, Completion};
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) mod transactional;
 
 /// A lease no operation outlives: the history is untimed (takeover is the lease tests' job).
 const LEASE: Duration = Duration::from_secs(120);
@@ -62,6 +65,13 @@ enum Op {
         token: Token,
     },
     Get,
+    /// Transactional mode: one transaction that claims the key in it, and when it owns the
+    /// key records `output` and commits (or rolls back). It takes effect at its commit.
+    Transaction {
+        fingerprint: u8,
+        output: u8,
+        commit: bool,
+    },
 }
 
 /// What an operation returned, in the model's terms.
@@ -73,6 +83,14 @@ enum Ret {
     Missing,
     Done,
     Refused,
+    /// A transaction that owned the key, recorded its output and committed.
+    Ran,
+    /// A transaction that owned the key and rolled back.
+    RolledBack,
+    /// A transaction refused as key reuse (a completed record with another fingerprint).
+    Reused,
+    /// A transaction that failed before its commit: it changed nothing.
+    Aborted,
     /// The store failed to answer (a cut connection, a timeout): the operation may or may not
     /// have taken effect, at any time after its call.
     Unknown,
@@ -158,6 +176,40 @@ impl Model {
             (_, Op::Complete { .. } | Op::Release { .. } | Op::Renew { .. }) => {
                 (self.clone(), Ret::Refused)
             }
+            (
+                Model::Free,
+                Op::Transaction {
+                    fingerprint,
+                    output,
+                    commit: true,
+                },
+            ) => (
+                Model::Completed {
+                    token: None,
+                    fingerprint: *fingerprint,
+                    output: *output,
+                },
+                Ret::Ran,
+            ),
+            (Model::Free, Op::Transaction { commit: false, .. }) => (self.clone(), Ret::RolledBack),
+            (Model::InProgress { fingerprint, .. }, Op::Transaction { .. }) => {
+                (self.clone(), Ret::InProgress(*fingerprint))
+            }
+            (
+                Model::Completed {
+                    fingerprint: stored,
+                    output,
+                    ..
+                },
+                Op::Transaction { fingerprint, .. },
+            ) => {
+                let ret = if stored == fingerprint {
+                    Ret::Completed(*stored, *output)
+                } else {
+                    Ret::Reused
+                };
+                (self.clone(), ret)
+            }
         }
     }
 
@@ -167,6 +219,8 @@ impl Model {
         match (expected, ret) {
             // Its effect happened; what it returned is unknown.
             (_, Ret::Unknown) => Some(next),
+            // A transaction that failed before its commit changed nothing, whatever the state.
+            (_, Ret::Aborted) => Some(self.clone()),
             (Ret::Acquired(_), Ret::Acquired(token)) if !used.contains(token) => match next {
                 Model::InProgress { fingerprint, .. } => Some(Model::InProgress {
                     token: Some(*token),
@@ -332,6 +386,7 @@ async fn client(
                 )?,
                 Op::Release { token } => fenced(store.release(&key, token).await)?,
                 Op::Renew { token } => fenced(store.renew(&key, token, LEASE).await)?,
+                Op::Transaction { .. } => unreachable!("a store client makes no transactions"),
                 Op::Get => match store.get(&key).await? {
                     None => Ret::Missing,
                     Some(Record::InProgress { fingerprint, .. }) => {
@@ -456,36 +511,102 @@ pub(crate) async fn check_with_shape(
             .unwrap_or_else(|error| panic!("seed {seed}: a store error: {error}"));
         histories[k].extend(events);
     }
-    for (k, history) in histories.iter_mut().enumerate() {
-        history.sort_by_key(|event| event.called);
-        if !linearizable(history) {
-            let start = history[0].called;
-            let lines: Vec<String> = history
-                .iter()
-                .map(|event| {
-                    format!(
-                        "  [{:>8.3} ms .. {:>8.3} ms] client {} {:?} -> {:?}",
-                        (event.called - start).as_secs_f64() * 1e3,
-                        (event.returned - start).as_secs_f64() * 1e3,
-                        event.client,
-                        event.op,
-                        event.ret
-                    )
-                })
-                .collect();
-            panic!(
-                "seed {seed} (LINEARIZABILITY_SEED={seed} replays it): the history of key {} has no linearization:\n{}",
-                names[k],
-                lines.join("\n")
-            );
-        }
-    }
+    verify(seed, &names, &mut histories);
     let unknown = histories
         .iter()
         .flatten()
         .filter(|event| event.ret == Ret::Unknown)
         .count();
     (unknown, shape(&histories))
+}
+
+/// Whether an operation may have changed the record (an acquiring claim, a done complete,
+/// release or renew, an operation with an unknown outcome). The others only observed it.
+fn changed(event: &Event) -> bool {
+    matches!(
+        event.ret,
+        Ret::Acquired(_) | Ret::Done | Ret::Unknown | Ret::Ran
+    )
+}
+
+/// A smallest witness of a history with no linearization: the shortest prefix (in call order)
+/// that has none, closed under concurrency (every operation called before one of its
+/// operations returned is in it, so nothing that could explain its results is cut), less the
+/// operations that changed nothing, one by one, while what is left still has no
+/// linearization. Every operation that changed the record stays: the witness is real.
+fn minimal(history: &[Event]) -> Vec<Event> {
+    let mut prefix = history.to_vec();
+    for len in 1..=history.len() {
+        let mut end = len;
+        loop {
+            let horizon = history[..end].iter().map(|event| event.returned).max();
+            let closed = history
+                .iter()
+                .take_while(|event| horizon.is_some_and(|horizon| event.called < horizon))
+                .count()
+                .max(end);
+            if closed == end {
+                break;
+            }
+            end = closed;
+        }
+        if !linearizable(&history[..end]) {
+            prefix = history[..end].to_vec();
+            break;
+        }
+    }
+    let mut at = prefix.len();
+    while at > 0 {
+        at -= 1;
+        if changed(&prefix[at]) {
+            continue;
+        }
+        let mut fewer = prefix.clone();
+        fewer.remove(at);
+        if !linearizable(&fewer) {
+            prefix = fewer;
+        }
+    }
+    prefix
+}
+
+fn lines(history: &[Event], start: Instant) -> String {
+    let lines: Vec<String> = history
+        .iter()
+        .map(|event| {
+            format!(
+                "  [{:>8.3} ms .. {:>8.3} ms] client {} {:?} -> {:?}",
+                (event.called - start).as_secs_f64() * 1e3,
+                (event.returned - start).as_secs_f64() * 1e3,
+                event.client,
+                event.op,
+                event.ret
+            )
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// Sorts each key's history by call time and panics with the seed, a minimal history and the
+/// whole history when one has no linearization.
+fn verify(seed: u64, names: &[Key], histories: &mut [Vec<Event>]) {
+    for (k, history) in histories.iter_mut().enumerate() {
+        history.sort_by_key(|event| event.called);
+        if !linearizable(history) {
+            let minimal = minimal(history);
+            panic!(
+                "seed {seed} (LINEARIZABILITY_SEED={seed} replays it): the history of key {} has no linearization.\n\
+                 Minimal history ({} of {} operations: the shortest prefix with no linearization, \
+                 less the operations that changed nothing and are not needed):\n{}\n\
+                 The whole history:\n{}",
+                names[k],
+                minimal.len(),
+                history.len(),
+                lines(&minimal, history[0].called),
+                lines(history, history[0].called)
+            );
+        }
+    }
 }
 
 fn shape(histories: &[Vec<Event>]) -> String {
@@ -510,6 +631,11 @@ fn shape(histories: &[Vec<Event>]) -> String {
                 Op::Release { token } => format!("release(t{})", name(token)),
                 Op::Renew { token } => format!("renew(t{})", name(token)),
                 Op::Get => "get".to_owned(),
+                Op::Transaction {
+                    fingerprint,
+                    output,
+                    commit,
+                } => format!("transaction({fingerprint}, {output}, commit: {commit})"),
             };
             let ret = match &event.ret {
                 Ret::Acquired(token) => format!("acquired(t{})", name(token)),
@@ -571,5 +697,75 @@ mod checker {
             !linearizable(&zombie),
             "a zombie's complete must be refused"
         );
+    }
+
+    /// The minimal history of a double acquire is the two claims: the observations around
+    /// them and everything after are cut.
+    #[test]
+    fn a_failure_is_cut_down_to_its_minimal_history() {
+        let (a, b, c) = (Token::random(), Token::random(), Token::random());
+        let claim = Op::Claim { fingerprint: 0 };
+        let history = [
+            event(Op::Get, Ret::Missing, 0, 2),
+            event(claim.clone(), Ret::Acquired(a), 3, 10),
+            event(Op::Get, Ret::InProgress(0), 11, 12),
+            event(claim.clone(), Ret::InProgress(0), 13, 14),
+            event(Op::Renew { token: a }, Ret::Done, 15, 16),
+            event(claim.clone(), Ret::Acquired(b), 20, 30),
+            event(Op::Get, Ret::InProgress(0), 31, 32),
+            event(Op::Release { token: b }, Ret::Done, 33, 34),
+            event(claim, Ret::Acquired(c), 35, 36),
+            event(Op::Get, Ret::InProgress(0), 37, 38),
+        ];
+        assert!(!linearizable(&history));
+        let minimal = minimal(&history);
+        let kept: Vec<(Op, Ret)> = minimal
+            .iter()
+            .map(|event| (event.op.clone(), event.ret.clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (Op::Claim { fingerprint: 0 }, Ret::Acquired(a)),
+                (Op::Renew { token: a }, Ret::Done),
+                (Op::Claim { fingerprint: 0 }, Ret::Acquired(b)),
+            ]
+        );
+        assert!(!linearizable(&minimal));
+        let printed = lines(&minimal, minimal[0].called);
+        assert_eq!(printed.lines().count(), 3, "{printed}");
+    }
+
+    /// Transactions: a second owner's commit, an owner rolling back after a commit it must
+    /// have seen, and a replay of an output nobody committed have no linearization.
+    #[test]
+    fn the_checker_finds_broken_transactions() {
+        let tx = |output: u8, commit: bool| Op::Transaction {
+            fingerprint: 0,
+            output,
+            commit,
+        };
+        let sound = [
+            event(tx(1, false), Ret::RolledBack, 0, 10),
+            event(tx(2, true), Ret::Ran, 5, 15),
+            event(tx(3, true), Ret::Completed(0, 2), 12, 20),
+            event(tx(4, false), Ret::Aborted, 21, 22),
+        ];
+        assert!(linearizable(&sound));
+        let twice = [
+            event(tx(1, true), Ret::Ran, 0, 10),
+            event(tx(2, true), Ret::Ran, 20, 30),
+        ];
+        assert!(!linearizable(&twice));
+        let blind = [
+            event(tx(1, true), Ret::Ran, 0, 10),
+            event(tx(2, false), Ret::RolledBack, 20, 30),
+        ];
+        assert!(!linearizable(&blind));
+        let invented = [
+            event(tx(1, true), Ret::Ran, 0, 10),
+            event(tx(2, true), Ret::Completed(0, 2), 20, 30),
+        ];
+        assert!(!linearizable(&invented));
     }
 }

@@ -1153,6 +1153,56 @@ macro_rules! sql_suite {
             assert!(proxy.cuts() > 0, "seed {seed}: the proxy cut no connection");
         }
 
+        /// Transactional mode is linearizable: transactions that claim, record and commit or
+        /// roll back, 4 clients on each of 8 keys.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn transactional_histories_are_linearizable() {
+            use at_most_once_support::linearizability::{seed, transactional};
+            let Some((url, pool)) = harness::fresh(8).await else {
+                return;
+            };
+            let table = unique("linearizable_tx");
+            let _scratch = scratch(&url, &[&table]);
+            let store = store_on(&pool, &table).await;
+            let seed = seed();
+            println!("linearizability seed {seed}");
+            let tally = transactional::check(store, pool, seed, 8, 4, 12, false).await;
+            println!("{tally:?}");
+            // Every key was completed once and replayed, and owners rolled back on the way.
+            assert_eq!(tally.ran, 8, "seed {seed}: {tally:?}");
+            assert!(
+                tally.replayed > 0 && tally.reused > 0 && tally.rolled_back > 0,
+                "seed {seed}: {tally:?}"
+            );
+        }
+
+        /// Transactional mode through a proxy that delays replies and cuts connections
+        /// (PostgreSQL and MySQL): a transaction cut before its commit changed nothing, one
+        /// cut at its commit may have committed.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn transactional_histories_are_linearizable_through_a_faulty_proxy() {
+            use at_most_once_support::linearizability::{seed, transactional};
+            use at_most_once_support::proxy;
+            if harness::SUITE == "sql_sqlite" {
+                return;
+            }
+            let Some((url, pool)) = harness::fresh(2).await else {
+                return;
+            };
+            let table = unique("linearizable_tx");
+            let _scratch = scratch(&url, &[&table]);
+            store_on(&pool, &table).await;
+            let seed = seed();
+            println!("linearizability seed {seed}");
+            let (proxy, proxied) = proxy::in_front_of(&url, seed, 12).await;
+            let faulty = harness::connect(&proxied, 8).await;
+            proxy.arm();
+            let store = SqlStore::builder(faulty.clone()).table(&table).build().expect("table");
+            let tally = transactional::check(store, faulty, seed, 4, 4, 12, true).await;
+            println!("{} cuts, {tally:?}", proxy.cuts());
+            assert!(proxy.cuts() > 0, "seed {seed}: the proxy cut no connection");
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn expired_rows_are_purged_in_batches_and_by_the_sweeper() {
             let Some((url, pool)) = harness::fresh(4).await else {
