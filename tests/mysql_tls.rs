@@ -68,6 +68,9 @@ impl TlsMysql {
         let installed = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            // A temporary directory of its own: two installs at once in the shared /tmp
+            // have collided on a temporary table's file.
+            .arg(format!("--tmpdir={}", dir.path().display()))
             .args(["--user=root", "--auth-root-authentication-method=normal"])
             .arg("--skip-test-db")
             .stdin(Stdio::null())
@@ -95,6 +98,7 @@ impl TlsMysql {
                 .arg("--no-defaults")
                 .arg("--user=root")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", dir.path().display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!(
