@@ -45,6 +45,9 @@ pub enum StoreError {
     /// once: [`CircuitOpen::retry_after`] says when the breaker lets a probe through.
     #[error(transparent)]
     CircuitOpen(CircuitOpen),
+    /// The store does not implement this (optional) operation.
+    #[error("this store does not support {0}; use one of the crate's stores, or implement it")]
+    Unsupported(&'static str),
 }
 
 /// A [`CircuitBreaker`](crate::retry::CircuitBreaker) refused a call: it is open after
@@ -279,6 +282,40 @@ pub enum Error {
         /// What is wrong with its value.
         problem: &'static str,
     },
+    /// A message of a numbered producer came past the next one expected: the messages
+    /// between have not been processed (see
+    /// [`GapPolicy`](crate::consumer::sequence::GapPolicy)). Nak it with a delay so that they
+    /// come first.
+    #[error(
+        "producer `{producer}` sent message {received} but {expected} is next: the messages between were not processed yet; redeliver this one later"
+    )]
+    SequenceGap {
+        /// The key of the producer's mark.
+        key: Key,
+        /// The producer id.
+        producer: String,
+        /// The sequence expected next.
+        expected: u64,
+        /// The sequence received.
+        received: u64,
+    },
+    /// A [`ProducerSequence`](crate::consumer::sequence::ProducerSequence) found a number it
+    /// did not store: another process publishes with the same producer id.
+    #[error(
+        "another process advanced producer `{producer}`'s sequence: give each running producer its own id"
+    )]
+    SequenceConflict {
+        /// The key of the producer's sequence.
+        key: Key,
+        /// The producer id.
+        producer: String,
+    },
+    /// A message's producer stamp is missing or malformed.
+    #[error("bad producer stamp: {problem}")]
+    InvalidStamp {
+        /// What is wrong.
+        problem: String,
+    },
     /// No store was given and there is no default store.
     #[error(
         "no default store: enable the `memory` feature, call `idempotency::set_default_store` at start-up, or pass `store = …`"
@@ -301,10 +338,13 @@ impl Error {
             | Error::Store { key, .. }
             | Error::CorruptRecord { key, .. }
             | Error::OutputTooLarge { key, .. }
-            | Error::OutputNotStored { key, .. } => Some(key),
+            | Error::OutputNotStored { key, .. }
+            | Error::SequenceGap { key, .. }
+            | Error::SequenceConflict { key, .. } => Some(key),
             Error::Codec { key, .. } => key.as_ref(),
             Error::NamespaceCollision { .. }
             | Error::InvalidOption { .. }
+            | Error::InvalidStamp { .. }
             | Error::NoDefaultStore
             | Error::DefaultStoreAlreadySet => None,
         }
@@ -313,7 +353,7 @@ impl Error {
     /// `true` for errors a caller may retry later with the same key and inputs.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::InProgress { .. } => true,
+            Error::InProgress { .. } | Error::SequenceGap { .. } => true,
             // The body ran (and may have had its effect): a retry would run it again once the
             // claim's lease passes.
             Error::Store {

@@ -30,6 +30,7 @@ use crate::store::{ClaimRequest, Completion, Store};
 mod claims;
 mod completion;
 mod leases;
+mod marks;
 
 pub use claims::{
     claim_acquires_a_free_key, claim_now_agrees_with_claim, claim_of_a_key_in_progress_reports_it,
@@ -43,6 +44,9 @@ pub use completion::{
 pub use leases::{
     late_complete_without_takeover_succeeds, lease_passes_then_claim_takes_over,
     release_frees_the_key, release_is_fenced, renew_extends_the_lease,
+};
+pub use marks::{
+    concurrent_mark_swaps_succeed_once, marks_expire, marks_swap_only_from_what_they_hold,
 };
 
 /// Lease used where a case does not wait for it to pass.
@@ -250,7 +254,10 @@ macro_rules! __conformance_cases {
             concurrent_claims_acquire_once,
             claim_now_agrees_with_claim,
             complete_with_keep_completes,
-            missing_keys_are_empty
+            missing_keys_are_empty,
+            marks_swap_only_from_what_they_hold,
+            concurrent_mark_swaps_succeed_once,
+            marks_expire
         );
     };
 }

@@ -63,6 +63,7 @@ use crate::protocol::{CallOptions, call_option_setters, defaults};
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub mod inbox;
+pub mod sequence;
 
 /// What [`Consumer::handle`] did with a delivery. Either way the delivery can be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

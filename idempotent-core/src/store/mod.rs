@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::key::Key;
@@ -208,6 +209,38 @@ pub trait Store: Debug + Send + Sync + 'static {
     fn max_output_bytes(&self) -> usize {
         usize::MAX
     }
+
+    /// Reads the **mark** under `key`: a small value (under 64 bytes) apart from the records,
+    /// which [producer-sequence deduplication](crate::consumer::sequence) keeps, one per
+    /// producer (its high-water mark and the lease of the message in flight), and which a
+    /// [`ProducerSequence`](crate::consumer::sequence::ProducerSequence) keeps for its last
+    /// sequence number. `None` when there is none or it expired.
+    ///
+    /// Optional: the default answers [`StoreError::Unsupported`]. Every store in this crate
+    /// keeps marks.
+    async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported(
+            "marks (producer-sequence deduplication)",
+        ))
+    }
+
+    /// Replaces the mark under `key` with `new` (kept for `ttl`) if it still holds `expected`
+    /// (`None`: there is none), atomically; `Ok(false)`, and no change, when it holds
+    /// anything else. A compare-and-set on the whole value: the value carries its owner's
+    /// token, so a swap by an owner that lost its lease is refused.
+    async fn swap_mark(
+        &self,
+        key: &Key,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (key, expected, new, ttl);
+        Err(StoreError::Unsupported(
+            "marks (producer-sequence deduplication)",
+        ))
+    }
 }
 
 /// `Ok` when `output` is within `limit` bytes, else the [`StoreError::TooLarge`] a store's
@@ -256,6 +289,20 @@ macro_rules! forward_store {
 
             fn max_output_bytes(&self) -> usize {
                 (**self).max_output_bytes()
+            }
+
+            async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+                (**self).load_mark(key).await
+            }
+
+            async fn swap_mark(
+                &self,
+                key: &Key,
+                expected: Option<&[u8]>,
+                new: &[u8],
+                ttl: Duration,
+            ) -> Result<bool, StoreError> {
+                (**self).swap_mark(key, expected, new, ttl).await
             }
         }
     )*};

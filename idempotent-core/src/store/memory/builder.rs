@@ -55,6 +55,7 @@ impl MemoryStoreBuilder {
                 max_capacity_bytes: self.max_capacity_bytes,
                 evicted,
                 next_sweep: AtomicU64::new(coarse_expiry(coarse_now(), SWEEP_EVERY)),
+                marks: super::mark::Marks::default(),
             }),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::error::StoreError;
@@ -14,6 +15,7 @@ use crate::record::{Claim, ClaimNow, Record, Token};
 use crate::store::{ClaimRequest, Completion, Store};
 
 mod builder;
+mod mark;
 mod record;
 
 pub use builder::MemoryStoreBuilder;
@@ -79,6 +81,7 @@ struct Inner {
     evicted: Arc<AtomicU64>,
     /// When the next sweep of expired records is due, by [`clock`].
     next_sweep: AtomicU64,
+    marks: mark::Marks,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -115,6 +118,13 @@ impl MemoryStore {
         sweep_expired(&self.inner);
         self.inner.completed.run_pending_tasks();
         self.inner.evicted.load(Ordering::Relaxed)
+    }
+
+    /// How many marks (one per producer of a
+    /// [`SequencedConsumer`](crate::consumer::sequence::SequencedConsumer), one per
+    /// [`ProducerSequence`](crate::consumer::sequence::ProducerSequence)) are live.
+    pub fn mark_count(&self) -> usize {
+        self.inner.marks.count()
     }
 
     /// The summed weight of live completed records (outputs plus overhead), in bytes. It
@@ -366,5 +376,19 @@ impl Store for MemoryStore {
             .remove(key)
             .is_some_and(|done| done.live(coarse_now()));
         Ok(was_pending || was_completed)
+    }
+
+    async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.inner.marks.load(key))
+    }
+
+    async fn swap_mark(
+        &self,
+        key: &Key,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self.inner.marks.swap(key, expected, new, ttl))
     }
 }

@@ -18,6 +18,7 @@ use crate::record::{Claim, Record, Token};
 use crate::store::{ClaimRequest, Completion, Store, fits};
 
 mod builder;
+mod mark;
 mod record;
 mod sentinel;
 mod server;
@@ -534,6 +535,20 @@ where
 
     fn max_output_bytes(&self) -> usize {
         self.config.max_output_bytes
+    }
+
+    async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        self.load_mark_here(key).await
+    }
+
+    async fn swap_mark(
+        &self,
+        key: &Key,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.swap_mark_here(key, expected, new, ttl).await
     }
 }
 

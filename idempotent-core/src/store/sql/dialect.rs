@@ -232,6 +232,8 @@ pub(crate) enum Param {
     /// PostgreSQL's `lock_timeout` for a claim, or `NULL`.
     #[cfg(feature = "postgres")]
     Lock,
+    /// The value a mark must hold for a swap.
+    Expected,
 }
 
 /// A bound value, as the database sees it.
@@ -278,6 +280,24 @@ pub struct Statements<DB: Dialect> {
     /// Whether the table still has the `key_text` column of tables created before 0.2 (one
     /// row: a count); `migrate` asks after `create`, and drops the column when it is there.
     pub(crate) has_key_text: Statement,
+    pub(crate) marks: MarkStatements,
+}
+
+/// The statements of marks (producer-sequence deduplication): a mark is a completed row of
+/// the store's table whose output is the mark's value (zero token and fingerprint), so it
+/// expires and is purged like any record, and needs no table of its own.
+#[derive(Debug)]
+pub(crate) struct MarkStatements {
+    /// The live mark's value (one column).
+    pub(crate) load: Statement,
+    /// Deletes an expired mark, before an insert.
+    pub(crate) clear: Statement,
+    /// Inserts a mark where there is none (changes no row when there is one).
+    pub(crate) insert: Statement,
+    /// Replaces a live mark that holds the expected value.
+    pub(crate) swap: Statement,
+    /// Locks a mark's row, if there is one, until the transaction ends.
+    pub(crate) lock: Statement,
 }
 
 /// Drops the `key_text` column (the key's text, 100 bytes or more a row, that no statement
@@ -309,6 +329,7 @@ pub(crate) struct Args<'a> {
     pub(crate) token: &'a [u8],
     pub(crate) fingerprint: &'a [u8],
     pub(crate) output: &'a [u8],
+    pub(crate) expected: &'a [u8],
     pub(crate) lease: Duration,
     pub(crate) expiry: Duration,
     pub(crate) ttl: Duration,
@@ -352,6 +373,7 @@ impl<'a> Args<'a> {
             Param::Token => Value::Bytes(self.token),
             Param::Fingerprint => Value::Bytes(self.fingerprint),
             Param::Output => Value::Bytes(self.output),
+            Param::Expected => Value::Bytes(self.expected),
             Param::Lease => Value::Int(self.after(self.lease)),
             Param::Expiry => Value::Int(self.after(self.expiry)),
             Param::Ttl => Value::Int(self.after(self.ttl)),

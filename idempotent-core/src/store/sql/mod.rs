@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use sqlx::Pool;
 
 use self::builder::TableName;
@@ -19,6 +20,7 @@ pub(crate) mod builder;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod claim;
 pub(crate) mod dialect;
+mod mark;
 mod record;
 mod sweeper;
 mod time;
@@ -462,5 +464,21 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
 
     fn max_output_bytes(&self) -> usize {
         self.inner.max_output_bytes
+    }
+
+    async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        let mut conn = self.acquire().await?;
+        self.load_mark_in(&mut conn, key).await
+    }
+
+    async fn swap_mark(
+        &self,
+        key: &Key,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.acquire().await?;
+        self.swap_mark_in(&mut conn, key, expected, new, ttl).await
     }
 }

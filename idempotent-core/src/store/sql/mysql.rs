@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlDatabaseError;
 
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
-use super::dialect::{Dialect, Statement, Statements, sqlx_calls};
+use super::dialect::{Dialect, MarkStatements, Statement, Statements, sqlx_calls};
 
 const NOW: &str = "UTC_TIMESTAMP(6)";
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock wait passed `innodb_lock_wait_timeout`.
@@ -109,6 +109,34 @@ WHERE table_schema = {schema} AND table_name = '{name}' AND column_name = 'key_t
             ),
             &[],
         ),
+        marks: MarkStatements {
+            load: Statement::new(
+                format!("SELECT output FROM {t} WHERE id = ? AND completed AND expires_at > {NOW}"),
+                &[Id],
+            ),
+            clear: Statement::new(
+                format!("DELETE FROM {t} WHERE id = ? AND expires_at <= {NOW}"),
+                &[Id],
+            ),
+            insert: Statement::new(
+                format!(
+                    "INSERT IGNORE INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+VALUES (?, ?, ?, TRUE, NULL, {after}, ?)"
+                ),
+                &[Id, Token, Fingerprint, Ttl, Output],
+            ),
+            swap: Statement::new(
+                format!(
+                    "UPDATE {t} SET output = ?, expires_at = {after}
+WHERE id = ? AND output = ? AND completed AND expires_at > {NOW}"
+                ),
+                &[Output, Ttl, Id, Expected],
+            ),
+            lock: Statement::new(
+                format!("UPDATE {t} SET expires_at = expires_at WHERE id = ?"),
+                &[Id],
+            ),
+        },
     }
 }
 

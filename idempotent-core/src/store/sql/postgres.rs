@@ -8,7 +8,8 @@ use sqlx::{Connection as _, Postgres, Row as _};
 
 use super::builder::TableName;
 use super::dialect::{
-    self, Args, ClaimOn, ClaimStatements, Dialect, Statement, Statements, sqlx_calls,
+    self, Args, ClaimOn, ClaimStatements, Dialect, MarkStatements, Statement, Statements,
+    sqlx_calls,
 };
 use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_id};
 use super::time::remaining;
@@ -185,6 +186,36 @@ WHERE attrelid = to_regclass('{t}') AND attname = 'key_text' AND NOT attisdroppe
             ),
             &[],
         ),
+        marks: MarkStatements {
+            load: Statement::new(
+                format!("SELECT output FROM {t} WHERE id = $1 AND completed AND expires_at > {NOW}"),
+                &[Id],
+            ),
+            clear: Statement::new(
+                format!("DELETE FROM {t} WHERE id = $1 AND expires_at <= {NOW}"),
+                &[Id],
+            ),
+            insert: Statement::new(
+                format!(
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+VALUES ($1, $2, $3, TRUE, NULL, {ttl}, $5) ON CONFLICT (id) DO NOTHING",
+                    ttl = after("$4"),
+                ),
+                &[Id, Token, Fingerprint, Ttl, Output],
+            ),
+            swap: Statement::new(
+                format!(
+                    "UPDATE {t} SET output = $2, expires_at = {ttl}
+WHERE id = $1 AND output = $4 AND completed AND expires_at > {NOW}",
+                    ttl = after("$3"),
+                ),
+                &[Id, Output, Ttl, Expected],
+            ),
+            lock: Statement::new(
+                format!("UPDATE {t} SET expires_at = expires_at WHERE id = $1"),
+                &[Id],
+            ),
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::Sqlite;
 
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
-use super::dialect::{Clock, Dialect, Statement, Statements, sqlx_calls};
+use super::dialect::{Clock, Dialect, MarkStatements, Statement, Statements, sqlx_calls};
 
 fn statements(table: &TableName) -> Statements<Sqlite> {
     use super::dialect::Param::*;
@@ -108,6 +108,34 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
             ),
             &[],
         ),
+        marks: MarkStatements {
+            load: Statement::new(
+                format!("SELECT output FROM {t} WHERE id = ?1 AND completed AND expires_at > ?2"),
+                &[Id, Now],
+            ),
+            clear: Statement::new(
+                format!("DELETE FROM {t} WHERE id = ?1 AND expires_at <= ?2"),
+                &[Id, Now],
+            ),
+            insert: Statement::new(
+                format!(
+                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
+VALUES (?1, ?2, ?3, 1, NULL, ?4, ?5) ON CONFLICT (id) DO NOTHING"
+                ),
+                &[Id, Token, Fingerprint, Ttl, Output],
+            ),
+            swap: Statement::new(
+                format!(
+                    "UPDATE {t} SET output = ?2, expires_at = ?3
+WHERE id = ?1 AND output = ?4 AND completed AND expires_at > ?5"
+                ),
+                &[Id, Output, Ttl, Expected, Now],
+            ),
+            lock: Statement::new(
+                format!("UPDATE {t} SET expires_at = expires_at WHERE id = ?1"),
+                &[Id],
+            ),
+        },
     }
 }
 

@@ -1,0 +1,207 @@
+//! Producer-sequence deduplication in the handler's SQL transaction: the producer's mark
+//! moves in the same transaction as the handler's writes, so they commit together or not at
+//! all.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::Transaction;
+
+use super::mark::{Mark, now_ms, store_error};
+use super::{Delivery, GapPolicy, RETENTION, Stamp, mark_key};
+use crate::error::{Error, StoreOp};
+use crate::key::{Key, Namespace};
+use crate::protocol::defaults;
+use crate::store::sql::{SqlDialect, SqlStore};
+
+/// A [`SequencedConsumer`](super::SequencedConsumer) whose marks move in the handler's own
+/// transaction on the SQL store's database (the same marks, under the same keys, for the
+/// same name). Cheap to clone.
+///
+/// [`handle`](Self::handle) locks the producer's mark row in the transaction first, so
+/// concurrent deliveries of one producer take turns (on SQLite, the transaction takes the
+/// database's write lock), then reads it, runs the handler, and writes the new mark. A
+/// crash before the commit leaves neither the effect nor the mark. A gap is never waited for
+/// here (the lock would keep the missing message out): [`GapPolicy::Wait`] acts as
+/// [`GapPolicy::Reject`].
+///
+/// ```
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use idempotent_core::consumer::sequence::{SequencedInbox, Stamp};
+/// use idempotent_core::store::sql::{sqlx::{self, SqlitePool}, SqliteStore};
+/// use idempotent_core::Error;
+///
+/// let pool = SqlitePool::connect("sqlite::memory:").await?;
+/// sqlx::query("CREATE TABLE stock (moves INTEGER)").execute(&pool).await?;
+/// sqlx::query("INSERT INTO stock VALUES (0)").execute(&pool).await?;
+/// let store = SqliteStore::new(pool.clone());
+/// store.migrate().await?;
+/// let inbox = SequencedInbox::new(store, "stock.apply-moves");
+///
+/// // warehouse-7's message #1 is delivered twice: applied once.
+/// let stamp = Stamp::new("warehouse-7", 1)?;
+/// for _ in 0..2 {
+///     let mut tx = pool.begin().await?;
+///     inbox
+///         .handle(&mut tx, &stamp, |tx| Box::pin(async move {
+///             sqlx::query("UPDATE stock SET moves = moves + 1")
+///                 .execute(&mut **tx)
+///                 .await
+///                 .map_err(|_| Error::InvalidOption { option: "sql", problem: "update failed" })?;
+///             Ok::<_, Error>(())
+///         }))
+///         .await?;
+///     tx.commit().await?; // the move and the mark, together
+/// }
+/// let moves: i64 = sqlx::query_scalar("SELECT moves FROM stock").fetch_one(&pool).await?;
+/// assert_eq!(moves, 1);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
+#[derive(Debug)]
+pub struct SequencedInbox<DB: SqlDialect> {
+    store: SqlStore<DB>,
+    name: Namespace,
+    retention: Duration,
+    gaps: GapPolicy,
+}
+
+impl<DB: SqlDialect> Clone for SequencedInbox<DB> {
+    fn clone(&self) -> Self {
+        SequencedInbox {
+            store: self.store.clone(),
+            name: self.name.clone(),
+            retention: self.retention,
+            gaps: self.gaps,
+        }
+    }
+}
+
+impl<DB: SqlDialect> SequencedInbox<DB> {
+    /// An inbox named `name` over `store` (migrated): gaps rejected, marks kept 30 days.
+    pub fn new(store: SqlStore<DB>, name: impl Into<Namespace>) -> SequencedInbox<DB> {
+        SequencedInbox {
+            store,
+            name: name.into(),
+            retention: RETENTION,
+            gaps: GapPolicy::Reject,
+        }
+    }
+
+    /// How long a mark is kept after its last change (default [`RETENTION`]).
+    pub fn retention(mut self, retention: Duration) -> SequencedInbox<DB> {
+        self.retention = retention.clamp(Duration::from_secs(1), defaults::LONGEST);
+        self
+    }
+
+    /// What to do with a gap: `Reject` (the default; `Wait` acts as it) or `Accept`.
+    pub fn on_gap(mut self, policy: GapPolicy) -> SequencedInbox<DB> {
+        self.gaps = policy;
+        self
+    }
+
+    /// The key `producer`'s mark is kept under.
+    pub fn key(&self, producer: &str) -> Result<Key, Error> {
+        mark_key(&self.name, producer)
+    }
+
+    /// Runs `handler` with `tx` if `stamp` is its producer's next message, and moves the
+    /// producer's mark in `tx`. The caller commits `tx`, then acknowledges the delivery; on
+    /// `Err`, roll back (dropping `tx` does) and let the broker redeliver.
+    pub async fn handle<'t, T, E, F>(
+        &self,
+        tx: &mut Transaction<'t, DB>,
+        stamp: &Stamp,
+        handler: F,
+    ) -> Result<Delivery<T>, E>
+    where
+        E: From<Error>,
+        F: for<'c> FnOnce(&'c mut Transaction<'t, DB>) -> BoxFuture<'c, Result<T, E>>,
+    {
+        let key = self.key(stamp.producer())?;
+        let key_ref = &key;
+        let failed = |op| move |source| store_error(op, key_ref, source);
+        let store = &self.store;
+        store
+            .lock_mark_in(&mut **tx, &key)
+            .await
+            .map_err(failed(StoreOp::Claim))?;
+        let bytes = store
+            .load_mark_in(&mut **tx, &key)
+            .await
+            .map_err(failed(StoreOp::Get))?;
+        let mark = Mark::decode(&key, bytes.as_deref())?;
+        let Some(missed) = self.admit(&key, &mark, stamp)? else {
+            return Ok(Delivery::Duplicate);
+        };
+        let output = handler(&mut *tx).await?;
+        let done = Mark {
+            processed: stamp.sequence(),
+            owner: None,
+        };
+        let swapped = store
+            .swap_mark_in(
+                &mut **tx,
+                &key,
+                bytes.as_deref(),
+                &done.encode(),
+                self.retention,
+            )
+            .await
+            .map_err(failed(StoreOp::Complete))?;
+        if !swapped {
+            // Another transaction inserted this producer's first mark meanwhile: roll back,
+            // and the redelivery finds it.
+            return Err(Error::InProgress {
+                key,
+                retry_after: defaults::POLL_MAX,
+            }
+            .into());
+        }
+        Ok(match missed {
+            Some(missed) => Delivery::ProcessedAfterGap { output, missed },
+            None => Delivery::Processed(output),
+        })
+    }
+
+    /// Whether `stamp` may run against `mark`: `None` for a duplicate; `Some(missed)`, the
+    /// sequences an accepted gap skips, for a message to handle.
+    #[allow(clippy::option_option)]
+    fn admit(
+        &self,
+        key: &Key,
+        mark: &Mark,
+        stamp: &Stamp,
+    ) -> Result<Option<Option<RangeInclusive<u64>>>, Error> {
+        let sequence = stamp.sequence();
+        if sequence <= mark.processed {
+            return Ok(None);
+        }
+        let now = now_ms();
+        if let Some(owner) = mark.live_owner(now) {
+            // Held by a delivery outside a transaction (a `SequencedConsumer`).
+            return Err(Error::InProgress {
+                key: key.clone(),
+                retry_after: Duration::from_millis(owner.lease_until.saturating_sub(now)),
+            });
+        }
+        let next = mark.processed + 1;
+        if sequence == next {
+            return Ok(Some(None));
+        }
+        match self.gaps {
+            GapPolicy::Accept => Ok(Some(Some(next..=sequence - 1))),
+            GapPolicy::Reject | GapPolicy::Wait(_) => Err(Error::SequenceGap {
+                key: key.clone(),
+                producer: stamp.producer().to_owned(),
+                expected: next,
+                received: sequence,
+            }),
+        }
+    }
+}
