@@ -14,6 +14,7 @@
 //! Without a server, its tests print SKIPPED; `IDEMPOTENCY_REQUIRE_SERVICES=1` makes that a
 //! failure.
 
+mod common;
 mod redis_support;
 
 use std::collections::{HashMap, VecDeque};
@@ -398,6 +399,48 @@ async fn all_checks(store: Arc<dyn Store>) {
     a_failed_handler_releases_the_mark(Arc::clone(&store)).await;
     gaps_follow_the_policy(Arc::clone(&store)).await;
     a_producer_continues_after_a_restart(store).await;
+}
+
+/// Store calls (each one round trip on Redis; one statement on SQL, two for the first mark of
+/// a producer) are exact: a new message 3 (read, claim, move), a duplicate or a gap 1, a failed
+/// handler 3 (read, claim, release); a producer's `open` 1, each `next` 1.
+#[tokio::test]
+async fn round_trips_are_exact() {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let (store, counts) = common::Recording::new(MemoryStore::new());
+    let idempotency = Idempotency::new(store);
+    let calls = || (counts.load_mark.load(SeqCst), counts.swap_mark.load(SeqCst));
+    let mut sequence = ProducerSequence::open(&idempotency, "producers", "p")
+        .await
+        .expect("open");
+    assert_eq!(calls(), (1, 0), "open");
+    let first = sequence.next().await.expect("next");
+    assert_eq!(calls(), (1, 1), "next");
+    let consumer = SequencedConsumer::new(idempotency, "rt");
+    let ok = || async { Ok::<_, Error>(()) };
+    let before = calls();
+    let counted = |(loads, swaps): (usize, usize)| (loads - before.0, swaps - before.1);
+    consumer.handle(&first, ok).await.expect("new");
+    assert_eq!(counted(calls()), (1, 2), "a new message");
+    consumer.handle(&first, ok).await.expect("duplicate");
+    assert_eq!(counted(calls()), (2, 2), "a duplicate");
+    let third = Stamp::new("p", 3).expect("stamp");
+    let gap = consumer.handle(&third, ok).await;
+    assert!(matches!(gap, Err(Error::SequenceGap { .. })), "{gap:?}");
+    assert_eq!(counted(calls()), (3, 2), "a gap");
+    let second = Stamp::new("p", 2).expect("stamp");
+    let failed = consumer
+        .handle(&second, || async {
+            Err::<(), _>(Error::InvalidOption {
+                option: "handler",
+                problem: "failed (simulated)",
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(counted(calls()), (4, 4), "a failed handler");
+    assert_eq!(counts.total(), calls().0 + calls().1, "nothing but marks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotency::{Claim, ClaimNow, Key, Record, Store, StoreError, Token, async_trait};
+use idempotency::{Bytes, Claim, ClaimNow, Key, Record, Store, StoreError, Token, async_trait};
 use idempotency::{ClaimRequest, Completion};
 
 /// Counts the calls a store receives, by operation (each is one round trip on a remote store).
@@ -18,6 +18,8 @@ pub(crate) struct Counts {
     pub(crate) renew: AtomicUsize,
     pub(crate) get: AtomicUsize,
     pub(crate) remove: AtomicUsize,
+    pub(crate) load_mark: AtomicUsize,
+    pub(crate) swap_mark: AtomicUsize,
 }
 
 impl Counts {
@@ -39,6 +41,8 @@ impl Counts {
             &self.renew,
             &self.get,
             &self.remove,
+            &self.load_mark,
+            &self.swap_mark,
         ]
         .iter()
         .map(|count| count.load(Ordering::SeqCst))
@@ -104,6 +108,22 @@ impl<S: Store> Store for Recording<S> {
     async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
         self.counts.remove.fetch_add(1, Ordering::SeqCst);
         self.inner.remove(key).await
+    }
+
+    async fn load_mark(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        self.counts.load_mark.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_mark(key).await
+    }
+
+    async fn swap_mark(
+        &self,
+        key: &Key,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.counts.swap_mark.fetch_add(1, Ordering::SeqCst);
+        self.inner.swap_mark(key, expected, new, ttl).await
     }
 }
 

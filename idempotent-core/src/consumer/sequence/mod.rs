@@ -25,6 +25,7 @@
 //! | past the next one (a gap) | [`GapPolicy`]: [`Error::SequenceGap`] (`Reject`, the default, or `Wait` once it waited), or run it and skip the missing ones ([`Delivery::ProcessedAfterGap`], `Accept`) | nak with a delay (the missing message comes first) |
 //! | the handler failed | its error; the mark does not move, so a redelivery runs it again | nak |
 //! | the store cannot be reached | [`Error::Store`]; the handler does not run | nak with a delay |
+//! | the worker died (or the call was dropped) holding the mark | the next delivery waits for its lease, then takes the mark over | — |
 //!
 //! The mark holds the delivery in progress too (its owner's token and lease, renewed while
 //! the handler runs), so that messages of one producer are handled one at a time, in order,
@@ -246,11 +247,8 @@ impl SequencedConsumer {
     {
         let key = self.key(stamp.producer())?;
         let store = &*self.store;
-        let Some((claimed, gap)) = self.claim(store, &key, stamp).await? else {
+        let Some((claimed, owner, gap)) = self.claim(store, &key, stamp).await? else {
             return Ok(Delivery::Duplicate);
-        };
-        let Some(owner) = claimed.owner else {
-            unreachable!("a claimed mark has an owner")
         };
         let guess = claimed.encode();
         let result = self.run_renewing(store, &key, &claimed, handler).await;
@@ -285,13 +283,13 @@ impl SequencedConsumer {
     }
 
     /// Takes the producer's mark for `stamp`: `None` for a duplicate, else the mark as
-    /// claimed and the sequences a gap skips.
+    /// claimed, its owner (this delivery) and the sequences a gap skips.
     async fn claim(
         &self,
         store: &dyn Store,
         key: &Key,
         stamp: &Stamp,
-    ) -> Result<Option<(Mark, Option<RangeInclusive<u64>>)>, Error> {
+    ) -> Result<Option<(Mark, Owner, Option<RangeInclusive<u64>>)>, Error> {
         let started = Instant::now();
         let mut nap = defaults::POLL_FIRST;
         let sequence = stamp.sequence();
@@ -333,13 +331,14 @@ impl SequencedConsumer {
                 nap = (nap * 2).min(defaults::POLL_MAX);
                 continue;
             }
+            let owner = Owner {
+                token: Token::random(),
+                sequence,
+                lease_until: now.saturating_add(millis(self.lease)),
+            };
             let claimed = Mark {
                 processed: mark.processed,
-                owner: Some(Owner {
-                    token: Token::random(),
-                    sequence,
-                    lease_until: now.saturating_add(millis(self.lease)),
-                }),
+                owner: Some(owner),
             };
             let swapped = store
                 .swap_mark(key, bytes.as_deref(), &claimed.encode(), self.retention)
@@ -347,7 +346,7 @@ impl SequencedConsumer {
                 .map_err(|source| store_error(StoreOp::Claim, key, source))?;
             if swapped {
                 let gap = (sequence > next).then(|| next..=sequence - 1);
-                return Ok(Some((claimed, gap)));
+                return Ok(Some((claimed, owner, gap)));
             }
             // Another delivery changed the mark between the read and the swap: read again.
         }

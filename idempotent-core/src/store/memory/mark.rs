@@ -1,6 +1,6 @@
 //! The memory store's marks (see [`Store::load_mark`](crate::Store::load_mark)): one map
-//! under one lock, each value with its expiry. Marks are few (one per producer), so expired
-//! ones are dropped when the map is next written.
+//! under one lock, each value with its expiry. Marks are few (one per producer); expired ones
+//! are dropped by a write once the map has doubled since the last sweep.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,11 +12,18 @@ use crate::key::Key;
 
 #[derive(Debug, Default)]
 pub(super) struct Marks {
-    map: Mutex<HashMap<Key, (Bytes, Instant)>>,
+    map: Mutex<Map>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    marks: HashMap<Key, (Bytes, Instant)>,
+    /// Sweep expired marks when the map grows past this (twice its size after a sweep).
+    sweep_above: usize,
 }
 
 impl Marks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (Bytes, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         self.map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -25,7 +32,8 @@ impl Marks {
     pub(super) fn load(&self, key: &Key) -> Option<Bytes> {
         let now = Instant::now();
         let map = self.lock();
-        map.get(key)
+        map.marks
+            .get(key)
             .filter(|(_, expires)| *expires > now)
             .map(|(value, _)| value.clone())
     }
@@ -40,6 +48,7 @@ impl Marks {
         let now = Instant::now();
         let mut map = self.lock();
         let current = map
+            .marks
             .get(key)
             .filter(|(_, expires)| *expires > now)
             .map(|(value, _)| &value[..]);
@@ -49,13 +58,18 @@ impl Marks {
         let expires = now
             .checked_add(ttl)
             .unwrap_or(now + crate::protocol::defaults::LONGEST);
-        map.retain(|_, (_, at)| *at > now);
-        map.insert(key.clone(), (Bytes::copy_from_slice(new), expires));
+        if map.marks.len() >= map.sweep_above {
+            map.marks.retain(|_, (_, at)| *at > now);
+            map.sweep_above = (map.marks.len() * 2).max(64);
+        }
+        map.marks
+            .insert(key.clone(), (Bytes::copy_from_slice(new), expires));
         true
     }
 
     pub(super) fn count(&self) -> usize {
         let now = Instant::now();
-        self.lock().values().filter(|(_, at)| *at > now).count()
+        let map = self.lock();
+        map.marks.values().filter(|(_, at)| *at > now).count()
     }
 }
