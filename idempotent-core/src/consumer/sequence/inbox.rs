@@ -19,9 +19,10 @@ use crate::store::sql::{SqlDialect, SqlStore};
 /// transaction on the SQL store's database (the same marks, under the same keys, for the
 /// same name). Cheap to clone.
 ///
-/// [`handle`](Self::handle) locks the producer's mark row in the transaction first, so
-/// concurrent deliveries of one producer take turns (on SQLite, the transaction takes the
-/// database's write lock), then reads it, runs the handler, and writes the new mark. A
+/// [`handle`](Self::handle) locks the producer's mark row in the transaction first (inserting
+/// an empty mark for a producer not seen before), so concurrent deliveries of one producer
+/// take turns (on SQLite, the transaction takes the database's write lock), then reads it,
+/// runs the handler, and writes the new mark. A
 /// crash before the commit leaves neither the effect nor the mark. A gap is never waited for
 /// here (the lock would keep the missing message out): [`GapPolicy::Wait`] acts as
 /// [`GapPolicy::Reject`].
@@ -127,10 +128,26 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
         let key_ref = &key;
         let failed = |op| move |source| store_error(op, key_ref, source);
         let store = &self.store;
-        store
+        let locked = store
             .lock_mark_in(&mut **tx, &key)
             .await
             .map_err(failed(StoreOp::Claim))?;
+        if !locked {
+            // A producer without a mark: insert an empty one (processed 0), so that there is
+            // a row to take turns on. An insert that finds another transaction's row waits
+            // for it to end, then changes nothing: lock that row instead.
+            let empty = Mark::default().encode();
+            let inserted = store
+                .swap_mark_in(&mut **tx, &key, None, &empty, self.retention)
+                .await
+                .map_err(failed(StoreOp::Claim))?;
+            if !inserted {
+                store
+                    .lock_mark_in(&mut **tx, &key)
+                    .await
+                    .map_err(failed(StoreOp::Claim))?;
+            }
+        }
         let bytes = store
             .load_mark_in(&mut **tx, &key)
             .await
@@ -155,8 +172,9 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
             .await
             .map_err(failed(StoreOp::Complete))?;
         if !swapped {
-            // Another transaction inserted this producer's first mark meanwhile: roll back,
-            // and the redelivery finds it.
+            // The row is locked by this transaction, so nothing else changed it; kept as a
+            // guard (an isolation level that lets another change through): roll back, and the
+            // redelivery finds the new mark.
             return Err(Error::InProgress {
                 key,
                 retry_after: defaults::POLL_MAX,

@@ -67,18 +67,17 @@ impl<DB: SqlDialect> SqlStore<DB> {
     }
 
     /// Locks the row of the mark under `key` (if there is one) until `conn`'s transaction
-    /// ends, so that concurrent deliveries of one producer take turns.
+    /// ends, so that concurrent deliveries of one producer take turns: whether there was one.
     pub(crate) async fn lock_mark_in(
         &self,
         conn: &mut DB::Connection,
         key: &Key,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let id = row_id(key);
         let args = Args {
             id: &id,
             ..Args::default()
         };
-        self.execute(conn, &self.sql().marks.lock, &args).await?;
-        Ok(())
+        Ok(self.execute(conn, &self.sql().marks.lock, &args).await? > 0)
     }
 }
