@@ -31,7 +31,7 @@ impl Message {
 
 /// The warehouse's move number `n` (a real producer reads it from its own outbox).
 fn units(n: u64) -> i64 {
-    if n % 3 == 0 { -2 } else { 5 }
+    if n.is_multiple_of(3) { -2 } else { 5 }
 }
 
 fn publish(queue: &mut VecDeque<Message>, stamp: &Stamp) {

@@ -1387,3 +1387,117 @@ async fn another_method_alone_is_a_reused_key() {
     assert!(retry.replayed());
     assert_eq!(server.runs(), 1);
 }
+
+#[tokio::test]
+async fn problem_types_point_at_the_services_own_docs_and_can_be_linked() {
+    let base = "https://api.example.com/problems/";
+    let layer = layer()
+        .require_key(true)
+        .problem_types(base)
+        .expect("a valid base")
+        .link_problem_types(true);
+    let server = serve(App::default(), layer).await;
+
+    let missing = send(client().post(server.url("/orders")).body("{}")).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert_eq!(missing.json()["type"], format!("{base}missing-key"));
+    assert_eq!(
+        missing.headers[header::LINK],
+        format!("<{base}missing-key>; rel=\"describedby\"").as_str()
+    );
+    let first = post_order(&server, "k-problems", r#"{"item":"book"}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.headers.contains_key(header::LINK), "not on answers");
+    let reused = post_order(&server, "k-problems", r#"{"item":"pen"}"#).await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reused.json()["type"], format!("{base}key-reused"));
+    assert_eq!(
+        reused.headers[header::LINK],
+        format!("<{base}key-reused>; rel=\"describedby\"").as_str()
+    );
+
+    // The default: this crate's docs, and no Link header.
+    let plain = serve(App::default(), self::layer().require_key(true)).await;
+    let missing = send(client().post(plain.url("/orders")).body("{}")).await;
+    assert_eq!(
+        missing.json()["type"],
+        format!("{}missing-key", idempotency::http::PROBLEM_TYPE_BASE)
+    );
+    assert!(!missing.headers.contains_key(header::LINK));
+
+    for bad in ["", "not a uri", "https://x/<p>", "https://x/\"q\""] {
+        let refused = self::layer().problem_types(bad);
+        assert!(
+            matches!(
+                refused,
+                Err(idempotency::Error::InvalidOption {
+                    option: "problem_types",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reserialized_json_retry_replays_with_fingerprint_json() {
+    let json = |request: reqwest::RequestBuilder, body: &'static str| {
+        request
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body)
+    };
+    let server = serve(App::default(), layer().fingerprint_json(true)).await;
+    let post = |key: &'static str, body: &'static str| {
+        let request = client().post(server.url("/orders")).header(KEY, key);
+        send(json(request, body))
+    };
+    let first = post("k-json", r#"{"item":"book","qty":2,"price":12.50}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let reordered = post(
+        "k-json",
+        "{ \"price\": 12.5,\n  \"qty\": 2.0, \"item\": \"book\" }",
+    )
+    .await;
+    assert!(reordered.replayed(), "{}", reordered.text());
+    assert_eq!(reordered.body, first.body);
+    let changed = post("k-json", r#"{"item":"book","qty":3,"price":12.50}"#).await;
+    changed.problem(422, "key-reused");
+    assert_eq!(server.runs(), 1);
+
+    // Not JSON by its content type, or not valid JSON: raw bytes.
+    let text = |body: &'static str| {
+        client()
+            .post(server.url("/orders"))
+            .header(KEY, "k-text")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body)
+    };
+    assert_eq!(
+        send(text(r#"{"a":1,"b":2}"#)).await.status,
+        StatusCode::CREATED
+    );
+    send(text(r#"{"b":2,"a":1}"#))
+        .await
+        .problem(422, "key-reused");
+    let invalid = |body: &'static str| {
+        json(
+            client()
+                .post(server.url("/orders"))
+                .header(KEY, "k-invalid"),
+            body,
+        )
+    };
+    assert_eq!(send(invalid("{not json")).await.status, StatusCode::CREATED);
+    assert!(send(invalid("{not json")).await.replayed());
+    send(invalid("{not  json")).await.problem(422, "key-reused");
+
+    // Off by default: the bytes are the request.
+    let strict = serve(App::default(), self::layer()).await;
+    let post = |body: &'static str| {
+        let request = client().post(strict.url("/orders")).header(KEY, "k-strict");
+        send(json(request, body))
+    };
+    assert_eq!(post(r#"{"a":1,"b":2}"#).await.status, StatusCode::CREATED);
+    post(r#"{"b":2,"a":1}"#).await.problem(422, "key-reused");
+}

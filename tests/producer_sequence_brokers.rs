@@ -115,9 +115,9 @@ enum Plan {
 }
 
 fn plan(sequence: u64) -> Plan {
-    if sequence % 10 == 0 {
+    if sequence.is_multiple_of(10) {
         Plan::FailFirst
-    } else if sequence % 7 == 0 {
+    } else if sequence.is_multiple_of(7) {
         Plan::LoseAckFirst
     } else {
         Plan::Ack

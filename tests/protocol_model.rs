@@ -152,15 +152,14 @@ impl Protocol {
                 .position(|other| matches!(other, Client::Running { token, .. } if *token == held)),
             _ => None,
         };
-        if let Some(owner) = previous {
-            if let Client::Running {
+        if let Some(owner) = previous
+            && let Client::Running {
                 started, stalled, ..
             } = state.clients[owner]
-            {
-                if !stalled && state.clock - started < MAX_RUN {
-                    state.live_taken_over = true;
-                }
-            }
+            && !stalled
+            && state.clock - started < MAX_RUN
+        {
+            state.live_taken_over = true;
         }
         if state.returned_ok {
             state.ran_after_ok = true;
@@ -184,10 +183,9 @@ impl Protocol {
             }
             if let (Record::Completed { output: old, .. }, Record::Completed { output, .. }) =
                 (state.record, record)
+                && old != output
             {
-                if old != output {
-                    state.overwritten = true;
-                }
+                state.overwritten = true;
             }
         }
         state.record = record;
@@ -292,24 +290,19 @@ impl Model for Protocol {
                             stalled: false,
                             ..
                         } = state.clients[client]
-                        {
-                            if state.clock - started < MAX_RUN
-                                && self.fenced(
-                                    &mut state,
+                            && state.clock - started < MAX_RUN
+                            && self.fenced(
+                                &mut state,
+                                token,
+                                Record::InProgress {
                                     token,
-                                    Record::InProgress {
-                                        token,
-                                        lease_until: last.clock + LEASE,
-                                    },
-                                    false,
-                                )
-                            {
-                                if let Client::Running { lease_until, .. } =
-                                    &mut state.clients[client]
-                                {
-                                    *lease_until = last.clock + LEASE;
-                                }
-                            }
+                                    lease_until: last.clock + LEASE,
+                                },
+                                false,
+                            )
+                            && let Client::Running { lease_until, .. } = &mut state.clients[client]
+                        {
+                            *lease_until = last.clock + LEASE;
                         }
                     }
                 }

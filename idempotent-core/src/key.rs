@@ -123,10 +123,10 @@ impl DigestBuilder {
     /// Appends one value. The first error a value's `Serialize` impl reports is kept and
     /// returned by [`finish`](Self::finish).
     pub fn push<T: Serialize + ?Sized>(&mut self, value: &T) {
-        if self.error.is_none() {
-            if let Err(error) = canonical::hash_into(&mut self.sink, value) {
-                self.error = Some(error);
-            }
+        if self.error.is_none()
+            && let Err(error) = canonical::hash_into(&mut self.sink, value)
+        {
+            self.error = Some(error);
         }
     }
 

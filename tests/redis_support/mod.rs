@@ -139,11 +139,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_exit)) = child.try_wait() {
-                    self.child = None;
-                    return Ok(false);
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_exit)) = child.try_wait()
+            {
+                self.child = None;
+                return Ok(false);
             }
             if ping(&self.url()) {
                 return Ok(true);

@@ -180,11 +180,11 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(child) = server.child.as_mut() {
-                if let Ok(Some(_exit)) = child.try_wait() {
-                    server.child = None;
-                    return Ok(None);
-                }
+            if let Some(child) = server.child.as_mut()
+                && let Ok(Some(_exit)) = child.try_wait()
+            {
+                server.child = None;
+                return Ok(None);
             }
             let address = ([127, 0, 0, 1], port).into();
             if TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok() {

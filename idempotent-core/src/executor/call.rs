@@ -226,11 +226,11 @@ fn replay_held<M: OutputMode<T, E>, T, E: From<Error>>(
     keeper: Option<Keeper<T>>,
 ) -> Result<T, E> {
     // Only `Ok` outputs are kept, and an `Ok` output replays as `Ok` in every mode.
-    if held.fingerprint() == fingerprint {
-        if let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take)) {
-            event!(debug, key = %key, "replay");
-            return Ok(value);
-        }
+    if held.fingerprint() == fingerprint
+        && let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take))
+    {
+        event!(debug, key = %key, "replay");
+        return Ok(value);
     }
     replay::<M, T, E>(key, fingerprint, held.fingerprint(), held.output())
 }

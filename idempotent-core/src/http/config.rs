@@ -107,6 +107,7 @@ pub(crate) struct Config {
     pub(crate) require_key: bool,
     pub(crate) max_key_len: usize,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) fingerprint_json: bool,
     pub(crate) scope: ClientScope,
     pub(crate) stored: StoredStatuses,
     pub(crate) max_body_bytes: usize,
@@ -115,6 +116,7 @@ pub(crate) struct Config {
     pub(crate) options: CallOptions,
     pub(crate) namespace: Namespace,
     pub(crate) version: u32,
+    pub(crate) problems: super::problem::Problems,
 }
 
 impl Config {

@@ -7,8 +7,10 @@ use http::{HeaderName, Method};
 use tower_layer::Layer;
 
 use super::config::{Config, IDEMPOTENCY_KEY, StoredStatuses};
+use super::problem::Problems;
 use super::scope::ClientScope;
 use super::service::IdempotencyService;
+use crate::error::Error;
 use crate::executor::Idempotency;
 use crate::key::Namespace;
 use crate::protocol::{CallOptions, InProgressPolicy, call_option_setters};
@@ -64,6 +66,7 @@ impl IdempotencyLayer {
                 require_key: false,
                 max_key_len: 255,
                 fingerprint_headers: Vec::new(),
+                fingerprint_json: false,
                 scope: ClientScope::default(),
                 stored: StoredStatuses::default(),
                 max_body_bytes: 1 << 20,
@@ -71,6 +74,7 @@ impl IdempotencyLayer {
                 options: CallOptions::new().on_in_progress(InProgressPolicy::Reject),
                 namespace: Namespace::from_static("http"),
                 version: 1,
+                problems: Problems::default(),
             }),
         }
     }
@@ -108,6 +112,22 @@ impl IdempotencyLayer {
     pub fn fingerprint_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names = names.into_iter().collect();
         self.with(|c| c.fingerprint_headers = names)
+    }
+
+    /// Fingerprints a JSON body by its value rather than its bytes (default: off), so that
+    /// a client that re-serializes its request between retries (another key order, other
+    /// whitespace, `1.0` for `1`) gets its replay, not `422 key-reused`: object members are
+    /// sorted, insignificant whitespace dropped, strings and numbers compared by value (exact
+    /// decimals, no floating point). It applies to a body whose `Content-Type` is
+    /// `application/json` or a `+json` type; any other body, and a body that is not valid
+    /// JSON, nests deeper than 128 levels or repeats an object member's name, is
+    /// fingerprinted by its raw bytes. Turning it on changes the fingerprints of JSON
+    /// requests: a retry that straddles the change gets `422`.
+    ///
+    /// Selected request headers join the fingerprint with
+    /// [`fingerprint_headers`](Self::fingerprint_headers).
+    pub fn fingerprint_json(self, on: bool) -> Self {
+        self.with(|c| c.fingerprint_json = on)
     }
 
     /// How clients are told apart (default: the `Authorization` header). A key is only ever
@@ -162,6 +182,36 @@ impl IdempotencyLayer {
     /// release of the service stored.
     pub fn version(self, version: u32) -> Self {
         self.with(|c| c.version = version)
+    }
+
+    /// Where the layer's problem types are described: each problem's `type` is `base`
+    /// followed by its name (`missing-key`, `key-reused`, … as listed in the
+    /// [module docs](super)), so that error responses point at the service's own
+    /// documentation. The default is [`PROBLEM_TYPE_BASE`](super::PROBLEM_TYPE_BASE), this
+    /// crate's docs. [`Error::InvalidOption`] when `base` cannot be a URI in JSON and in a
+    /// header (empty, over 2048 bytes, spaces, quotes, `<`, `>`…).
+    ///
+    /// ```
+    /// # use idempotent_core::{Idempotency, MemoryStore};
+    /// use idempotent_core::http::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+    ///     .problem_types("https://api.example.com/problems/")?
+    ///     .link_problem_types(true); // and `Link: <…key-reused>; rel="describedby"`
+    /// assert!(IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+    ///     .problem_types("not a uri")
+    ///     .is_err());
+    /// # Ok::<(), idempotent_core::Error>(())
+    /// ```
+    pub fn problem_types(self, base: &str) -> Result<Self, Error> {
+        let problems = Problems::under(base, self.config.problems.link)?;
+        Ok(self.with(|c| c.problems = problems))
+    }
+
+    /// Adds `Link: <{the problem's type}>; rel="describedby"` to every problem the layer
+    /// answers with (default: off), as the IETF draft suggests.
+    pub fn link_problem_types(self, link: bool) -> Self {
+        self.with(|c| c.problems.link = link)
     }
 }
 

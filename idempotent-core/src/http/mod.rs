@@ -116,7 +116,10 @@
 //! # Problems
 //!
 //! Every refusal is an RFC 9457 `application/problem+json` body with `type` (a link to the
-//! heading below), `title`, `status` and `detail`:
+//! heading below, or to the service's own documentation:
+//! [`problem_types`](IdempotencyLayer::problem_types); with
+//! [`link_problem_types`](IdempotencyLayer::link_problem_types), also as a
+//! `Link: <…>; rel="describedby"` header), `title`, `status` and `detail`:
 //!
 //! ```json
 //! {"type":"https://docs.rs/idempotency/latest/idempotency/http/index.html#key-reused",
@@ -188,6 +191,7 @@
 mod body;
 mod config;
 mod header;
+mod json;
 mod layer;
 mod problem;
 mod record;
@@ -197,5 +201,6 @@ mod service;
 pub use body::{RequestBody, ResponseBody};
 pub use config::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, StoredStatuses};
 pub use layer::IdempotencyLayer;
+pub use problem::PROBLEM_TYPE_BASE;
 pub use scope::{ClientId, ClientScope};
 pub use service::{IdempotencyService, ResponseFuture};

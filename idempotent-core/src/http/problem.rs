@@ -1,17 +1,77 @@
 //! The layer's own answers: RFC 9457 `application/problem+json` bodies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, LINK, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use super::body::ResponseBody;
 use super::record::StoredResponse;
+use crate::error::Error;
 
-/// Where the problem types are described (the `http` module's docs, one heading per type).
-const TYPE_BASE: &str = "https://docs.rs/idempotency/latest/idempotency/http/index.html#";
+/// Where the problem types are described by default (the `http` module's docs, one heading
+/// per type): a problem's `type` is this followed by its name, such as `key-reused`.
+pub const PROBLEM_TYPE_BASE: &str =
+    "https://docs.rs/idempotency/latest/idempotency/http/index.html#";
+
+/// The longest base URI of problem types, in bytes.
+const MAX_BASE: usize = 2048;
+
+/// Where a layer's problem types are described, and whether its answers link there.
+#[derive(Debug, Clone)]
+pub(crate) struct Problems {
+    base: Arc<str>,
+    pub(crate) link: bool,
+}
+
+impl Default for Problems {
+    fn default() -> Self {
+        Problems {
+            base: Arc::from(PROBLEM_TYPE_BASE),
+            link: false,
+        }
+    }
+}
+
+impl Problems {
+    /// Problem types under `base` (checked: it goes into JSON and a `Link` header).
+    pub(crate) fn under(base: &str, link: bool) -> Result<Problems, Error> {
+        let invalid = |problem| Error::InvalidOption {
+            option: "problem_types",
+            problem,
+        };
+        if base.is_empty() || base.len() > MAX_BASE {
+            return Err(invalid("must be a URI of 1 to 2048 bytes"));
+        }
+        let allowed = |byte: u8| byte.is_ascii_graphic() && !b"<>\"\\^`{|}".contains(&byte);
+        if !base.bytes().all(allowed) {
+            return Err(invalid(
+                "must be a URI: visible ASCII, no spaces, quotes, `<`, `>`, `\\`, `^`, `` ` ``, `{`, `|` or `}` (percent-encode them)",
+            ));
+        }
+        Ok(Problems {
+            base: Arc::from(base),
+            link,
+        })
+    }
+
+    fn type_uri(&self, kind: Kind) -> String {
+        format!("{}{}", self.base, kind.slug())
+    }
+
+    /// The `Link` header to the description of `kind`, when asked for.
+    fn link(&self, kind: Kind) -> Option<HeaderValue> {
+        if !self.link {
+            return None;
+        }
+        let link = format!("<{}>; rel=\"describedby\"", self.type_uri(kind));
+        // The base was checked when it was set: the value is valid.
+        HeaderValue::from_str(&link).ok()
+    }
+}
 
 /// Every problem the layer answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +161,14 @@ struct Body<'a> {
 
 /// A problem response; `retry_after` adds a `Retry-After` header (whole seconds, at least 1).
 pub(crate) fn response<B>(
+    problems: &Problems,
     kind: Kind,
     detail: &str,
     retry_after: Option<Duration>,
 ) -> Response<ResponseBody<B>> {
     let status = kind.status();
-    let mut response = Response::new(ResponseBody::full(body(kind, status, detail)));
+    let body = body(problems, kind, status, detail);
+    let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -117,6 +179,9 @@ pub(crate) fn response<B>(
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
+    if let Some(link) = problems.link(kind) {
+        headers.insert(LINK, link);
+    }
     response
 }
 
@@ -125,6 +190,7 @@ pub(crate) fn response<B>(
 /// `500`), or `response-too-large` with `status`, the status of the response it stands in
 /// for, and that response's `Location` (where the created resource can be read).
 pub(crate) fn stand_in(
+    problems: &Problems,
     kind: Kind,
     status: StatusCode,
     location: Option<&HeaderValue>,
@@ -134,7 +200,7 @@ pub(crate) fn stand_in(
         Kind::ResponseTooLarge => status,
         _ => kind.status(),
     };
-    let mut headers = HeaderMap::with_capacity(2);
+    let mut headers = HeaderMap::with_capacity(3);
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
@@ -142,16 +208,19 @@ pub(crate) fn stand_in(
     if let Some(location) = location {
         headers.insert(LOCATION, location.clone());
     }
+    if let Some(link) = problems.link(kind) {
+        headers.insert(LINK, link);
+    }
     StoredResponse {
         status,
         headers,
-        body: body(kind, status, detail),
+        body: body(problems, kind, status, detail),
     }
 }
 
-fn body(kind: Kind, status: StatusCode, detail: &str) -> Bytes {
+fn body(problems: &Problems, kind: Kind, status: StatusCode, detail: &str) -> Bytes {
     let body = Body {
-        kind: format!("{TYPE_BASE}{}", kind.slug()),
+        kind: problems.type_uri(kind),
         title: kind.title(),
         status: status.as_u16(),
         detail,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, LOCATION};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -18,7 +18,8 @@ use tower_service::Service;
 use super::body::{Collected, RequestBody, ResponseBody, collect_up_to};
 use super::config::{Config, IDEMPOTENT_REPLAYED};
 use super::header::{parse_key, replayable};
-use super::problem::{self, Kind};
+use super::json;
+use super::problem::{self, Kind, Problems};
 use super::record::{ResponseRecord, StoredResponse};
 use super::scope::{ClientId, Identity};
 use crate::error::{BoxError, Error, StoreOp};
@@ -188,11 +189,21 @@ where
                 "this endpoint requires an `{header}` header on `{}` requests",
                 parts.method
             );
-            return Ok(problem::response(Kind::MissingKey, &detail, None));
+            return Ok(problem::response(
+                &config.problems,
+                Kind::MissingKey,
+                &detail,
+                None,
+            ));
         }
         Err(problem) => {
             let detail = problem.detail(header);
-            return Ok(problem::response(Kind::MalformedKey, &detail, None));
+            return Ok(problem::response(
+                &config.problems,
+                Kind::MalformedKey,
+                &detail,
+                None,
+            ));
         }
     };
     let client = match config.scope.identity(&parts) {
@@ -203,13 +214,23 @@ where
                 "this request does not identify its client ({}), so it was not processed: send it with your credentials; a server that means to share one scope between unidentified clients builds its layer with `ClientScope::share_anonymous` or `ClientScope::global`",
                 config.scope.lacking()
             );
-            return Ok(problem::response(Kind::UnidentifiedClient, &detail, None));
+            return Ok(problem::response(
+                &config.problems,
+                Kind::UnidentifiedClient,
+                &detail,
+                None,
+            ));
         }
         Err(error) => {
             event!(error, error = %error, "the client scope failed; the handler did not run");
             let _ = error;
             let detail = "the client of this request could not be identified (its scope value failed to serialize), so the request was not processed";
-            return Ok(problem::response(Kind::ScopeFailed, detail, None));
+            return Ok(problem::response(
+                &config.problems,
+                Kind::ScopeFailed,
+                detail,
+                None,
+            ));
         }
     };
     let key_digest = key_digest(client, &key);
@@ -217,7 +238,7 @@ where
     let limit = config.max_body_bytes;
     let too_large = || {
         let detail = format!("the request body is over the limit of {limit} bytes");
-        problem::response(Kind::BodyTooLarge, &detail, None)
+        problem::response(&config.problems, Kind::BodyTooLarge, &detail, None)
     };
     let declared = parts
         .headers
@@ -233,12 +254,18 @@ where
         Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
         Err(_) => {
             let detail = "the request body could not be read to the end";
-            return Ok(problem::response(Kind::UnreadableBody, detail, None));
+            return Ok(problem::response(
+                &config.problems,
+                Kind::UnreadableBody,
+                detail,
+                None,
+            ));
         }
     };
 
     let fingerprint = fingerprint(&config, &parts, &body);
     let request = Request::from_parts(parts, RequestBody::buffered(body));
+    let problems = config.problems.clone();
     let run = execute(config, inner, key_digest, fingerprint, request);
     #[cfg(feature = "tracing")]
     let run = tracing::Instrument::in_current_span(run);
@@ -253,7 +280,12 @@ where
                 // The runtime is shutting down.
                 Err(_) => {
                     let detail = "the server shut down while the request was processed; retry with the same key";
-                    Ok(problem::response(Kind::ResponseFailed, detail, None))
+                    Ok(problem::response(
+                        &problems,
+                        Kind::ResponseFailed,
+                        detail,
+                        None,
+                    ))
                 }
             },
         },
@@ -288,6 +320,7 @@ where
     let slot = &mut first;
     let stored_statuses = config.stored;
     let limit = config.response_limit();
+    let problems = &config.problems;
     let outcome: Result<ResponseRecord, Failure<ResBody, S::Error>> = call
         .run(|| async move {
             let response = inner.call(request).await.map_err(Failure::Service)?;
@@ -310,16 +343,17 @@ where
                     let stored = if stored.fits(limit) {
                         stored
                     } else {
-                        too_large(parts.status, &parts.headers, limit)
+                        too_large(problems, parts.status, &parts.headers, limit)
                     };
                     (stored, Response::from_parts(parts, ResponseBody::full(bytes)))
                 }
                 Collected::OverLimit(read, rest) => (
-                    too_large(parts.status, &parts.headers, limit),
+                    too_large(problems, parts.status, &parts.headers, limit),
                     Response::from_parts(parts, ResponseBody::prefixed(read, rest)),
                 ),
                 Collected::Failed(_) => {
                     let stored = ResponseRecord(Arc::new(problem::stand_in(
+                        problems,
                         Kind::ResponseFailed,
                         parts.status,
                         None,
@@ -350,11 +384,17 @@ where
 }
 
 /// The problem stored in place of a response too large to store.
-fn too_large(status: StatusCode, headers: &HeaderMap, limit: usize) -> ResponseRecord {
+fn too_large(
+    problems: &Problems,
+    status: StatusCode,
+    headers: &HeaderMap,
+    limit: usize,
+) -> ResponseRecord {
     let detail = format!(
         "the request was processed, but its response was too large to store (over {limit} bytes), so it cannot be replayed; do not send the request again under a new key"
     );
     ResponseRecord(Arc::new(problem::stand_in(
+        problems,
         Kind::ResponseTooLarge,
         status,
         headers.get(LOCATION),
@@ -370,13 +410,18 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
             let detail = format!(
                 "a request with this `{header}` is still being processed; retry after it finishes"
             );
-            problem::response(Kind::InProgress, &detail, Some(retry_after))
+            problem::response(
+                &config.problems,
+                Kind::InProgress,
+                &detail,
+                Some(retry_after),
+            )
         }
         Error::KeyReused { .. } => {
             let detail = format!(
                 "this `{header}` was used for a request with another method, path, query, body or fingerprinted header; use a new key for a new request"
             );
-            problem::response(Kind::KeyReused, &detail, None)
+            problem::response(&config.problems, Kind::KeyReused, &detail, None)
         }
         Error::Store {
             op: StoreOp::Claim, ..
@@ -384,6 +429,7 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
             event!(error, error = %error, "idempotency store failed; the handler did not run");
             let detail = "the idempotency store could not be reached, so the request was not processed; retry later";
             problem::response(
+                &config.problems,
                 Kind::StoreUnavailable,
                 detail,
                 Some(std::time::Duration::from_secs(1)),
@@ -399,14 +445,19 @@ fn refusal<B>(config: &Config, error: Error) -> Response<ResponseBody<B>> {
             let detail = format!(
                 "the idempotency layer's `{option}` {problem}, so the request was not processed; this is the server's configuration, not the request"
             );
-            problem::response(Kind::Misconfigured, &detail, None)
+            problem::response(&config.problems, Kind::Misconfigured, &detail, None)
         }
         other => {
             event!(error, error = %other, "idempotent request failed; the handler did not run");
             let _ = other;
             let detail =
                 "the stored response for this key could not be read; the request was not processed";
-            problem::response(Kind::StoredResponseUnreadable, detail, None)
+            problem::response(
+                &config.problems,
+                Kind::StoredResponseUnreadable,
+                detail,
+                None,
+            )
         }
     }
 }
@@ -466,6 +517,30 @@ fn fingerprint(config: &Config, parts: &http::request::Parts, body: &[u8]) -> Fi
             field(&mut hasher, value.as_bytes());
         }
     }
-    field(&mut hasher, body);
+    // A JSON body by its canonical form (`fingerprint_json`), framed apart from raw bytes: a
+    // raw body is one field, a canonical one a tag field and then itself.
+    let canonical = (config.fingerprint_json && is_json(&parts.headers))
+        .then(|| json::canonical(body))
+        .flatten();
+    match canonical {
+        Some(canonical) => {
+            field(&mut hasher, b"canonical json");
+            field(&mut hasher, &canonical);
+        }
+        None => field(&mut hasher, body),
+    }
     Fingerprint::from_bytes(hasher.finalize().into())
+}
+
+/// Whether the request says its body is JSON: `application/json`, or a `+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .split_once('/')
+            .is_some_and(|(_, subtype)| subtype.ends_with("+json"))
 }

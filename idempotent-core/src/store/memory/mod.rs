@@ -231,10 +231,10 @@ impl MemoryStore {
         let ClaimRequest { fingerprint, lease } = request;
         // Replays take no lock and read only the coarse clock: a live completed record only
         // leaves by expiry, capacity or `remove`.
-        if let Some(done) = self.inner.completed.get(key) {
-            if done.live(coarse_now()) {
-                return Ok(ClaimNow::Held(done));
-            }
+        if let Some(done) = self.inner.completed.get(key)
+            && done.live(coarse_now())
+        {
+            return Ok(ClaimNow::Held(done));
         }
         let now = Instant::now();
         let mut pending = self.shard(key);

@@ -188,10 +188,10 @@ impl<DB: SqlDialect> Claiming<'_, DB> {
                 if self.insert().await? {
                     return Ok(acquired);
                 }
-                if let Some(current) = self.read(in_transaction).await? {
-                    if let Some(claim) = self.settle(current).await? {
-                        return Ok(claim);
-                    }
+                if let Some(current) = self.read(in_transaction).await?
+                    && let Some(claim) = self.settle(current).await?
+                {
+                    return Ok(claim);
                 }
             } else {
                 match self.read(false).await? {
