@@ -16,6 +16,7 @@ mod config;
 mod execute;
 mod flight;
 mod gate;
+mod inspect;
 mod lease;
 mod owner;
 
@@ -57,6 +58,7 @@ pub use background::ShutdownTimedOut;
 pub use call::Call;
 pub(crate) use call::start_prepared;
 pub use config::IdempotencyBuilder;
+pub use inspect::{Inspection, StoredOutcome};
 
 /// Makes calls idempotent over a [`Store`]: the macro-free API that `#[idempotent]` expands to.
 ///
