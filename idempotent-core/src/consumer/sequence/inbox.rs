@@ -2,14 +2,13 @@
 //! moves in the same transaction as the handler's writes, so they commit together or not at
 //! all.
 
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::Transaction;
 
-use super::mark::{Mark, now_ms, store_error};
-use super::{Delivery, GapPolicy, RETENTION, Stamp, mark_key};
+use super::mark::{Admission, Mark, now_ms};
+use super::{Delivery, GapPolicy, RETENTION, Stamp, gap_error, mark_key};
 use crate::error::{Error, StoreOp};
 use crate::key::{Key, Namespace};
 use crate::protocol::defaults;
@@ -126,7 +125,7 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
     {
         let key = self.key(stamp.producer())?;
         let key_ref = &key;
-        let failed = |op| move |source| store_error(op, key_ref, source);
+        let failed = |op| move |source| Error::from_store(op, key_ref, source);
         let store = &self.store;
         let locked = store
             .lock_mark_in(&mut **tx, &key)
@@ -153,8 +152,15 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
             .await
             .map_err(failed(StoreOp::Get))?;
         let mark = Mark::decode(&key, bytes.as_deref())?;
-        let Some(missed) = self.admit(&key, &mark, stamp)? else {
-            return Ok(Delivery::Duplicate);
+        let accept = self.gaps == GapPolicy::Accept;
+        let missed = match mark.admit(stamp.sequence(), now_ms(), accept) {
+            Admission::Duplicate => return Ok(Delivery::Duplicate),
+            Admission::Run(missed) => missed,
+            // Held by a delivery outside a transaction (a `SequencedConsumer`).
+            Admission::Busy(retry_after) => {
+                return Err(Error::InProgress { key, retry_after }.into());
+            }
+            Admission::Gap { expected } => return Err(gap_error(&key, stamp, expected).into()),
         };
         let output = handler(&mut *tx).await?;
         let done = Mark {
@@ -185,41 +191,5 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
             Some(missed) => Delivery::ProcessedAfterGap { output, missed },
             None => Delivery::Processed(output),
         })
-    }
-
-    /// Whether `stamp` may run against `mark`: `None` for a duplicate; `Some(missed)`, the
-    /// sequences an accepted gap skips, for a message to handle.
-    #[allow(clippy::option_option)]
-    fn admit(
-        &self,
-        key: &Key,
-        mark: &Mark,
-        stamp: &Stamp,
-    ) -> Result<Option<Option<RangeInclusive<u64>>>, Error> {
-        let sequence = stamp.sequence();
-        if sequence <= mark.processed {
-            return Ok(None);
-        }
-        let now = now_ms();
-        if let Some(owner) = mark.live_owner(now) {
-            // Held by a delivery outside a transaction (a `SequencedConsumer`).
-            return Err(Error::InProgress {
-                key: key.clone(),
-                retry_after: Duration::from_millis(owner.lease_until.saturating_sub(now)),
-            });
-        }
-        let next = mark.processed + 1;
-        if sequence == next {
-            return Ok(Some(None));
-        }
-        match self.gaps {
-            GapPolicy::Accept => Ok(Some(Some(next..=sequence - 1))),
-            GapPolicy::Reject | GapPolicy::Wait(_) => Err(Error::SequenceGap {
-                key: key.clone(),
-                producer: stamp.producer().to_owned(),
-                expected: next,
-                received: sequence,
-            }),
-        }
     }
 }

@@ -7,11 +7,12 @@
 //! ([`Store::swap_mark`]), so an owner whose lease passed and whose mark was taken over
 //! changes nothing: the value no longer carries its token.
 
+use std::ops::RangeInclusive;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::error::{Error, StoreError, StoreOp};
+use crate::error::{Error, StoreOp};
 use crate::key::Key;
 use crate::record::Token;
 use crate::store::Store;
@@ -95,6 +96,37 @@ impl Mark {
             .as_ref()
             .filter(|owner| owner.lease_until > now_ms)
     }
+
+    /// What this mark says of a delivery of `sequence` at `now_ms`, gaps accepted or not:
+    /// the one decision both the sequenced consumer and the inbox take.
+    pub(crate) fn admit(&self, sequence: u64, now_ms: u64, accept_gaps: bool) -> Admission {
+        if sequence <= self.processed {
+            return Admission::Duplicate;
+        }
+        if let Some(owner) = self.live_owner(now_ms) {
+            let left = owner.lease_until.saturating_sub(now_ms);
+            return Admission::Busy(Duration::from_millis(left));
+        }
+        let next = self.processed + 1;
+        match (sequence > next, accept_gaps) {
+            (false, _) => Admission::Run(None),
+            (true, true) => Admission::Run(Some(next..=sequence - 1)),
+            (true, false) => Admission::Gap { expected: next },
+        }
+    }
+}
+
+/// What a producer's mark says of a delivery ([`Mark::admit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// At or below the mark: processed before.
+    Duplicate,
+    /// Another delivery of the producer holds the mark, for this long yet.
+    Busy(Duration),
+    /// Past the next one expected.
+    Gap { expected: u64 },
+    /// To handle, skipping these sequences (an accepted gap).
+    Run(Option<RangeInclusive<u64>>),
 }
 
 /// Now, in milliseconds since the Unix epoch.
@@ -110,20 +142,12 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn store_error(op: StoreOp, key: &Key, source: StoreError) -> Error {
-    Error::Store {
-        op,
-        key: key.clone(),
-        source,
-    }
-}
-
 /// Reads `key`'s mark and its stored bytes (the `expected` of a swap from it).
 pub(crate) async fn load(store: &dyn Store, key: &Key) -> Result<(Mark, Option<Bytes>), Error> {
     let bytes = store
         .load_mark(key)
         .await
-        .map_err(|source| store_error(StoreOp::Get, key, source))?;
+        .map_err(|source| Error::from_store(StoreOp::Get, key, source))?;
     Ok((Mark::decode(key, bytes.as_deref())?, bytes))
 }
 
@@ -140,7 +164,7 @@ pub(crate) async fn swap_owned(
     retention: Duration,
     op: StoreOp,
 ) -> Result<bool, Error> {
-    let error = |source| store_error(op, key, source);
+    let error = |source| Error::from_store(op, key, source);
     let new = new.encode();
     let mut expected = Bytes::copy_from_slice(guess);
     for _ in 0..3 {
@@ -195,5 +219,29 @@ mod tests {
         );
         assert!(owned.live_owner(1_700_000_000_000).is_none());
         assert!(owned.live_owner(1_699_999_999_999).is_some());
+    }
+
+    #[test]
+    fn the_mark_admits_the_next_one_and_tells_the_rest_apart() {
+        let held = Mark {
+            processed: 4,
+            owner: Some(Owner {
+                token: Token::random(),
+                sequence: 5,
+                lease_until: 1_000,
+            }),
+        };
+        assert_eq!(held.admit(4, 900, false), Admission::Duplicate);
+        assert_eq!(
+            held.admit(5, 900, false),
+            Admission::Busy(Duration::from_millis(100))
+        );
+        assert_eq!(
+            held.admit(5, 1_000, false),
+            Admission::Run(None),
+            "the lease passed"
+        );
+        assert_eq!(held.admit(7, 1_000, false), Admission::Gap { expected: 5 });
+        assert_eq!(held.admit(7, 1_000, true), Admission::Run(Some(5..=6)));
     }
 }

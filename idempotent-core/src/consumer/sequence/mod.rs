@@ -95,7 +95,7 @@ mod producer;
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub use inbox::SequencedInbox;
-use mark::{Mark, Owner, load, millis, now_ms, store_error, swap_owned};
+use mark::{Admission, Mark, Owner, load, millis, now_ms, swap_owned};
 pub use producer::{PRODUCER_HEADER, ProducerSequence, SEQUENCE_HEADER, Stamp};
 
 /// How long a producer's mark (and a [`ProducerSequence`]) is kept after its last change:
@@ -295,42 +295,29 @@ impl SequencedConsumer {
         let sequence = stamp.sequence();
         loop {
             let (mark, bytes) = load(store, key).await?;
-            if sequence <= mark.processed {
-                return Ok(None);
-            }
             let now = now_ms();
             let waited = started.elapsed();
-            let next = mark.processed + 1;
-            let wait = if let Some(owner) = mark.live_owner(now) {
-                if waited >= self.wait_timeout {
-                    let left = owner.lease_until.saturating_sub(now);
+            let missed = match mark.admit(sequence, now, self.gaps == GapPolicy::Accept) {
+                Admission::Duplicate => return Ok(None),
+                Admission::Run(missed) => missed,
+                Admission::Busy(retry_after) if waited >= self.wait_timeout => {
                     return Err(Error::InProgress {
                         key: key.clone(),
-                        retry_after: Duration::from_millis(left),
+                        retry_after,
                     });
                 }
-                true
-            } else if sequence > next {
-                match self.gaps {
-                    GapPolicy::Wait(limit) if waited < limit => true,
-                    GapPolicy::Accept => false,
-                    GapPolicy::Reject | GapPolicy::Wait(_) => {
-                        return Err(Error::SequenceGap {
-                            key: key.clone(),
-                            producer: stamp.producer().to_owned(),
-                            expected: next,
-                            received: sequence,
-                        });
+                Admission::Gap { expected } => match self.gaps {
+                    GapPolicy::Wait(limit) if waited < limit => {
+                        nap = nap_then_longer(nap).await;
+                        continue;
                     }
+                    _ => return Err(gap_error(key, stamp, expected)),
+                },
+                Admission::Busy(_) => {
+                    nap = nap_then_longer(nap).await;
+                    continue;
                 }
-            } else {
-                false
             };
-            if wait {
-                tokio::time::sleep(nap).await;
-                nap = (nap * 2).min(defaults::POLL_MAX);
-                continue;
-            }
             let owner = Owner {
                 token: Token::random(),
                 sequence,
@@ -343,10 +330,9 @@ impl SequencedConsumer {
             let swapped = store
                 .swap_mark(key, bytes.as_deref(), &claimed.encode(), self.retention)
                 .await
-                .map_err(|source| store_error(StoreOp::Claim, key, source))?;
+                .map_err(|source| Error::from_store(StoreOp::Claim, key, source))?;
             if swapped {
-                let gap = (sequence > next).then(|| next..=sequence - 1);
-                return Ok(Some((claimed, owner, gap)));
+                return Ok(Some((claimed, owner, missed)));
             }
             // Another delivery changed the mark between the read and the swap: read again.
         }
@@ -404,6 +390,22 @@ impl SequencedConsumer {
             Either::Left((output, _)) => output,
             Either::Right((never, _)) => match never {},
         }
+    }
+}
+
+/// Sleeps `nap`; the next, longer nap.
+async fn nap_then_longer(nap: Duration) -> Duration {
+    tokio::time::sleep(nap).await;
+    (nap * 2).min(defaults::POLL_MAX)
+}
+
+/// The refusal of `stamp`, past the `expected` sequence.
+pub(crate) fn gap_error(key: &Key, stamp: &Stamp, expected: u64) -> Error {
+    Error::SequenceGap {
+        key: key.clone(),
+        producer: stamp.producer().to_owned(),
+        expected,
+        received: stamp.sequence(),
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::RETENTION;
-use super::mark::store_error;
 use crate::error::{CodecOp, Error, StoreOp};
 use crate::executor::Idempotency;
 use crate::key::{Digest, Key, Namespace};
@@ -151,7 +150,7 @@ impl ProducerSequence {
         let stored = store
             .load_mark(&key)
             .await
-            .map_err(|source| store_error(StoreOp::Get, &key, source))?;
+            .map_err(|source| Error::from_store(StoreOp::Get, &key, source))?;
         let last = decode(&key, stored.as_deref())?;
         Ok(ProducerSequence {
             store,
@@ -201,7 +200,7 @@ impl ProducerSequence {
             Ok(swapped) => swapped,
             Err(source) => {
                 self.uncertain = true;
-                return Err(store_error(StoreOp::Complete, &self.key, source));
+                return Err(Error::from_store(StoreOp::Complete, &self.key, source));
             }
         };
         if !swapped {
@@ -211,7 +210,7 @@ impl ProducerSequence {
                 .store
                 .load_mark(&self.key)
                 .await
-                .map_err(|source| store_error(StoreOp::Get, &self.key, source))?;
+                .map_err(|source| Error::from_store(StoreOp::Get, &self.key, source))?;
             if !(self.uncertain && current.as_deref() == Some(&new[..])) {
                 return Err(Error::SequenceConflict {
                     key: self.key.clone(),
