@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency::{
-    Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Key, MemoryStore, NotStored, Record,
-    Store, StoreError, StoreOp, Token, async_trait,
+    Claim, Error, Fingerprint, Idempotency, InProgressPolicy, Inspection, Key, MemoryStore,
+    NotStored, Record, Store, StoreError, StoreOp, Token, async_trait,
 };
 use idempotency::{ClaimRequest, Completion};
 use serde::{Deserialize, Serialize};
@@ -486,6 +486,7 @@ async fn a_store_that_fails_complete_for_a_while_never_lets_a_duplicate_run() {
 async fn shutdown_waits_for_calls_in_flight() {
     let idempotency = Idempotency::new(MemoryStore::new());
     let (key, fingerprint) = key("shutdown-in-flight");
+    let inspected = key.clone();
     let call = {
         let idempotency = idempotency.clone();
         tokio::spawn(async move {
@@ -507,8 +508,17 @@ async fn shutdown_waits_for_calls_in_flight() {
         started.elapsed() >= Duration::from_millis(200),
         "shutdown returned while the call ran"
     );
-    assert!(call.is_finished());
-    assert_eq!(call.await.expect("task").expect("output"), 1);
+    // The body has ended and its output is stored when shutdown returns; the spawned task
+    // itself may still be handing its result back, so it is awaited, not asserted finished.
+    let record = idempotency.inspect(&inspected).await.expect("inspect");
+    assert!(
+        matches!(record, Some(Inspection::Completed { .. })),
+        "shutdown returned before the call completed: {record:?}"
+    );
+    let output = tokio::time::timeout(Duration::from_secs(1), call)
+        .await
+        .expect("the call returns once its record is complete");
+    assert_eq!(output.expect("task").expect("output"), 1);
 }
 
 /// A failing seed replays exactly: on a current-thread runtime over the in-process store, two
