@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs examples/http_orders.rs on a free loopback port and sends it the README's curl lines,
-# checking every answer. The store is the example's choice: memory by default,
-# REDIS_URL or POSTGRES_URL (set in the environment) switch it.
+# Runs examples/http_orders.rs (or http_orders_actix.rs: same routes) on a free loopback port
+# and sends it the README's curl lines, checking every answer. The store is the example's
+# choice: memory by default, REDIS_URL or POSTGRES_URL (set in the environment) switch it.
 #
 # Usage: scripts/http-orders-smoke.sh <path to the built http_orders example>
 set -euo pipefail
@@ -74,4 +74,4 @@ status=$(request "$tmp/read" "$base/orders/$id")
 [ "$status" = 200 ] || fail "GET /orders/$id answered $status"
 grep -q "\"$id\"" "$tmp/read.body" || fail "GET returned another order: $(cat "$tmp/read.body")"
 
-echo "http_orders: 201, replay, 422, 400, another client's own 201, 400 unidentified, GET $id: ok"
+echo "$(basename "$binary"): 201, replay, 422, 400, another client's own 201, 400 unidentified, GET $id: ok"

@@ -50,6 +50,12 @@ pub struct IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
+    /// The options every service of this layer shares.
+    #[cfg(feature = "actix")]
+    pub(crate) fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// A layer storing responses through `idempotency`'s store, with the defaults: header
     /// `Idempotency-Key`, methods `POST` and `PATCH`, key optional, keys up to 255
     /// characters, clients told apart by `Authorization` (a request without one is refused:

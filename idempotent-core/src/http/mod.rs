@@ -113,6 +113,14 @@
 //! [`IdempotencyLayer::fingerprint_headers`] and the body, each length-prefixed; the request
 //! body is read in full (up to `max_body_bytes`) before the handler runs.
 //!
+//! # actix-web
+//!
+//! With the `actix` feature the same [`IdempotencyLayer`] is actix-web middleware
+//! (`App::new().wrap(layer)`, `IdempotencyMiddleware`): the same options, answers and
+//! problems, decided by the same code. The handler's call continues in a task of its own on the
+//! worker (`actix_web::rt::spawn`) when it has to wait, so a client that hangs up does not cancel
+//! it; [`ClientScope::extension`] cannot see actix-web's request extensions.
+//!
 //! # Problems
 //!
 //! Every refusal is an RFC 9457 `application/problem+json` body with `type` (a link to the
@@ -188,8 +196,11 @@
 //! [`lease`](IdempotencyLayer::lease)), so no request is processed. The handler did not run;
 //! fix the server's configuration.
 
+#[cfg(feature = "actix")]
+mod actix;
 mod body;
 mod config;
+mod exchange;
 mod header;
 mod json;
 mod layer;
@@ -198,6 +209,8 @@ mod record;
 mod scope;
 mod service;
 
+#[cfg(feature = "actix")]
+pub use actix::{ActixBody, ActixFuture, IdempotencyMiddleware};
 pub use body::{RequestBody, ResponseBody};
 pub use config::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, StoredStatuses};
 pub use layer::IdempotencyLayer;

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LINK, LOCATION, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Serialize;
 
-use super::body::ResponseBody;
 use super::record::StoredResponse;
 use crate::error::Error;
 
@@ -160,17 +159,14 @@ struct Body<'a> {
 }
 
 /// A problem response; `retry_after` adds a `Retry-After` header (whole seconds, at least 1).
-pub(crate) fn response<B>(
+pub(crate) fn response(
     problems: &Problems,
     kind: Kind,
     detail: &str,
     retry_after: Option<Duration>,
-) -> Response<ResponseBody<B>> {
+) -> StoredResponse {
     let status = kind.status();
-    let body = body(problems, kind, status, detail);
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
+    let mut headers = HeaderMap::with_capacity(3);
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
@@ -182,7 +178,11 @@ pub(crate) fn response<B>(
     if let Some(link) = problems.link(kind) {
         headers.insert(LINK, link);
     }
-    response
+    StoredResponse {
+        status,
+        headers,
+        body: body(problems, kind, status, detail),
+    }
 }
 
 /// A problem stored in place of a response the handler gave but the layer cannot store, so

@@ -245,6 +245,12 @@ pub trait Store: Debug + Send + Sync + 'static {
 
 /// `Ok` when `output` is within `limit` bytes, else the [`StoreError::TooLarge`] a store's
 /// `complete` answers before it sends anything.
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite"
+))]
 pub(crate) fn fits(output: &[u8], limit: usize) -> Result<(), StoreError> {
     if output.len() > limit {
         return Err(StoreError::TooLarge {
