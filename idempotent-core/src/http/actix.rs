@@ -150,7 +150,7 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let config = &self.config;
         let applies = http::Method::from_bytes(request.method().as_str().as_bytes())
-            .is_ok_and(|method| config.applies_to(&method));
+            .is_ok_and(|method| config.applies_to(&method, request.path()));
         if !applies
             || (!config.require_key && !request.headers().contains_key(config.header.as_str()))
         {
@@ -273,7 +273,7 @@ where
         let headers = http_headers(head.headers());
         Ok(match collect(body, settings.response_limit()).await {
             Collected::Whole(bytes) => {
-                let read = Read::Whole(bytes.clone());
+                let read = Read::Whole(bytes.clone(), http::HeaderMap::new());
                 let stored = exchange::record(settings, status, &headers, &read);
                 let response = head.set_body(BoxBody::new(bytes)).map_into_right_body();
                 (stored, ServiceResponse::new(request, response))

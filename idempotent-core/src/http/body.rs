@@ -4,17 +4,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// Either a stream (with bytes already read from it, sent first) or bytes in memory: what
-    /// both of the layer's bodies are.
+    /// Either a stream (with bytes already read from it, sent first) or bytes in memory, with
+    /// the trailers that follow them (gRPC's status): what both of the layer's bodies are.
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
         Stream { prefix: Option<Bytes>, #[pin] body: B },
-        Full { bytes: Option<Bytes> },
+        Full { bytes: Option<Bytes>, trailers: Option<HeaderMap> },
     }
 }
 
@@ -26,9 +27,10 @@ impl<B> Kind<B> {
         }
     }
 
-    fn full(bytes: Bytes) -> Self {
+    fn full(bytes: Bytes, trailers: Option<HeaderMap>) -> Self {
         Kind::Full {
             bytes: (!bytes.is_empty()).then_some(bytes),
+            trailers,
         }
     }
 }
@@ -43,14 +45,19 @@ impl<B: Body<Data = Bytes>> Kind<B> {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => body.poll_frame(cx),
             },
-            KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            KindProj::Full { bytes, trailers } => Poll::Ready(match bytes.take() {
+                Some(bytes) => Some(Ok(Frame::data(bytes))),
+                None => trailers
+                    .take()
+                    .map(|trailers| Ok(Frame::trailers(trailers))),
+            }),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Kind::Stream { prefix, body } => prefix.is_none() && body.is_end_stream(),
-            Kind::Full { bytes } => bytes.is_none(),
+            Kind::Full { bytes, trailers } => bytes.is_none() && trailers.is_none(),
         }
     }
 
@@ -66,7 +73,7 @@ impl<B: Body<Data = Bytes>> Kind<B> {
                 }
                 hint
             }
-            Kind::Full { bytes } => {
+            Kind::Full { bytes, .. } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
@@ -121,7 +128,7 @@ impl<B> RequestBody<B> {
 
     pub(crate) fn buffered(bytes: Bytes) -> Self {
         RequestBody {
-            kind: Kind::full(bytes),
+            kind: Kind::full(bytes, None),
         }
     }
 }
@@ -149,17 +156,18 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn full(bytes: Bytes) -> Self {
+    /// `bytes`, then `trailers` when there are any.
+    pub(crate) fn full_with(bytes: Bytes, trailers: Option<HeaderMap>) -> Self {
         ResponseBody {
-            kind: Kind::full(bytes),
+            kind: Kind::full(bytes, trailers.filter(|t| !t.is_empty())),
         }
     }
 }
 
-/// Reads a response body up to `limit` bytes. Trailers are not kept.
+/// Reads a response body up to `limit` bytes.
 pub(crate) enum Collected<B: Body> {
-    /// The whole body.
-    Whole(Bytes),
+    /// The whole body, and its trailers (empty when it had none).
+    Whole(Bytes, HeaderMap),
     /// Over the limit: what was read, and the rest of the stream.
     OverLimit(Bytes, B),
     /// The body failed.
@@ -176,19 +184,25 @@ where
     let mut first: Option<Bytes> = None;
     let mut more: Option<bytes::BytesMut> = None;
     let mut len = 0usize;
+    let mut trailers = HeaderMap::new();
     loop {
         if len > limit {
             let read = join(first, more);
             return Collected::OverLimit(read, body);
         }
         let frame = match body.frame().await {
-            None => return Collected::Whole(join(first, more)),
+            None => return Collected::Whole(join(first, more), trailers),
             Some(Err(error)) => return Collected::Failed(error),
             Some(Ok(frame)) => frame,
         };
-        let Ok(data) = frame.into_data() else {
-            // Trailers: not stored (see the module docs).
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.extend(more);
+                }
+                continue;
+            }
         };
         if data.is_empty() {
             continue;

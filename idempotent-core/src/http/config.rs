@@ -117,11 +117,18 @@ pub(crate) struct Config {
     pub(crate) namespace: Namespace,
     pub(crate) version: u32,
     pub(crate) problems: super::problem::Problems,
+    /// gRPC mode: the unary methods covered, by path (`/package.Service/Method`).
+    pub(crate) grpc_methods: Option<std::sync::Arc<[String]>>,
 }
 
 impl Config {
-    pub(crate) fn applies_to(&self, method: &Method) -> bool {
-        self.methods.iter().any(|m| m == method)
+    /// Whether a request with this method and path is made idempotent (the others pass
+    /// through).
+    pub(crate) fn applies_to(&self, method: &Method, path: &str) -> bool {
+        match &self.grpc_methods {
+            Some(paths) => method == Method::POST && paths.iter().any(|covered| covered == path),
+            None => self.methods.iter().any(|m| m == method),
+        }
     }
 
     /// The largest stored record: `max_response_bytes`, or the executor's limit (its own or

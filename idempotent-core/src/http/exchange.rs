@@ -114,8 +114,8 @@ pub(crate) fn shut_down(problems: &Problems) -> StoredResponse {
 
 /// How much of a response body a server read, up to the response limit.
 pub(crate) enum Read {
-    /// The whole body.
-    Whole(Bytes),
+    /// The whole body, and its trailers (empty when none).
+    Whole(Bytes, HeaderMap),
     /// Over the limit: the response goes to the client, a stand-in to the store.
     OverLimit,
     /// The body failed: there is no response to send.
@@ -133,11 +133,12 @@ pub(crate) fn record(
     let limit = config.response_limit();
     let problems = &config.problems;
     match read {
-        Read::Whole(body) => {
+        Read::Whole(body, trailers) => {
             let stored = ResponseRecord(Arc::new(StoredResponse {
                 status,
                 headers: replayable(headers),
                 body: body.clone(),
+                trailers: replayable(trailers),
             }));
             if stored.fits(limit) {
                 stored
@@ -154,6 +155,47 @@ pub(crate) fn record(
             "the request was processed, but its response failed before the end, so it cannot be sent or replayed; do not send it again under a new key",
         ))),
     }
+}
+
+/// The status a response is stored by (see `StoredStatuses`): its own; under gRPC, the HTTP
+/// status of the `grpc-status` in its headers (a trailers-only response), or `None` when that
+/// is in the trailers, still to be read.
+pub(crate) fn status_to_store(
+    config: &Config,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<StatusCode> {
+    if config.grpc_methods.is_none() {
+        return Some(status);
+    }
+    headers
+        .contains_key(GRPC_STATUS)
+        .then(|| grpc_status(headers))
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+
+/// The HTTP status of the `grpc-status` in `fields`, as gRPC maps its codes (`CANCELLED` as
+/// `408`, so it is not stored by default); none, or one that is not a code, is `UNKNOWN` (500).
+pub(crate) fn grpc_status(fields: &HeaderMap) -> StatusCode {
+    let code = fields
+        .get(GRPC_STATUS)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u8>().ok());
+    let http = match code {
+        Some(0) => 200,
+        Some(1) => 408,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) => 503,
+        Some(16) => 401,
+        _ => 500,
+    };
+    StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The problem stored in place of a response too large to store.
@@ -198,7 +240,7 @@ pub(crate) enum Answer<R> {
     /// The stored response of an earlier call, replayed.
     Replayed(ResponseRecord),
     /// The layer's problem: the handler did not run.
-    Refused(StoredResponse),
+    Refused(Box<StoredResponse>),
 }
 
 /// Claims the key, runs `handler` once, stores the record it returns beside the response for
@@ -241,7 +283,9 @@ where
             let _ = error;
             Ok(Answer::Handled(response))
         }
-        (Err(Failure::Idempotency(error)), None) => Ok(Answer::Refused(refusal(config, error))),
+        (Err(Failure::Idempotency(error)), None) => {
+            Ok(Answer::Refused(Box::new(refusal(config, error))))
+        }
     }
 }
 

@@ -81,6 +81,7 @@ impl IdempotencyLayer {
                 namespace: Namespace::from_static("http"),
                 version: 1,
                 problems: Problems::default(),
+                grpc_methods: None,
             }),
         }
     }
@@ -210,7 +211,8 @@ impl IdempotencyLayer {
     /// # Ok::<(), idempotent_core::Error>(())
     /// ```
     pub fn problem_types(self, base: &str) -> Result<Self, Error> {
-        let problems = Problems::under(base, self.config.problems.link)?;
+        let current = &self.config.problems;
+        let problems = Problems::under(base, current.link, current.grpc)?;
         Ok(self.with(|c| c.problems = problems))
     }
 
@@ -218,6 +220,46 @@ impl IdempotencyLayer {
     /// answers with (default: off), as the IETF draft suggests.
     pub fn link_problem_types(self, link: bool) -> Self {
         self.with(|c| c.problems.link = link)
+    }
+
+    /// gRPC mode, for a tonic server (`Server::builder().layer(…)`): the layer covers the unary
+    /// methods named here by path (`/package.Service/Method`) and passes every other call
+    /// through, streaming calls included (name only unary methods: a covered call's request and
+    /// response are read whole).
+    ///
+    /// The key is the `idempotency-key` metadata (the [`header_name`](Self::header_name)); a
+    /// covered call's response is stored with its trailers (`grpc-status`, `grpc-message`,
+    /// trailing metadata) and replayed with them, plus `idempotent-replayed: true` metadata.
+    /// Whether it is stored is decided by its `grpc-status` read as the HTTP status gRPC maps it
+    /// to (`OK` 200, `INVALID_ARGUMENT` 400, `NOT_FOUND` 404, `ALREADY_EXISTS` and `ABORTED`
+    /// 409, `RESOURCE_EXHAUSTED` 429, `CANCELLED` 408, `UNAVAILABLE` 503, `INTERNAL` and the
+    /// unknown 500…) under [`stored_statuses`](Self::stored_statuses): by default an `OK` or a
+    /// deterministic error is stored, a transient one is not. The layer's refusals are gRPC
+    /// statuses with the problem's detail as `grpc-message` and its type URI as
+    /// `idempotency-problem` metadata: `INVALID_ARGUMENT` (missing or malformed key,
+    /// unidentified client), `ALREADY_EXISTS` (key reused for another request), `ABORTED`
+    /// (still in progress: retry with the same key), `UNAVAILABLE` (store unreachable),
+    /// `RESOURCE_EXHAUSTED` (request over `max_body_bytes`), `FAILED_PRECONDITION` (processed,
+    /// but its response was too large to store: do not send it again), `INTERNAL` otherwise.
+    ///
+    /// ```
+    /// # use idempotent_core::{Idempotency, MemoryStore};
+    /// use idempotent_core::http::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+    ///     .grpc(["/shop.Orders/Create", "/shop.Payments/Charge"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn grpc<I>(self, unary_methods: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let paths: Arc<[String]> = unary_methods.into_iter().map(Into::into).collect();
+        self.with(|c| {
+            c.grpc_methods = Some(paths);
+            c.problems.grpc = true;
+        })
     }
 }
 

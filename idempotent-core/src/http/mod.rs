@@ -106,7 +106,8 @@
 //! Outside a Tokio runtime the call runs in the request's future.
 //!
 //! Replays carry the stored headers except hop-by-hop ones, `Date` and `Content-Length`
-//! (recomputed). Response trailers are not stored. Header values and bodies are stored byte
+//! (recomputed). Response trailers are stored and replayed after the body (gRPC's status is
+//! one). Header values and bodies are stored byte
 //! for byte, text or binary alike, in the executor's [output encoding](crate::output).
 //!
 //! The fingerprint is SHA-256 over the method, path, query, the headers named in
@@ -120,6 +121,15 @@
 //! problems, decided by the same code. The handler's call continues in a task of its own on the
 //! worker (`actix_web::rt::spawn`) when it has to wait, so a client that hangs up does not cancel
 //! it; [`ClientScope::extension`] cannot see actix-web's request extensions.
+//!
+//! # gRPC (tonic)
+//!
+//! [`IdempotencyLayer::grpc`] puts the layer in gRPC mode for a tonic server
+//! (`Server::builder().layer(layer)`): the unary methods it names are covered, every other call
+//! passes through; the key is the `idempotency-key` metadata; responses are stored and replayed
+//! with their trailers (`grpc-status`, `grpc-message`, trailing metadata), stored or not by their
+//! `grpc-status`; refusals are gRPC statuses (`ALREADY_EXISTS`, `ABORTED`,
+//! `INVALID_ARGUMENT`, `UNAVAILABLE`…) carrying the problem's detail and type.
 //!
 //! # Problems
 //!

@@ -24,6 +24,8 @@ const MAX_BASE: usize = 2048;
 pub(crate) struct Problems {
     base: Arc<str>,
     pub(crate) link: bool,
+    /// Answer as gRPC does: a status and message in a trailers-only response.
+    pub(crate) grpc: bool,
 }
 
 impl Default for Problems {
@@ -31,13 +33,14 @@ impl Default for Problems {
         Problems {
             base: Arc::from(PROBLEM_TYPE_BASE),
             link: false,
+            grpc: false,
         }
     }
 }
 
 impl Problems {
     /// Problem types under `base` (checked: it goes into JSON and a `Link` header).
-    pub(crate) fn under(base: &str, link: bool) -> Result<Problems, Error> {
+    pub(crate) fn under(base: &str, link: bool, grpc: bool) -> Result<Problems, Error> {
         let invalid = |problem| Error::InvalidOption {
             option: "problem_types",
             problem,
@@ -54,6 +57,7 @@ impl Problems {
         Ok(Problems {
             base: Arc::from(base),
             link,
+            grpc,
         })
     }
 
@@ -112,6 +116,25 @@ impl Kind {
         }
     }
 
+    /// The gRPC status code of the problem, for a layer in gRPC mode.
+    fn grpc_code(self) -> u8 {
+        match self {
+            Kind::MissingKey
+            | Kind::MalformedKey
+            | Kind::UnreadableBody
+            | Kind::UnidentifiedClient => 3, // INVALID_ARGUMENT
+            Kind::BodyTooLarge => 8,      // RESOURCE_EXHAUSTED
+            Kind::KeyReused => 6,         // ALREADY_EXISTS
+            Kind::ResponseTooLarge => 9,  // FAILED_PRECONDITION: do not send it again
+            Kind::InProgress => 10,       // ABORTED: retry with the same key
+            Kind::StoreUnavailable => 14, // UNAVAILABLE
+            Kind::StoredResponseUnreadable
+            | Kind::ResponseFailed
+            | Kind::ScopeFailed
+            | Kind::Misconfigured => 13, // INTERNAL
+        }
+    }
+
     fn slug(self) -> &'static str {
         match self {
             Kind::MissingKey => "missing-key",
@@ -165,6 +188,9 @@ pub(crate) fn response(
     detail: &str,
     retry_after: Option<Duration>,
 ) -> StoredResponse {
+    if problems.grpc {
+        return grpc(problems, kind, detail, retry_after);
+    }
     let status = kind.status();
     let mut headers = HeaderMap::with_capacity(3);
     headers.insert(
@@ -182,6 +208,7 @@ pub(crate) fn response(
         status,
         headers,
         body: body(problems, kind, status, detail),
+        trailers: HeaderMap::new(),
     }
 }
 
@@ -196,6 +223,9 @@ pub(crate) fn stand_in(
     location: Option<&HeaderValue>,
     detail: &str,
 ) -> StoredResponse {
+    if problems.grpc {
+        return grpc(problems, kind, detail, None);
+    }
     let status = match kind {
         Kind::ResponseTooLarge => status,
         _ => kind.status(),
@@ -215,6 +245,7 @@ pub(crate) fn stand_in(
         status,
         headers,
         body: body(problems, kind, status, detail),
+        trailers: HeaderMap::new(),
     }
 }
 
@@ -227,4 +258,99 @@ fn body(problems: &Problems, kind: Kind, status: StatusCode, detail: &str) -> By
     };
     // Serializing strings and a number into a Vec cannot fail.
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The header naming a problem's type in a gRPC answer, beside `grpc-status`.
+const GRPC_PROBLEM: &str = "idempotency-problem";
+
+/// A problem as gRPC answers: `200` with no body and the status in the headers (a
+/// trailers-only response): `grpc-status`, `grpc-message` (the detail, percent-encoded) and
+/// `idempotency-problem` (the problem's type URI), and `retry-after` when there is one.
+fn grpc(
+    problems: &Problems,
+    kind: Kind,
+    detail: &str,
+    retry_after: Option<Duration>,
+) -> StoredResponse {
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(kind.grpc_code())),
+    );
+    if let Ok(message) = HeaderValue::from_str(&grpc_message(detail)) {
+        headers.insert("grpc-message", message);
+    }
+    // The base was checked when it was set: the value is valid.
+    if let Ok(uri) = HeaderValue::from_str(&problems.type_uri(kind)) {
+        headers.insert(GRPC_PROBLEM, uri);
+    }
+    if let Some(wait) = retry_after {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    StoredResponse {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+        trailers: HeaderMap::new(),
+    }
+}
+
+/// `grpc-message` as the gRPC protocol writes it: UTF-8, with `%` and every byte outside
+/// printable ASCII percent-encoded.
+fn grpc_message(detail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut encoded = String::with_capacity(detail.len());
+    for byte in detail.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_as_grpc_writes_them() {
+        assert_eq!(grpc_message("plain text, 100"), "plain text, 100");
+        assert_eq!(grpc_message("50% off"), "50%25 off");
+        assert_eq!(grpc_message("caf\u{e9}\n"), "caf%C3%A9%0A");
+    }
+
+    #[test]
+    fn a_grpc_problem_is_a_trailers_only_status() {
+        let problems = Problems::under(PROBLEM_TYPE_BASE, false, true).expect("a base");
+        let answer = response(
+            &problems,
+            Kind::InProgress,
+            "still running",
+            Some(Duration::from_millis(1500)),
+        );
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.is_empty());
+        assert_eq!(answer.headers["content-type"], "application/grpc");
+        assert_eq!(answer.headers["grpc-status"], "10");
+        assert_eq!(answer.headers["grpc-message"], "still running");
+        assert_eq!(answer.headers["retry-after"], "2");
+        assert!(
+            answer.headers["idempotency-problem"]
+                .to_str()
+                .expect("ASCII")
+                .ends_with("#in-progress")
+        );
+        let stand_in = stand_in(
+            &problems,
+            Kind::ResponseTooLarge,
+            StatusCode::OK,
+            None,
+            "too large",
+        );
+        assert_eq!(stand_in.headers["grpc-status"], "9");
+    }
 }

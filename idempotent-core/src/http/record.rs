@@ -28,11 +28,16 @@ pub(crate) struct StoredResponse {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    /// What followed the body (gRPC's `grpc-status`, `grpc-message`, trailing metadata);
+    /// empty for most HTTP responses, and then not written.
+    pub(crate) trailers: HeaderMap,
 }
 
 /// At most what the record takes besides the header names and values and the body: the
 /// struct, its three keys, the status, and a length of at most 10 bytes for the body.
 const FIXED_MAX: usize = 32;
+/// At most what the trailers' key and sequence take besides their headers.
+const TRAILERS_MAX: usize = 16;
 /// At most what one header takes besides its name and value: a tuple, two tags, two lengths.
 const HEADER_MAX: usize = 24;
 
@@ -47,10 +52,11 @@ impl ResponseRecord {
     /// At least the record's length.
     pub(crate) fn bound(&self) -> usize {
         let response = &*self.0;
-        let headers = response.headers.iter().fold(0usize, |sum, (name, value)| {
+        let fields = response.headers.iter().chain(response.trailers.iter());
+        let headers = fields.fold(0usize, |sum, (name, value)| {
             sum.saturating_add(HEADER_MAX + name.as_str().len() + value.len())
         });
-        (envelope::MARK_LEN + FIXED_MAX)
+        (envelope::MARK_LEN + FIXED_MAX + TRAILERS_MAX)
             .saturating_add(headers)
             .saturating_add(response.body.len())
     }
@@ -86,10 +92,14 @@ impl Serialize for Headers<'_> {
 impl Serialize for ResponseRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let response = &*self.0;
-        let mut out = serializer.serialize_struct("ResponseRecord", 3)?;
+        let trailers = !response.trailers.is_empty();
+        let mut out = serializer.serialize_struct("ResponseRecord", 3 + usize::from(trailers))?;
         out.serialize_field("s", &response.status.as_u16())?;
         out.serialize_field("h", &Headers(&response.headers))?;
         out.serialize_field("b", &Raw(&response.body))?;
+        if trailers {
+            out.serialize_field("t", &Headers(&response.trailers))?;
+        }
         out.end()
     }
 }
@@ -134,6 +144,9 @@ struct Wire {
     s: u16,
     h: Vec<(String, Blob)>,
     b: Blob,
+    /// Records of responses without trailers (and of versions before them) have none.
+    #[serde(default)]
+    t: Vec<(String, Blob)>,
 }
 
 impl<'de> Deserialize<'de> for ResponseRecord {
@@ -141,18 +154,25 @@ impl<'de> Deserialize<'de> for ResponseRecord {
         let wire = Wire::deserialize(deserializer)?;
         let status = StatusCode::from_u16(wire.s)
             .map_err(|_| D::Error::custom(format_args!("stored status {} is invalid", wire.s)))?;
-        let mut headers = HeaderMap::with_capacity(wire.h.len());
-        for (name, Blob(value)) in wire.h {
-            let value = HeaderValue::from_bytes(&value)
-                .map_err(|_| D::Error::custom(format_args!("stored header `{name}` is invalid")))?;
-            headers.append(header_name::<D>(&name)?, value);
-        }
         Ok(ResponseRecord(Arc::new(StoredResponse {
             status,
-            headers,
+            headers: header_map::<D>(wire.h)?,
             body: Bytes::from(wire.b.0),
+            trailers: header_map::<D>(wire.t)?,
         })))
     }
+}
+
+fn header_map<'de, D: Deserializer<'de>>(
+    fields: Vec<(String, Blob)>,
+) -> Result<HeaderMap, D::Error> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, Blob(value)) in fields {
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| D::Error::custom(format_args!("stored header `{name}` is invalid")))?;
+        headers.append(header_name::<D>(&name)?, value);
+    }
+    Ok(headers)
 }
 
 fn header_name<'de, D: Deserializer<'de>>(name: &str) -> Result<HeaderName, D::Error> {
@@ -182,19 +202,27 @@ mod tests {
         headers.append(http::header::SET_COOKIE, HeaderValue::from_static("a=1"));
         headers.append(http::header::SET_COOKIE, HeaderValue::from_static("b=2"));
         headers.insert("x-raw", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
-        for body in [
-            Bytes::from_static(br#"{"id":"ord_1"}"#),
-            Bytes::from_static(&[0, 159, 146, 150, 255]),
-            Bytes::new(),
-        ] {
-            let back = round_trip(StoredResponse {
-                status: StatusCode::CREATED,
-                headers: headers.clone(),
-                body: body.clone(),
-            });
-            assert_eq!(back.status, StatusCode::CREATED);
-            assert_eq!(back.headers, headers);
-            assert_eq!(back.body, body);
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", HeaderValue::from_static("5"));
+        grpc.insert("grpc-message", HeaderValue::from_static("no%20such%20sku"));
+        grpc.insert("x-trace-bin", HeaderValue::from_bytes(b"\xff").unwrap());
+        for trailers in [HeaderMap::new(), grpc] {
+            for body in [
+                Bytes::from_static(br#"{"id":"ord_1"}"#),
+                Bytes::from_static(&[0, 159, 146, 150, 255]),
+                Bytes::new(),
+            ] {
+                let back = round_trip(StoredResponse {
+                    status: StatusCode::CREATED,
+                    headers: headers.clone(),
+                    body: body.clone(),
+                    trailers: trailers.clone(),
+                });
+                assert_eq!(back.status, StatusCode::CREATED);
+                assert_eq!(back.headers, headers);
+                assert_eq!(back.body, body);
+                assert_eq!(back.trailers, trailers);
+            }
         }
     }
 
@@ -216,12 +244,20 @@ mod tests {
             &[0xff, 0, 1, 2, 3, 4, 5, 6],
             &big,
         ];
-        for headers in [HeaderMap::new(), headers] {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let cases = [
+            (HeaderMap::new(), HeaderMap::new()),
+            (headers.clone(), HeaderMap::new()),
+            (headers, trailers),
+        ];
+        for (headers, trailers) in cases {
             for body in bodies {
                 let stored = ResponseRecord(Arc::new(StoredResponse {
                     status: StatusCode::CREATED,
                     headers: headers.clone(),
                     body: Bytes::copy_from_slice(body),
+                    trailers: trailers.clone(),
                 }));
                 let record = <OutputsOnly as OutputMode<ResponseRecord, crate::Error>>::encode(
                     &Ok(stored.clone()),

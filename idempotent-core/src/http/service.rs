@@ -126,7 +126,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
-        if !config.applies_to(request.method())
+        if !config.applies_to(request.method(), request.uri().path())
             || (!config.require_key && !request.headers().contains_key(&config.header))
         {
             return ResponseFuture {
@@ -221,7 +221,12 @@ where
     let handler = || async move {
         let response = inner.call(request).await.map_err(Failure::Service)?;
         let (parts, body) = response.into_parts();
-        if !stored_statuses.stores(parts.status) {
+        // The status that decides whether the response is stored: known now, or (gRPC) only
+        // from the trailers after the body.
+        let known = exchange::status_to_store(settings, parts.status, &parts.headers);
+        if let Some(status) = known
+            && !stored_statuses.stores(status)
+        {
             return Err(Failure::Unstored(Response::from_parts(
                 parts,
                 ResponseBody::stream(body),
@@ -230,13 +235,16 @@ where
         // From here the handler ran and answered with a status that is stored: whatever
         // happens to its body, the key records something, so a retry never runs it again.
         Ok(match collect_up_to(body, limit).await {
-            Collected::Whole(bytes) => {
-                let read = Read::Whole(bytes.clone());
+            Collected::Whole(bytes, trailers) => {
+                let response = |parts, bytes, trailers| {
+                    Response::from_parts(parts, ResponseBody::full_with(bytes, Some(trailers)))
+                };
+                if known.is_none() && !stored_statuses.stores(exchange::grpc_status(&trailers)) {
+                    return Err(Failure::Unstored(response(parts, bytes, trailers)));
+                }
+                let read = Read::Whole(bytes.clone(), trailers.clone());
                 let stored = exchange::record(settings, parts.status, &parts.headers, &read);
-                (
-                    stored,
-                    Response::from_parts(parts, ResponseBody::full(bytes)),
-                )
+                (stored, response(parts, bytes, trailers))
             }
             Collected::OverLimit(read, rest) => (
                 exchange::record(settings, parts.status, &parts.headers, &Read::OverLimit),
@@ -262,7 +270,8 @@ where
 /// A stored response, or the layer's problem, as the client gets it; a replay carries
 /// `Idempotent-Replayed: true`.
 fn answer<B>(stored: &StoredResponse, replayed: bool) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(stored.body.clone()));
+    let trailers = (!stored.trailers.is_empty()).then(|| stored.trailers.clone());
+    let mut response = Response::new(ResponseBody::full_with(stored.body.clone(), trailers));
     *response.status_mut() = stored.status;
     let headers = response.headers_mut();
     headers.reserve(stored.headers.len() + 1);
