@@ -18,6 +18,9 @@
 //! feature: `--features http,postgres`) in a PostgreSQL table, created at start-up.
 //!
 //! Keys are scoped per client by the `Authorization` header, chosen in `main` (see there why).
+//!
+//! With the `metrics` feature, `GET /metrics` shows the layer's counters (replays, executions,
+//! key reuses…) in Prometheus's text format.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +144,18 @@ async fn idempotency() -> Result<(Idempotency, &'static str), Box<dyn std::error
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (idempotency, store) = idempotency().await?;
-    let app = Router::new()
+    let app = Router::new();
+    // The idempotency metrics for Prometheus to scrape (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    let app = {
+        let prometheus =
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        app.route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
+    };
+    let app = app
         .route("/orders", post(create_order))
         .route("/orders/{id}", get(read_order))
         .with_state(Orders::default())

@@ -47,6 +47,17 @@ status=$(request "$tmp/retry" -X POST "$base/orders" -H "$alice" -H "Idempotency
 grep -qi '^idempotent-replayed: true' "$tmp/retry.headers" || fail "the retry was not a replay"
 cmp -s "$tmp/first.body" "$tmp/retry.body" || fail "the replay's body differs from the first"
 
+# The replay shows in the metrics, where the example serves them (built with `metrics`);
+# EXPECT_METRICS=1 makes them mandatory.
+metrics=$(curl -s -m 10 -w '\n%{http_code}' "$base/metrics")
+if [ "$(tail -1 <<<"$metrics")" = 200 ]; then
+    grep -Eq '^idempotency_replays_total\{namespace="http"\} [1-9]' <<<"$metrics" \
+        || fail "no replay in /metrics: $(grep idempotency_ <<<"$metrics")"
+    echo "metrics: $(grep -E '^idempotency_(replays|executions)_total' <<<"$metrics" | tr '\n' ' ')"
+elif [ "${EXPECT_METRICS:-0}" = 1 ]; then
+    fail "GET /metrics answered $(tail -1 <<<"$metrics")"
+fi
+
 status=$(request "$tmp/reused" -X POST "$base/orders" -H "$alice" -H "Idempotency-Key: $key" \
     -H 'Content-Type: application/json' -d '{"item":"lamp","quantity":1}')
 [ "$status" = 422 ] || fail "a reused key answered $status"

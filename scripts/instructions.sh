@@ -7,11 +7,15 @@
 # instructions a block, several times its real cost); the last column leaves the compression
 # function out, to compare everything else.
 #
-# Usage: scripts/instructions.sh [calls]   (default 20000)
+# Usage: scripts/instructions.sh [calls] [cases…]   (default 20000, every case)
+# FEATURES="--features metrics" counts a build with those features.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
-cargo bench --bench instructions --no-run 2>/dev/null
+shift || true
+cases=${*:-plain cached raw hash replay breaker}
+# shellcheck disable=SC2086
+cargo bench --bench instructions --no-run ${FEATURES:-} 2>/dev/null
 binary=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/instructions-* | grep -v '\.d$' | head -1)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -24,7 +28,7 @@ count() {
     echo "$total ${sha:-0}"
 }
 printf '%-8s %14s %22s\n' case 'instr/call' 'instr/call without SHA'
-for case in plain cached raw hash replay breaker; do
+for case in $cases; do
     read -r total1 sha1 < <(count "$case" "$calls")
     read -r total2 sha2 < <(count "$case" $((calls * 2)))
     printf '%-8s %14d %22d\n' "$case" $(((total2 - total1) / calls)) $(((total2 - sha2 - total1 + sha1) / calls))

@@ -119,6 +119,9 @@ pub use idempotent_core::SqliteStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use idempotent_core::http;
 
+/// The metrics (feature `metrics`): their names, kinds and labels.
+pub use idempotent_core::metrics;
+
 /// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the
 /// first call's output back.
 ///

@@ -229,6 +229,16 @@ impl Namespace {
             NamespaceRepr::Shared(name) => name,
         }
     }
+
+    /// The namespace as a metric label: a literal is borrowed, a shared name shared.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn label(&self) -> ::metrics::SharedString {
+        match &self.0 {
+            NamespaceRepr::Static(name) => ::metrics::SharedString::const_str(name),
+            NamespaceRepr::Shared(name) => ::metrics::SharedString::from(Arc::clone(name)),
+        }
+    }
 }
 
 impl From<&'static str> for Namespace {
@@ -314,6 +324,23 @@ impl Key {
     /// The namespace.
     pub fn namespace(&self) -> &str {
         self.namespace.as_str()
+    }
+
+    /// The namespace as a metric label.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn namespace_label(&self) -> ::metrics::SharedString {
+        self.namespace.label()
+    }
+
+    /// The namespace, when it is a literal.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn static_namespace(&self) -> Option<&'static str> {
+        match self.namespace.0 {
+            NamespaceRepr::Static(name) => Some(name),
+            NamespaceRepr::Shared(_) => None,
+        }
     }
 
     /// The version.

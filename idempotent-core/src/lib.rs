@@ -30,6 +30,7 @@ mod global;
 pub mod http;
 mod kept;
 mod key;
+pub mod metrics;
 pub mod output;
 mod protocol;
 mod record;

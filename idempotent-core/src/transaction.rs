@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, StoreOp};
 use crate::key::{Fingerprint, Key};
+use crate::metrics::{self, Counter};
 use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
 use crate::protocol::{
     self, CallOptions, Caller, Next, Outcome, Refusal, Request, Settings, call_option_setters,
@@ -181,15 +182,18 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
         } = self.request;
         settings.check()?;
         let mut caller = Caller::in_transaction(&settings, store.waits_in_transaction());
+        let mut waited = false;
         loop {
             let request = ClaimRequest::new(fingerprint, settings.lease);
-            let claim = store.claim_in(&mut **tx, &key, request, true).await;
+            let claim = store.claim_in(&mut **tx, &key, request, true);
+            let claim = metrics::store_call(StoreOp::Claim, &key, claim).await;
             let next = match claim {
                 Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
             match next {
                 Next::Own { token, .. } => {
+                    metrics::count(Counter::Executions, &key);
                     event!(debug, key = %key, "execute (in the caller's transaction)");
                     return Ok(Claimed::Owned(Owner {
                         store,
@@ -201,13 +205,19 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
                     }));
                 }
                 Next::Replay(output) => {
+                    metrics::count(Counter::Replays, &key);
                     event!(debug, key = %key, "replay (in the caller's transaction)");
                     let result = protocol::decode_stored::<M, T, E>(key, &output)?;
                     return Ok(Claimed::Replayed(result));
                 }
                 // Waiting here keeps the transaction's locks: the caller waits only where the
                 // claim took none that the owner needs (see `Caller::in_transaction`).
-                Next::Poll(nap) => tokio::time::sleep(nap).await,
+                Next::Poll(nap) => {
+                    if !std::mem::replace(&mut waited, true) {
+                        metrics::count(Counter::Waits, &key);
+                    }
+                    tokio::time::sleep(nap).await;
+                }
                 Next::Fail(refusal) => return Err(refusal.into_error(key)),
             }
         }

@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use super::Idempotency;
-use crate::error::Error;
+use crate::error::{Error, StoreOp};
 use crate::kept::Keeper;
 use crate::key::{Fingerprint, Key};
+use crate::metrics::{self, Counter};
 use crate::output::{OutputMode, OutputsAndErrors, OutputsOnly};
 use crate::protocol::{self, CallOptions, Refusal, Request, call_option_setters};
 use crate::record::{Claim, ClaimNow, HeldRecord};
@@ -125,10 +126,9 @@ impl<'a, M> Call<'a, M> {
                 None if claim_first => {
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
-                    match inner
-                        .claim(&key, ClaimRequest::new(fingerprint, settings.lease))
-                        .await
-                    {
+                    let request = ClaimRequest::new(fingerprint, settings.lease);
+                    let claim = inner.claim(&key, request);
+                    match metrics::store_call(StoreOp::Claim, &key, claim).await {
                         Ok(Claim::Completed {
                             fingerprint: stored,
                             output,
@@ -213,6 +213,7 @@ pub(super) fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
     if stored != fingerprint {
         return Err(Refusal::KeyReused.into_error(key).into());
     }
+    metrics::count(Counter::Replays, &key);
     event!(debug, key = %key, "replay");
     protocol::decode::<M, T, E>(key, output)
 }
@@ -229,6 +230,7 @@ fn replay_held<M: OutputMode<T, E>, T, E: From<Error>>(
     if held.fingerprint() == fingerprint
         && let Some(value) = keeper.and_then(|keeper| held.kept().and_then(keeper.take))
     {
+        metrics::count(Counter::Replays, &key);
         event!(debug, key = %key, "replay");
         return Ok(value);
     }

@@ -6,9 +6,10 @@ use tokio::time::Instant;
 use super::call::replay;
 use super::flight::Landing;
 use super::{Body, Inner};
-use crate::error::{Error, StoreError};
+use crate::error::{Error, StoreError, StoreOp};
 use crate::kept::Keeper;
 use crate::key::{Fingerprint, Key};
+use crate::metrics::{self, Counter};
 use crate::output::OutputMode;
 use crate::protocol::{self, Caller, Next, Refusal, Settings};
 use crate::record::Claim;
@@ -35,6 +36,13 @@ impl Inner {
     {
         settings.check()?;
         let mut caller = Caller::new(&settings);
+        // Counted once per call, however often it waits.
+        let mut waited = false;
+        let mut wait = |key: &Key| {
+            if !std::mem::replace(&mut waited, true) {
+                metrics::count(Counter::Waits, key);
+            }
+        };
         loop {
             // A task of this process owns the key: wait for its landing, no store traffic.
             // (Not when the store already answered the first claim: that answer is ours.)
@@ -44,8 +52,14 @@ impl Inner {
                 match caller.on_flight(&flight.fingerprint, lease_until, &fingerprint, now) {
                     // Boxed, like every waiting path: waits are rare, and their timers would
                     // otherwise make every call's future large and costly to move.
-                    Ok(Some(until)) => match Box::pin(flight.wait(until)).await {
+                    Ok(Some(until)) => match {
+                        wait(&key);
+                        Box::pin(flight.wait(until))
+                    }
+                    .await
+                    {
                         Some(Landing::Completed(output)) => {
+                            metrics::count(Counter::Replays, &key);
                             event!(debug, key = %key, "replay (coalesced in process)");
                             return protocol::decode::<M, T, E>(key, &output);
                         }
@@ -72,15 +86,15 @@ impl Inner {
             let claim = match first.take() {
                 Some(claim) => claim,
                 None => {
-                    self.claim(&key, ClaimRequest::new(fingerprint, settings.lease))
-                        .await
+                    let claim = self.claim(&key, ClaimRequest::new(fingerprint, settings.lease));
+                    metrics::store_call(StoreOp::Claim, &key, claim).await
                 }
             };
             let next = match claim {
                 Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) if caller.fails_open(&error) => {
                     event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
-                    return body.run().await;
+                    return metrics::body(&key, body.run()).await;
                 }
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
@@ -100,10 +114,12 @@ impl Inner {
                         continue;
                     }
                     event!(trace, key = %key, nap = ?nap, "in progress elsewhere; polling");
+                    wait(&key);
                     Box::pin(tokio::time::sleep(nap)).await;
                 }
                 Next::Own { token, took_over } => {
                     if took_over {
+                        metrics::count(Counter::Takeovers, &key);
                         event!(info, key = %key, "took over a claim whose lease had passed");
                     } else {
                         event!(debug, key = %key, "claimed");

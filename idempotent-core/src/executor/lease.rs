@@ -15,8 +15,9 @@ use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
 use super::flight::Flight;
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreOp};
 use crate::key::Key;
+use crate::metrics::{self, Counter};
 use crate::protocol::{Settings, defaults, later};
 use crate::record::Token;
 use crate::store::Store;
@@ -87,6 +88,7 @@ impl<'a> Renewal<'a> {
                 self.renewing = None;
                 match renewed {
                     Ok(()) => {
+                        metrics::count(Counter::Renewals, self.key);
                         event!(trace, key = %self.key, "renewed the lease");
                         self.flight.extend(later(sent, self.lease));
                     }
@@ -128,7 +130,9 @@ impl<'a> Renewal<'a> {
             self.renewing = Some((
                 now,
                 Box::pin(async move {
-                    match tokio::time::timeout(every, store.renew(key, &token, lease)).await {
+                    let renewing = store.renew(key, &token, lease);
+                    let renewing = metrics::store_call(StoreOp::Renew, key, renewing);
+                    match tokio::time::timeout(every, renewing).await {
                         Ok(renewed) => renewed,
                         Err(_) => Err(StoreError::Timeout(every)),
                     }

@@ -16,6 +16,7 @@ use super::{Body, Inner};
 use crate::error::{Error, NotStored, StoreError, StoreOp};
 use crate::kept::Keep;
 use crate::key::{Fingerprint, Key};
+use crate::metrics::{self, Counter};
 use crate::output::{OutputMode, envelope};
 use crate::protocol::{self, Outcome, Settings, defaults};
 use crate::record::Token;
@@ -61,7 +62,9 @@ impl Inner {
         let mut renewal = Renewal::new(&*self.store, &key, token, &settings, &flight);
         // `body.run()` is called inside the caught future: a panic in its synchronous part
         // releases the claim too.
-        let body = AssertUnwindSafe(async move { body.run().await }).catch_unwind();
+        let timed = &key;
+        let body =
+            AssertUnwindSafe(async move { metrics::body(timed, body.run()).await }).catch_unwind();
         let result = match renewal.around(body).await {
             Ok(result) => result,
             Err(panic) => {
@@ -147,7 +150,8 @@ impl Recording {
         let mut attempt = 1;
         let mut pause = defaults::COMPLETE_BACKOFF;
         loop {
-            let completed = self.store.complete(&self.key, self.done.clone()).await;
+            let completing = self.store.complete(&self.key, self.done.clone());
+            let completed = metrics::store_call(StoreOp::Complete, &self.key, completing).await;
             match completed {
                 Ok(()) => return Ok(self.done.output.clone()),
                 Err(StoreError::TooLarge { size, limit })
@@ -177,10 +181,13 @@ impl Recording {
                     if let Budget::Until(_) = budget {
                         // Keep the key while the store recovers; a taken-over key ends the
                         // attempts at the next `complete` (`LeaseLost`).
-                        let _ = self
-                            .store
-                            .renew(&self.key, &self.done.token, self.lease)
-                            .await;
+                        let renewing = self.store.renew(&self.key, &self.done.token, self.lease);
+                        if metrics::store_call(StoreOp::Renew, &self.key, renewing)
+                            .await
+                            .is_ok()
+                        {
+                            metrics::count(Counter::Renewals, &self.key);
+                        }
                     }
                 }
                 Err(error) => return Err(error),
@@ -262,8 +269,10 @@ impl HeldClaim<'_> {
     /// Releases the claim (the body failed with an error that is not stored, or panicked).
     async fn release(&mut self) {
         self.stage = Stage::Settled;
-        match self.store.release(self.key, &self.token).await {
+        let releasing = self.store.release(self.key, &self.token);
+        match metrics::store_call(StoreOp::Release, self.key, releasing).await {
             Ok(()) => {
+                metrics::count(Counter::Releases, self.key);
                 event!(debug, key = %self.key, "released the claim");
             }
             Err(error) => {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::{CodecOp, Error, NotStored, StoreError, StoreOp};
 use crate::key::{Fingerprint, Key};
+use crate::metrics::{self, Counter};
 use crate::output::{OutputMode, OutputsAndErrors, envelope};
 use crate::record::{Claim, Token};
 
@@ -93,9 +94,17 @@ impl Refusal {
     /// The error the caller gets.
     #[cold]
     pub(crate) fn into_error(self, key: Key) -> Error {
+        // Counted here, the one way out of a refused call (store errors where the store
+        // answered).
         match self {
-            Refusal::KeyReused => Error::KeyReused { key },
-            Refusal::InProgress { retry_after } => Error::InProgress { key, retry_after },
+            Refusal::KeyReused => {
+                metrics::count(Counter::KeyReuses, &key);
+                Error::KeyReused { key }
+            }
+            Refusal::InProgress { retry_after } => {
+                metrics::count(Counter::InProgress, &key);
+                Error::InProgress { key, retry_after }
+            }
             Refusal::Store(error) => Error::from_store(StoreOp::Claim, &key, error),
         }
     }
