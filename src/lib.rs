@@ -122,6 +122,10 @@ pub use idempotent_core::http;
 /// The metrics (feature `metrics`): their names, kinds and labels.
 pub use idempotent_core::metrics;
 
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use idempotent_core::test_util;
+
 /// Makes an `async fn` idempotent: it runs at most once per key, and every retry gets the
 /// first call's output back.
 ///

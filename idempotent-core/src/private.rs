@@ -8,7 +8,15 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use serde::Serialize;
 
 // Exactly the names the expansion of `#[idempotent]` writes.
-pub use crate::global::default_idempotency;
+/// The process default executor, or the one a test switched to (feature `test-util`).
+#[inline]
+pub fn default_idempotency() -> Result<&'static Idempotency, Error> {
+    #[cfg(feature = "test-util")]
+    if let Some(switched) = crate::test_util::switched() {
+        return Ok(switched);
+    }
+    crate::global::default_idempotency()
+}
 pub use crate::kept::{KeepByClone, KeepByDecoding, Probe};
 pub use crate::key::DigestBuilder;
 pub use crate::protocol::{CallOptions, InProgressPolicy};
@@ -99,9 +107,14 @@ pub fn key_digest<T: Serialize + ?Sized>(material: &T) -> Result<Digest, Canonic
     Digest::of(material)
 }
 
-/// The executor named by `store = …` (any `&T` that derefs to `Idempotency`).
+/// The executor named by `store = …` (any `&T` that derefs to `Idempotency`), or the one a
+/// test switched to (feature `test-util`).
 #[inline]
 pub fn executor(idempotency: &Idempotency) -> Result<&Idempotency, Error> {
+    #[cfg(feature = "test-util")]
+    if let Some(switched) = crate::test_util::switched() {
+        return Ok(switched);
+    }
     Ok(idempotency)
 }
 
