@@ -66,11 +66,11 @@
 
 pub use idempotent_core::{
     BoxError, Bytes, Call, CallOptions, CanonicalError, CircuitOpen, Claim, ClaimNow, ClaimRequest,
-    CodecOp, Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest,
+    CodecOp, Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, How,
     Idempotency, IdempotencyBuilder, InProgressPolicy, Inspection, Keep, Key, Namespace, NotStored,
-    OutputMode, OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut, Store, StoreError,
-    StoreOp, StoredOutcome, Token, async_trait, default_idempotency, defaults, output, set_default,
-    set_default_store, shutdown_default, store,
+    Obtained, OutputMode, OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut, Store,
+    StoreError, StoreOp, StoredOutcome, Token, async_trait, default_idempotency, defaults, output,
+    set_default, set_default_store, shutdown_default, store,
 };
 
 #[cfg(feature = "conformance")]

@@ -62,7 +62,8 @@ pub use bytes::Bytes;
 pub use canonical::CanonicalError;
 pub use error::{BoxError, CircuitOpen, CodecOp, Error, NotStored, StoreError, StoreOp};
 pub use executor::{
-    Call, Idempotency, IdempotencyBuilder, Inspection, ShutdownTimedOut, StoredOutcome,
+    Call, How, Idempotency, IdempotencyBuilder, Inspection, Obtained, ShutdownTimedOut,
+    StoredOutcome,
 };
 pub use global::{default_idempotency, set_default, set_default_store, shutdown_default};
 pub use kept::Keep;

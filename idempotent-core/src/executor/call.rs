@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use super::Idempotency;
@@ -15,6 +16,35 @@ use crate::protocol::{self, CallOptions, Refusal, Request, call_option_setters};
 use crate::record::{Claim, ClaimNow, HeldRecord};
 use crate::store::ClaimRequest;
 use crate::trace::event;
+
+/// How a call's output was obtained: [`Call::run_obtained`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum How {
+    /// The body ran in this call.
+    Executed,
+    /// An output stored by an earlier call was replayed at once.
+    Replayed,
+    /// Another call held the key; this one waited for it and replayed its output.
+    ReplayedAfterWaiting,
+}
+
+/// An output and how it was obtained: [`Call::run_obtained`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Obtained<T> {
+    /// The output, as [`Call::run`] returns it.
+    pub output: T,
+    /// Whether the body ran in this call, or a stored output was replayed.
+    pub how: How,
+}
+
+impl<T> Obtained<T> {
+    /// Whether the output was replayed (the body did not run in this call).
+    pub fn replayed(&self) -> bool {
+        self.how != How::Executed
+    }
+}
 
 /// One call's options; finish with [`run`](Call::run).
 #[derive(Debug)]
@@ -76,13 +106,66 @@ impl<'a, M> Call<'a, M> {
         run_prepared(Ok(self), body, None)
     }
 
+    /// [`run`](Call::run), telling how the output was obtained: the body ran in this call,
+    /// or a stored output was replayed at once, or after waiting for another call that held
+    /// the key.
+    ///
+    /// ```
+    /// use idempotent_core::{Error, Fingerprint, How, Idempotency, Key, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), idempotent_core::BoxError> {
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// let key = Key::derive("orders::confirm", 1, &"order-1")?;
+    /// let fingerprint = Fingerprint::of(&"order-1")?;
+    /// for expected in [How::Executed, How::Replayed] {
+    ///     let confirmed = idempotency
+    ///         .call(key.clone(), fingerprint)
+    ///         .run_obtained(|| async { Ok::<_, Error>("confirmed") })
+    ///         .await?;
+    ///     assert_eq!(confirmed.how, expected);
+    ///     if confirmed.how == How::Executed {
+    ///         // send the receipt email: only the call that did the work does
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_obtained<T, E, F, Fut>(self, body: F) -> Result<Obtained<T>, E>
+    where
+        M: OutputMode<T, E>,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let ran = AtomicBool::new(false);
+        let waited = AtomicBool::new(false);
+        let body = || {
+            ran.store(true, Ordering::Relaxed);
+            body()
+        };
+        let output = match self.start(body, None, Some(&waited)) {
+            Ok(done) => done,
+            Err(rest) => rest.await,
+        }?;
+        let how = if ran.load(Ordering::Relaxed) {
+            How::Executed
+        } else if waited.load(Ordering::Relaxed) {
+            How::ReplayedAfterWaiting
+        } else {
+            How::Replayed
+        };
+        Ok(Obtained { output, how })
+    }
+
     /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
-    /// whole call, boxed.
+    /// whole call, boxed. `waited` is set when the call waits for another holding the key.
     #[allow(clippy::type_complexity)]
     fn start<T, E, F, Fut>(
         self,
         body: F,
         keeper: Option<Keeper<T>>,
+        waited: Option<&'a AtomicBool>,
     ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
     where
         M: OutputMode<T, E>,
@@ -138,8 +221,16 @@ impl<'a, M> Call<'a, M> {
                 }
                 first => first,
             };
-            Box::pin(inner.execute::<M, T, E, F>(settings, key, fingerprint, body, first, keeper))
-                .await
+            let call = inner.execute::<M, T, E, F>(
+                settings,
+                key,
+                fingerprint,
+                body,
+                first,
+                keeper,
+                waited,
+            );
+            Box::pin(call).await
         };
         #[cfg(feature = "tracing")]
         let execution = tracing::Instrument::instrument(execution, span);
@@ -197,7 +288,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     match call {
-        Ok(call) => call.start(body, keeper),
+        Ok(call) => call.start(body, keeper, None),
         Err(error) => Ok(Err(error.into())),
     }
 }

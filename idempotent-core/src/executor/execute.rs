@@ -1,6 +1,8 @@
 //! The rest of a call after its first step: the protocol's loop — follow a flight of this
 //! process, claim, wait for an owner elsewhere, or own the key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::time::Instant;
 
 use super::call::replay;
@@ -19,7 +21,9 @@ use crate::trace::event;
 impl Inner {
     /// The whole call. `first` is the answer to the call's first claim when `Call::start`
     /// already had it; it checked then that no flight of this process ran the key, so the
-    /// answer is used as it is.
+    /// answer is used as it is. `waited` is set when the call waits for another holding the
+    /// key.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn execute<M, T, E, F>(
         &self,
         settings: Settings,
@@ -28,6 +32,7 @@ impl Inner {
         body: F,
         mut first: Option<Result<Claim, StoreError>>,
         keeper: Option<Keeper<T>>,
+        waited: Option<&AtomicBool>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
@@ -37,9 +42,12 @@ impl Inner {
         settings.check()?;
         let mut caller = Caller::new(&settings);
         // Counted once per call, however often it waits.
-        let mut waited = false;
+        let mut counted = false;
         let mut wait = |key: &Key| {
-            if !std::mem::replace(&mut waited, true) {
+            if let Some(waited) = waited {
+                waited.store(true, Ordering::Relaxed);
+            }
+            if !std::mem::replace(&mut counted, true) {
                 metrics::count(Counter::Waits, key);
             }
         };

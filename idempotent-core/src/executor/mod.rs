@@ -55,8 +55,8 @@ where
 }
 
 pub use background::ShutdownTimedOut;
-pub use call::Call;
 pub(crate) use call::start_prepared;
+pub use call::{Call, How, Obtained};
 pub use config::IdempotencyBuilder;
 pub use inspect::{Inspection, StoredOutcome};
 

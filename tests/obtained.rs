@@ -1,0 +1,110 @@
+//! `Call::run_obtained`: the output and how it was obtained — executed, replayed at once, or
+//! replayed after waiting for another call (of this process, or of another executor polling
+//! the store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency::{
+    Error, Fingerprint, How, Idempotency, InProgressPolicy, Key, MemoryStore, Obtained,
+};
+use tokio::sync::Notify;
+
+fn key(name: &str) -> (Key, Fingerprint) {
+    (
+        Key::derive("orders::confirm", 1, &name).expect("a key"),
+        Fingerprint::of(&name).expect("a fingerprint"),
+    )
+}
+
+/// Holds `key` in `holder` until `release` is notified, then answers `"first"`.
+fn hold(
+    holder: &Idempotency,
+    key: Key,
+    fingerprint: Fingerprint,
+    started: Arc<Notify>,
+    release: Arc<Notify>,
+) -> tokio::task::JoinHandle<Result<Obtained<String>, Error>> {
+    let holder = holder.clone();
+    tokio::spawn(async move {
+        holder
+            .call(key, fingerprint)
+            .run_obtained(|| async move {
+                started.notify_one();
+                release.notified().await;
+                Ok::<_, Error>("first".to_owned())
+            })
+            .await
+    })
+}
+
+async fn waits_for(holder: Idempotency, waiter: Idempotency) {
+    let (key, fingerprint) = key("order-wait");
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let first = hold(
+        &holder,
+        key.clone(),
+        fingerprint,
+        Arc::clone(&started),
+        Arc::clone(&release),
+    );
+    started.notified().await;
+    let second = tokio::spawn(async move {
+        waiter
+            .call(key, fingerprint)
+            .on_in_progress(InProgressPolicy::Wait)
+            .run_obtained(|| async { Ok::<_, Error>("second".to_owned()) })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.notify_one();
+    let first = first.await.expect("the holder").expect("its output");
+    let second = second.await.expect("the waiter").expect("the replay");
+    assert_eq!(first.how, How::Executed);
+    assert!(!first.replayed());
+    assert_eq!(second.how, How::ReplayedAfterWaiting);
+    assert!(second.replayed());
+    assert_eq!(second.output, "first");
+}
+
+#[tokio::test]
+async fn executed_then_replayed() {
+    {
+        let idempotency = Idempotency::new(MemoryStore::new());
+        let (key, fingerprint) = key("order-1");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let obtained = idempotency
+                .call(key.clone(), fingerprint)
+                .run_obtained(|| async { Ok::<_, Error>(7u32) })
+                .await
+                .expect("an output");
+            assert_eq!(obtained.output, 7);
+            seen.push(obtained.how);
+        }
+        assert_eq!(seen, [How::Executed, How::Replayed, How::Replayed]);
+        let failed = idempotency
+            .call(
+                key.clone(),
+                Fingerprint::of(&"other").expect("a fingerprint"),
+            )
+            .run_obtained(|| async { Ok::<_, Error>(8u32) })
+            .await;
+        assert!(matches!(failed, Err(Error::KeyReused { .. })));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_after_waiting_for_a_flight_of_this_process() {
+    let idempotency = Idempotency::new(MemoryStore::new());
+    waits_for(idempotency.clone(), idempotency).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_after_polling_a_store_another_executor_holds() {
+    // Two executors over one store: the waiter has no flight to follow and polls the store.
+    let store = MemoryStore::new();
+    let holder = Idempotency::new(store.clone());
+    let waiter = Idempotency::new(store);
+    waits_for(holder, waiter).await;
+}
