@@ -121,7 +121,7 @@ impl<'a, M> Call<'a, M> {
     /// for expected in [How::Executed, How::Replayed] {
     ///     let confirmed = idempotency
     ///         .call(key.clone(), fingerprint)
-    ///         .run_obtained(|| async { Ok::<_, Error>("confirmed") })
+    ///         .run_obtained(|| async { Ok::<_, Error>("confirmed".to_owned()) })
     ///         .await?;
     ///     assert_eq!(confirmed.how, expected);
     ///     if confirmed.how == How::Executed {
