@@ -108,3 +108,49 @@ async fn replayed_after_polling_a_store_another_executor_holds() {
     let waiter = Idempotency::new(store);
     waits_for(holder, waiter).await;
 }
+
+mod macro_functions {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use idempotency::{Error, How, Obtained, idempotent};
+
+    static EMAILS: AtomicUsize = AtomicUsize::new(0);
+    static CHARGES: AtomicUsize = AtomicUsize::new(0);
+
+    #[idempotent(key = order)]
+    async fn charge(order: u64, cents: u64) -> Result<Obtained<String>, Error> {
+        CHARGES.fetch_add(1, Ordering::SeqCst);
+        Ok(Obtained::executed(format!("receipt for {order}: {cents}")))
+    }
+
+    /// Sends the receipt email only when the charge ran in this call.
+    async fn checkout(order: u64) -> Result<String, Error> {
+        let charged = charge(order, 1250).await?;
+        if !charged.replayed() {
+            EMAILS.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(charged.output)
+    }
+
+    #[tokio::test]
+    async fn a_function_returning_obtained_tells_a_replay_apart() {
+        let first = charge(41, 500).await.expect("a charge");
+        assert_eq!(first.how, How::Executed);
+        let again = charge(41, 500).await.expect("a replay");
+        assert_eq!(again.how, How::Replayed);
+        assert_eq!(again.output, first.output);
+
+        for _ in 0..3 {
+            assert_eq!(
+                checkout(42).await.expect("a checkout"),
+                "receipt for 42: 1250"
+            );
+        }
+        assert_eq!(
+            EMAILS.load(Ordering::SeqCst),
+            1,
+            "one email for three checkouts"
+        );
+        assert_eq!(CHARGES.load(Ordering::SeqCst), 2);
+    }
+}

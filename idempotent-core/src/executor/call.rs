@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
+use serde::{Deserialize, Serialize};
+
 use super::Idempotency;
 use crate::error::{Error, StoreOp};
 use crate::kept::Keeper;
@@ -29,7 +31,10 @@ pub enum How {
     ReplayedAfterWaiting,
 }
 
-/// An output and how it was obtained: [`Call::run_obtained`].
+/// An output and how it was obtained: [`Call::run_obtained`], or an `#[idempotent]` function
+/// declared to return `Result<Obtained<T>, E>`, whose body answers
+/// [`Obtained::executed`]`(output)`; a replay answers [`How::Replayed`] (the macro does not
+/// tell a replay after waiting apart). Stored as the output alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Obtained<T> {
@@ -40,9 +45,49 @@ pub struct Obtained<T> {
 }
 
 impl<T> Obtained<T> {
+    /// An output the body produced in this call: what an `#[idempotent]` function that
+    /// returns `Result<Obtained<T>, E>` answers with.
+    ///
+    /// ```
+    /// use idempotent_core::Obtained;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Clone, Serialize, Deserialize)] struct Receipt;
+    /// # #[derive(Debug)] struct PaymentError;
+    /// # impl From<idempotent_core::Error> for PaymentError { fn from(_: idempotent_core::Error) -> Self { PaymentError } }
+    ///
+    /// // #[idempotent(key = order)]
+    /// async fn charge(order: u64) -> Result<Obtained<Receipt>, PaymentError> {
+    ///     Ok(Obtained::executed(Receipt))
+    /// }
+    /// // A replay stores and reads back only the `Receipt`, and answers `How::Replayed`.
+    /// ```
+    pub fn executed(output: T) -> Self {
+        Obtained {
+            output,
+            how: How::Executed,
+        }
+    }
+
     /// Whether the output was replayed (the body did not run in this call).
     pub fn replayed(&self) -> bool {
         self.how != How::Executed
+    }
+}
+
+/// Stored as the output alone: the record is the same as for a function returning `T`.
+impl<T: Serialize> Serialize for Obtained<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.output.serialize(serializer)
+    }
+}
+
+/// Read back from a stored output, which is a replay: [`How::Replayed`].
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obtained<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(|output| Obtained {
+            output,
+            how: How::Replayed,
+        })
     }
 }
 
