@@ -386,6 +386,8 @@ mod tests {
         assert_eq!(settings.wait_timeout, defaults::LONGEST);
         assert_eq!(settings.ttl, defaults::LONGEST);
         let now = Instant::now();
+        // One caller without the SQL features, two with them.
+        #[allow(clippy::single_element_loop)]
         for mut caller in [
             Caller::new(&settings),
             #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
