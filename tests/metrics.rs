@@ -170,7 +170,8 @@ fn refusals_waits_and_releases() {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Time for the waiter to find the key held and start waiting (generous: a busy CI machine).
+        tokio::time::sleep(Duration::from_millis(250)).await;
         finish.notify_one();
         assert_eq!(owner.await.expect("owner").expect("1"), 1);
         assert_eq!(waiter.await.expect("waiter").expect("the replay"), 1);

@@ -56,7 +56,8 @@ async fn waits_for(holder: Idempotency, waiter: Idempotency) {
             .run_obtained(|| async { Ok::<_, Error>("second".to_owned()) })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Time for the waiter to find the key held and start waiting (generous: a busy CI machine).
+    tokio::time::sleep(Duration::from_millis(250)).await;
     release.notify_one();
     let first = first.await.expect("the holder").expect("its output");
     let second = second.await.expect("the waiter").expect("the replay");
