@@ -67,10 +67,10 @@
 pub use idempotent_core::{
     BoxError, Bytes, Call, CallOptions, CanonicalError, CircuitOpen, Claim, ClaimNow, ClaimRequest,
     CodecOp, Completion, Digest, DigestBuilder, Error, Fingerprint, HeldRecord, HexDigest, How,
-    Idempotency, IdempotencyBuilder, InProgressPolicy, Inspection, Keep, Key, Namespace, NotStored,
-    Obtained, OutputMode, OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut, Store,
-    StoreError, StoreOp, StoredOutcome, Token, async_trait, default_idempotency, defaults, output,
-    set_default, set_default_store, shutdown_default, store,
+    Idempotency, IdempotencyBuilder, InProgressPolicy, Inspection, Keep, Key, MarkSwap, Namespace,
+    NotStored, Obtained, OutputMode, OutputsAndErrors, OutputsOnly, Record, ShutdownTimedOut,
+    Store, StoreError, StoreOp, StoredOutcome, Token, async_trait, default_idempotency, defaults,
+    output, set_default, set_default_store, shutdown_default, store,
 };
 
 #[cfg(feature = "conformance")]

@@ -74,7 +74,7 @@ pub use output::{OutputMode, OutputsAndErrors, OutputsOnly};
 pub use protocol::defaults;
 pub use protocol::{CallOptions, InProgressPolicy};
 pub use record::{Claim, ClaimNow, HeldRecord, Record, Token};
-pub use store::{ClaimRequest, Completion, Store};
+pub use store::{ClaimRequest, Completion, MarkSwap, Store};
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]

@@ -186,4 +186,5 @@ impl fmt::Debug for ClaimNow {
     }
 }
 
+#[cfg(any(feature = "memory", feature = "conformance"))]
 pub(crate) use crate::kept::Keep;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency::{Bytes, Claim, ClaimNow, Key, Record, Store, StoreError, Token, async_trait};
-use idempotency::{ClaimRequest, Completion};
+use idempotency::{ClaimRequest, Completion, MarkSwap};
 
 /// Counts the calls a store receives, by operation (each is one round trip on a remote store).
 #[derive(Debug, Default)]
@@ -115,15 +115,9 @@ impl<S: Store> Store for Recording<S> {
         self.inner.load_mark(key).await
     }
 
-    async fn swap_mark(
-        &self,
-        key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
         self.counts.swap_mark.fetch_add(1, Ordering::SeqCst);
-        self.inner.swap_mark(key, expected, new, ttl).await
+        self.inner.swap_mark(key, swap).await
     }
 }
 

@@ -36,7 +36,7 @@ async fn swap(
     ttl: std::time::Duration,
 ) -> bool {
     store
-        .swap_mark(key, expected, new, ttl)
+        .swap_mark(key, crate::store::MarkSwap::new(expected, new, ttl))
         .await
         .unwrap_or_else(|error| panic!("swap_mark of {key} must succeed: {error}"))
 }

@@ -12,7 +12,7 @@ use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
 
 mod request;
-pub use request::{ClaimRequest, Completion};
+pub use request::{ClaimRequest, Completion, MarkSwap};
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
@@ -225,18 +225,12 @@ pub trait Store: Debug + Send + Sync + 'static {
         ))
     }
 
-    /// Replaces the mark under `key` with `new` (kept for `ttl`) if it still holds `expected`
-    /// (`None`: there is none), atomically; `Ok(false)`, and no change, when it holds
-    /// anything else. A compare-and-set on the whole value: the value carries its owner's
-    /// token, so a swap by an owner that lost its lease is refused.
-    async fn swap_mark(
-        &self,
-        key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let _ = (key, expected, new, ttl);
+    /// Replaces the mark under `key` with `swap.new` (kept for `swap.ttl`) if it still holds
+    /// `swap.expected` (`None`: there is none), atomically; `Ok(false)`, and no change, when it
+    /// holds anything else. A compare-and-set on the whole value: the value carries its
+    /// owner's token, so a swap by an owner that lost its lease is refused.
+    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
+        let _ = (key, swap);
         Err(StoreError::Unsupported(
             "marks (producer-sequence deduplication)",
         ))
@@ -301,14 +295,8 @@ macro_rules! forward_store {
                 (**self).load_mark(key).await
             }
 
-            async fn swap_mark(
-                &self,
-                key: &Key,
-                expected: Option<&[u8]>,
-                new: &[u8],
-                ttl: Duration,
-            ) -> Result<bool, StoreError> {
-                (**self).swap_mark(key, expected, new, ttl).await
+            async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
+                (**self).swap_mark(key, swap).await
             }
         }
     )*};

@@ -46,6 +46,26 @@ pub struct Completion {
     pub keep: Option<Keep>,
 }
 
+/// What [`Store::swap_mark`](crate::Store::swap_mark) writes: `new`, kept for `ttl`, if the
+/// mark still holds `expected`. Named fields, so that the value expected and the value written
+/// (both bytes) cannot be swapped by mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkSwap<'a> {
+    /// What the mark must hold for the swap to happen; `None`: there must be no mark.
+    pub expected: Option<&'a [u8]>,
+    /// The mark's new value.
+    pub new: &'a [u8],
+    /// How long the new value is kept.
+    pub ttl: Duration,
+}
+
+impl<'a> MarkSwap<'a> {
+    /// `new` for `ttl` in place of `expected`.
+    pub const fn new(expected: Option<&'a [u8]>, new: &'a [u8], ttl: Duration) -> MarkSwap<'a> {
+        MarkSwap { expected, new, ttl }
+    }
+}
+
 impl Completion {
     /// The completion of the record owned by `token` with `output`, kept for `ttl`.
     pub fn new(token: Token, fingerprint: Fingerprint, output: Bytes, ttl: Duration) -> Completion {

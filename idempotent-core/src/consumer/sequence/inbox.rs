@@ -12,6 +12,7 @@ use super::{Delivery, GapPolicy, RETENTION, Stamp, gap_error, mark_key};
 use crate::error::{Error, StoreOp};
 use crate::key::{Key, Namespace};
 use crate::protocol::defaults;
+use crate::store::MarkSwap;
 use crate::store::sql::{SqlDialect, SqlStore};
 
 /// A [`SequencedConsumer`](super::SequencedConsumer) whose marks move in the handler's own
@@ -137,7 +138,7 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
             // for it to end, then changes nothing: lock that row instead.
             let empty = Mark::default().encode();
             let inserted = store
-                .swap_mark_in(&mut **tx, &key, None, &empty, self.retention)
+                .swap_mark_in(&mut **tx, &key, MarkSwap::new(None, &empty, self.retention))
                 .await
                 .map_err(failed(StoreOp::Claim))?;
             if !inserted {
@@ -171,9 +172,7 @@ impl<DB: SqlDialect> SequencedInbox<DB> {
             .swap_mark_in(
                 &mut **tx,
                 &key,
-                bytes.as_deref(),
-                &done.encode(),
-                self.retention,
+                MarkSwap::new(bytes.as_deref(), &done.encode(), self.retention),
             )
             .await
             .map_err(failed(StoreOp::Complete))?;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::error::{Error, StoreOp};
 use crate::key::Key;
 use crate::record::Token;
+use crate::store::MarkSwap;
 use crate::store::Store;
 
 const FORMAT: u8 = 1;
@@ -169,7 +170,7 @@ pub(crate) async fn swap_owned(
     let mut expected = Bytes::copy_from_slice(guess);
     for _ in 0..3 {
         if store
-            .swap_mark(key, Some(&expected), &new, retention)
+            .swap_mark(key, MarkSwap::new(Some(&expected), &new, retention))
             .await
             .map_err(error)?
         {

@@ -82,6 +82,7 @@ use crate::executor::Idempotency;
 use crate::key::{Digest, Key, Namespace};
 use crate::protocol::defaults;
 use crate::record::Token;
+use crate::store::MarkSwap;
 use crate::store::Store;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -328,7 +329,10 @@ impl SequencedConsumer {
                 owner: Some(owner),
             };
             let swapped = store
-                .swap_mark(key, bytes.as_deref(), &claimed.encode(), self.retention)
+                .swap_mark(
+                    key,
+                    MarkSwap::new(bytes.as_deref(), &claimed.encode(), self.retention),
+                )
                 .await
                 .map_err(|source| Error::from_store(StoreOp::Claim, key, source))?;
             if swapped {

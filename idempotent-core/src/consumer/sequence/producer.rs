@@ -12,6 +12,7 @@ use crate::error::{CodecOp, Error, StoreOp};
 use crate::executor::Idempotency;
 use crate::key::{Digest, Key, Namespace};
 use crate::protocol::defaults;
+use crate::store::MarkSwap;
 use crate::store::Store;
 
 /// The header that carries a message's producer id (JetStream, RabbitMQ, HTTP).
@@ -194,7 +195,10 @@ impl ProducerSequence {
         let new = encode(next);
         let swapped = self
             .store
-            .swap_mark(&self.key, self.stored.as_deref(), &new, self.retention)
+            .swap_mark(
+                &self.key,
+                MarkSwap::new(self.stored.as_deref(), &new, self.retention),
+            )
             .await;
         let swapped = match swapped {
             Ok(swapped) => swapped,

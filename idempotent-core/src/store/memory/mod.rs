@@ -12,6 +12,7 @@ use moka::sync::Cache;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
+use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store};
 
 mod builder;
@@ -382,13 +383,10 @@ impl Store for MemoryStore {
         Ok(self.inner.marks.load(key))
     }
 
-    async fn swap_mark(
-        &self,
-        key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        Ok(self.inner.marks.swap(key, expected, new, ttl))
+    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .marks
+            .swap(key, swap.expected, swap.new, swap.ttl))
     }
 }

@@ -3,7 +3,6 @@
 //! serves them like records.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use ::redis::aio::ConnectionLike;
 use ::redis::{Script, Value};
@@ -13,6 +12,7 @@ use super::record::millis;
 use super::{RedisStore, evalsha, unexpected};
 use crate::error::StoreError;
 use crate::key::Key;
+use crate::store::MarkSwap;
 
 static SWAP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("mark.lua")));
 
@@ -32,10 +32,9 @@ where
     pub(super) async fn swap_mark_here(
         &self,
         key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
+        swap: MarkSwap<'_>,
     ) -> Result<bool, StoreError> {
+        let MarkSwap { expected, new, ttl } = swap;
         let redis_key = self.redis_key(key);
         let script = &*SWAP;
         let mut command = evalsha(script, &redis_key, 4, 2 * new.len() + 24);

@@ -15,6 +15,7 @@ use futures_util::FutureExt as _;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
+use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store, fits};
 
 mod builder;
@@ -541,14 +542,8 @@ where
         self.load_mark_here(key).await
     }
 
-    async fn swap_mark(
-        &self,
-        key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.swap_mark_here(key, expected, new, ttl).await
+    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
+        self.swap_mark_here(key, swap).await
     }
 }
 

@@ -3,8 +3,6 @@
 //! [`MarkStatements`](super::dialect::MarkStatements)). On a pooled connection, or in the
 //! caller's transaction for the sequenced inbox.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 use super::dialect::Args;
@@ -12,6 +10,7 @@ use super::record::row_id;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
 use crate::key::Key;
+use crate::store::MarkSwap;
 
 /// The token and fingerprint of a mark's row: no owner, no arguments.
 const NO_TOKEN: [u8; 16] = [0; 16];
@@ -43,10 +42,9 @@ impl<DB: SqlDialect> SqlStore<DB> {
         &self,
         conn: &mut DB::Connection,
         key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
+        swap: MarkSwap<'_>,
     ) -> Result<bool, StoreError> {
+        let MarkSwap { expected, new, ttl } = swap;
         let id = row_id(key);
         let args = Args {
             id: &id,

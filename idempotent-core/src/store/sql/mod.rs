@@ -14,6 +14,7 @@ use self::record::{fenced, record_from, row_id};
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
+use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store, fits};
 
 pub(crate) mod builder;
@@ -342,7 +343,6 @@ impl<DB: SqlDialect> SqlStore<DB> {
         self.inner.insert_first
     }
 
-    #[cfg(feature = "postgres")]
     pub(crate) fn table_name(&self) -> &TableName {
         &self.inner.table
     }
@@ -471,14 +471,8 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
         self.load_mark_in(&mut conn, key).await
     }
 
-    async fn swap_mark(
-        &self,
-        key: &Key,
-        expected: Option<&[u8]>,
-        new: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
         let mut conn = self.acquire().await?;
-        self.swap_mark_in(&mut conn, key, expected, new, ttl).await
+        self.swap_mark_in(&mut conn, key, swap).await
     }
 }
