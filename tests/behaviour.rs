@@ -68,9 +68,16 @@ async fn a_thousand_concurrent_calls_run_the_body_once() {
     assert!(receipts.iter().all(|receipt| *receipt == receipts[0]));
     let (claims, completes, releases) = counts.snapshot();
     assert_eq!((completes, releases), (1, 0));
-    // Duplicates in one process wait on the owner's flight, not on the store: only the few
-    // that raced the owner's claim ask the store at all (polling would ask it 1000+ times).
-    assert!(claims < 50, "{claims} claims for 1000 coalesced calls");
+    // Duplicates in one process wait on the owner's flight, not on the store. A call that
+    // raced the owner's claim (before its flight started) asks the store once, or twice if its
+    // first nap ended before the flight appeared, then follows the flight. Polling instead
+    // would ask after every nap (2, 4, 8… ms) for the body's 50 ms: several claims a
+    // call. How many race depends on the OS scheduling the owner's thread: usually a few, 224
+    // once in CI on a loaded machine; the bound is what separates coalescing from polling.
+    assert!(
+        claims <= 2000,
+        "{claims} claims for 1000 coalesced calls: duplicates polled the store"
+    );
 }
 
 #[tokio::test]
