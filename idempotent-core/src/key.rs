@@ -229,16 +229,6 @@ impl Namespace {
             NamespaceRepr::Shared(name) => name,
         }
     }
-
-    /// The namespace as a metric label: a literal is borrowed, a shared name shared.
-    #[cfg(feature = "metrics")]
-    #[inline]
-    pub(crate) fn label(&self) -> ::metrics::SharedString {
-        match &self.0 {
-            NamespaceRepr::Static(name) => ::metrics::SharedString::const_str(name),
-            NamespaceRepr::Shared(name) => ::metrics::SharedString::from(Arc::clone(name)),
-        }
-    }
 }
 
 impl From<&'static str> for Namespace {
@@ -326,11 +316,14 @@ impl Key {
         self.namespace.as_str()
     }
 
-    /// The namespace as a metric label.
+    /// The namespace as a metric label: a literal is borrowed, a shared name shared.
     #[cfg(feature = "metrics")]
     #[inline]
     pub(crate) fn namespace_label(&self) -> ::metrics::SharedString {
-        self.namespace.label()
+        match &self.namespace.0 {
+            NamespaceRepr::Static(name) => ::metrics::SharedString::const_str(name),
+            NamespaceRepr::Shared(name) => ::metrics::SharedString::from(Arc::clone(name)),
+        }
     }
 
     /// The namespace, when it is a literal.

@@ -20,7 +20,7 @@
 //! })
 //! .await;
 //!
-//! // Every body runs, every time: nothing is claimed, stored or replayed.
+//! // Every body runs, every time: nothing is stored or replayed.
 //! test_util::without_deduplication(async {
 //!     charge("order-1").await;
 //! })
@@ -69,7 +69,9 @@ pub async fn isolated<F: Future>(test: F) -> F::Output {
 }
 
 /// Runs `test` with no deduplication for every `#[idempotent]` call made inside it: each
-/// call runs its body, and nothing is claimed, stored or replayed.
+/// call runs its body, and nothing is stored or replayed. (Calls of one key that run *at the
+/// same time* in the scope still share the first one's run: the executor coalesces them in
+/// process whatever its store.)
 pub async fn without_deduplication<F: Future>(test: F) -> F::Output {
     with(Idempotency::new(PassThrough), test).await
 }

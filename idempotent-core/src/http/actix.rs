@@ -182,28 +182,25 @@ where
     S::Future: 'static,
     B: MessageBody + 'static,
 {
+    // The layer's answer when nothing is claimed or run.
+    let refuse = |request: ServiceRequest, problem: &StoredResponse| {
+        Ok(request.into_response(render(problem, false).map_into_right_body()))
+    };
     let parts = parts_of(&request);
     let key_digest = match exchange::admit(&config, &parts) {
         Ok(digest) => digest,
-        Err(problem) => {
-            return Ok(request.into_response(render(&problem, false).map_into_right_body()));
-        }
+        Err(problem) => return refuse(request, &problem),
     };
     if exchange::declared_too_large(&config, &parts.headers) {
-        let problem = exchange::body_too_large(&config);
-        return Ok(request.into_response(render(&problem, false).map_into_right_body()));
+        return refuse(request, &exchange::body_too_large(&config));
     }
     // Read in the request's own future: a client that goes away before its body is sent has
     // nothing claimed and nothing run.
     let body = match read_payload(request.take_payload(), config.max_body_bytes).await {
         Ok(body) => body,
-        Err(BodyProblem::TooLarge) => {
-            let problem = exchange::body_too_large(&config);
-            return Ok(request.into_response(render(&problem, false).map_into_right_body()));
-        }
+        Err(BodyProblem::TooLarge) => return refuse(request, &exchange::body_too_large(&config)),
         Err(BodyProblem::Unreadable) => {
-            let problem = exchange::body_unreadable(&config);
-            return Ok(request.into_response(render(&problem, false).map_into_right_body()));
+            return refuse(request, &exchange::body_unreadable(&config));
         }
     };
     let fingerprint = exchange::fingerprint(&config, &parts, &body);
@@ -273,13 +270,13 @@ where
         let headers = http_headers(head.headers());
         Ok(match collect(body, settings.response_limit()).await {
             Collected::Whole(bytes) => {
-                let read = Read::Whole(bytes.clone(), http::HeaderMap::new());
-                let stored = exchange::record(settings, status, &headers, &read);
+                let read = Read::Whole(&bytes, &http::HeaderMap::new());
+                let stored = exchange::record(settings, status, &headers, read);
                 let response = head.set_body(BoxBody::new(bytes)).map_into_right_body();
                 (stored, ServiceResponse::new(request, response))
             }
             Collected::OverLimit(prefix, rest, size) => {
-                let stored = exchange::record(settings, status, &headers, &Read::OverLimit);
+                let stored = exchange::record(settings, status, &headers, Read::OverLimit);
                 let body = BoxBody::new(Prefixed {
                     prefix: Some(prefix),
                     rest,
@@ -289,7 +286,7 @@ where
                 (stored, ServiceResponse::new(request, response))
             }
             Collected::Failed => {
-                let stored = exchange::record(settings, status, &headers, &Read::Failed);
+                let stored = exchange::record(settings, status, &headers, Read::Failed);
                 let response = render(&stored.0, false).map_into_right_body();
                 (stored, ServiceResponse::new(request, response))
             }

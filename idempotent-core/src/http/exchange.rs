@@ -113,9 +113,9 @@ pub(crate) fn shut_down(problems: &Problems) -> StoredResponse {
 }
 
 /// How much of a response body a server read, up to the response limit.
-pub(crate) enum Read {
+pub(crate) enum Read<'a> {
     /// The whole body, and its trailers (empty when none).
-    Whole(Bytes, HeaderMap),
+    Whole(&'a Bytes, &'a HeaderMap),
     /// Over the limit: the response goes to the client, a stand-in to the store.
     OverLimit,
     /// The body failed: there is no response to send.
@@ -128,7 +128,7 @@ pub(crate) fn record(
     config: &Config,
     status: StatusCode,
     headers: &HeaderMap,
-    read: &Read,
+    read: Read<'_>,
 ) -> ResponseRecord {
     let limit = config.response_limit();
     let problems = &config.problems;

@@ -188,28 +188,14 @@ pub(crate) fn response(
     detail: &str,
     retry_after: Option<Duration>,
 ) -> StoredResponse {
-    if problems.grpc {
-        return grpc(problems, kind, detail, retry_after);
-    }
-    let status = kind.status();
-    let mut headers = HeaderMap::with_capacity(3);
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    let mut answer = problem(problems, kind, kind.status(), detail);
     if let Some(wait) = retry_after {
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        answer
+            .headers
+            .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
-    if let Some(link) = problems.link(kind) {
-        headers.insert(LINK, link);
-    }
-    StoredResponse {
-        status,
-        headers,
-        body: body(problems, kind, status, detail),
-        trailers: HeaderMap::new(),
-    }
+    answer
 }
 
 /// A problem stored in place of a response the handler gave but the layer cannot store, so
@@ -223,21 +209,30 @@ pub(crate) fn stand_in(
     location: Option<&HeaderValue>,
     detail: &str,
 ) -> StoredResponse {
-    if problems.grpc {
-        return grpc(problems, kind, detail, None);
-    }
     let status = match kind {
         Kind::ResponseTooLarge => status,
         _ => kind.status(),
     };
+    let mut answer = problem(problems, kind, status, detail);
+    if !problems.grpc
+        && let Some(location) = location
+    {
+        answer.headers.insert(LOCATION, location.clone());
+    }
+    answer
+}
+
+/// The problem `kind` with `status`: an RFC 9457 body with its `Link` when asked for, or in
+/// gRPC mode a gRPC status.
+fn problem(problems: &Problems, kind: Kind, status: StatusCode, detail: &str) -> StoredResponse {
+    if problems.grpc {
+        return grpc(problems, kind, detail);
+    }
     let mut headers = HeaderMap::with_capacity(3);
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if let Some(location) = location {
-        headers.insert(LOCATION, location.clone());
-    }
     if let Some(link) = problems.link(kind) {
         headers.insert(LINK, link);
     }
@@ -265,13 +260,8 @@ const GRPC_PROBLEM: &str = "idempotency-problem";
 
 /// A problem as gRPC answers: `200` with no body and the status in the headers (a
 /// trailers-only response): `grpc-status`, `grpc-message` (the detail, percent-encoded) and
-/// `idempotency-problem` (the problem's type URI), and `retry-after` when there is one.
-fn grpc(
-    problems: &Problems,
-    kind: Kind,
-    detail: &str,
-    retry_after: Option<Duration>,
-) -> StoredResponse {
+/// `idempotency-problem` (the problem's type URI).
+fn grpc(problems: &Problems, kind: Kind, detail: &str) -> StoredResponse {
     let mut headers = HeaderMap::with_capacity(5);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(
@@ -284,10 +274,6 @@ fn grpc(
     // The base was checked when it was set: the value is valid.
     if let Ok(uri) = HeaderValue::from_str(&problems.type_uri(kind)) {
         headers.insert(GRPC_PROBLEM, uri);
-    }
-    if let Some(wait) = retry_after {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
     StoredResponse {
         status: StatusCode::OK,

@@ -242,17 +242,16 @@ where
                 if known.is_none() && !stored_statuses.stores(exchange::grpc_status(&trailers)) {
                     return Err(Failure::Unstored(response(parts, bytes, trailers)));
                 }
-                let read = Read::Whole(bytes.clone(), trailers.clone());
-                let stored = exchange::record(settings, parts.status, &parts.headers, &read);
+                let read = Read::Whole(&bytes, &trailers);
+                let stored = exchange::record(settings, parts.status, &parts.headers, read);
                 (stored, response(parts, bytes, trailers))
             }
             Collected::OverLimit(read, rest) => (
-                exchange::record(settings, parts.status, &parts.headers, &Read::OverLimit),
+                exchange::record(settings, parts.status, &parts.headers, Read::OverLimit),
                 Response::from_parts(parts, ResponseBody::prefixed(read, rest)),
             ),
             Collected::Failed(_) => {
-                let stored =
-                    exchange::record(settings, parts.status, &parts.headers, &Read::Failed);
+                let stored = exchange::record(settings, parts.status, &parts.headers, Read::Failed);
                 let response = answer(&stored.0, false);
                 (stored, response)
             }
