@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotency::redis::{self, aio::MultiplexedConnection};
-use idempotency::{Digest, Error, Fingerprint, Idempotency, Key, RedisStore, conformance};
+use idempotency::{
+    Digest, Error, Fingerprint, Idempotency, Key, RedisStore, Store as _, conformance,
+};
 use redis_support::{RedisCluster, RoundTrips, admin, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +153,17 @@ async fn records_spread_over_every_master_whatever_the_key_text() {
     assert!(
         per_node.iter().all(|&n| n > 0),
         "records on every master: {per_node:?}"
+    );
+    // One SCAN visits one node: listing a cluster is refused, not partial.
+    let listed = store.list(idempotency::store::ListRequest::all()).await;
+    assert!(
+        matches!(listed, Err(idempotency::StoreError::Unsupported(_))),
+        "{listed:?}"
+    );
+    let counted = store.stats(1000).await;
+    assert!(
+        matches!(counted, Err(idempotency::StoreError::Unsupported(_))),
+        "{counted:?}"
     );
 
     // Exact round trips, counted on every node of the cluster.

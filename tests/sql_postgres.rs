@@ -141,6 +141,7 @@ async fn a_replay_never_enters_the_claim_function() {
     sqlx::query(&format!(
         "CREATE OR REPLACE FUNCTION \"{table}_claim\"(
     p_id bytea, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8, p_lock text,
+    p_namespace text, p_version int8,
     OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
     OUT remaining int8, OUT took_over bool
 ) LANGUAGE plpgsql AS $body$ BEGIN RAISE EXCEPTION 'the claim function was entered'; END $body$"

@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The store does not implement this (optional) operation.
     #[error("this store does not support {0}; use one of the crate's stores, or implement it")]
     Unsupported(&'static str),
+    /// An operator's request the store cannot answer as given (a listing cursor that is not
+    /// one the store handed out): fix the request, retrying it as it is fails again.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 /// A [`CircuitBreaker`](crate::retry::CircuitBreaker) refused a call: it is open after

@@ -1034,6 +1034,99 @@ macro_rules! sql_suite {
             assert_eq!(id.len(), 32);
         }
 
+        /// A table created before 0.2 has no `namespace` and `version` columns: `migrate` adds
+        /// them, its rows stay readable (a replay) and list as of an unknown namespace, and
+        /// new claims name theirs; listing pages and counts follow the columns.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn migrate_adds_the_namespace_columns_and_listing_reads_them() {
+            use idempotency::store::{ListRequest, ListedNamespace, ListedState};
+            let Some((url, pool)) = harness::fresh(2).await else {
+                return;
+            };
+            let records = unique("named");
+            let _scratch = scratch(&url, &[&records]);
+            let store = store_on(&pool, &records).await;
+            let idempotency = Idempotency::new(store.clone());
+            let old = Key::derive("sql::listing", 1, &"old").expect("key");
+            let call = |key: Key| {
+                let idempotency = idempotency.clone();
+                async move {
+                    idempotency
+                        .run(key, fingerprint("a"), || async { Ok::<_, Error>(7u32) })
+                        .await
+                        .expect("run")
+                }
+            };
+            assert_eq!(call(old.clone()).await, 7);
+            for column in ["namespace", "version"] {
+                create(&pool, format!("ALTER TABLE {records} DROP COLUMN {column}")).await;
+            }
+            store.migrate().await.expect("migrate adds the columns");
+            store.migrate().await.expect("and again: nothing to add");
+            assert_eq!(call(old.clone()).await, 7, "the older row replays");
+            for n in 0..4 {
+                let key = Key::derive("sql::listing", 1, &format!("new-{n}")).expect("key");
+                assert_eq!(call(key).await, 7);
+            }
+            let other = Key::derive("sql::listing", 2, &"other").expect("key");
+            assert_eq!(call(other).await, 7);
+
+            let mut seen = Vec::new();
+            let mut request = ListRequest::namespace("sql::listing", 1).limit(3);
+            loop {
+                let page = store.list(request.clone()).await.expect("list");
+                assert!(page.records.len() <= 3);
+                for record in &page.records {
+                    assert_eq!(
+                        record.namespace,
+                        ListedNamespace::Named {
+                            name: "sql::listing".into(),
+                            version: 1
+                        }
+                    );
+                    assert!(matches!(record.state, ListedState::Completed { .. }));
+                    seen.push(record.id.clone());
+                }
+                match page.next {
+                    Some(next) => request = request.after(next),
+                    None => break,
+                }
+            }
+            seen.dedup();
+            assert_eq!(seen.len(), 4, "the four new rows, each once: {seen:?}");
+            let all = store.list(ListRequest::all()).await.expect("list all");
+            assert_eq!(all.records.len(), 6);
+            let unknown = all
+                .records
+                .iter()
+                .filter(|r| r.namespace == ListedNamespace::Unknown)
+                .count();
+            assert_eq!(unknown, 1, "the row written before the columns");
+
+            let stats = store.stats(u64::MAX).await.expect("stats");
+            let counts: Vec<(String, u64)> = stats
+                .namespaces
+                .iter()
+                .map(|n| (n.namespace.to_string(), n.completed))
+                .collect();
+            assert_eq!(
+                counts,
+                [
+                    ("sql::listing@1".to_owned(), 4),
+                    ("sql::listing@2".to_owned(), 1),
+                    ("(unknown)".to_owned(), 1)
+                ]
+            );
+            assert!(stats.complete);
+            let bad = store
+                .list(ListRequest::all().after("zz".to_owned().into()))
+                .await;
+            assert!(
+                matches!(bad, Err(idempotency::StoreError::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+
         /// The body of a call whose output is over the store's limit ran: its record says so,
         /// the first call gets its result, and retries get `OutputNotStored` without running
         /// the body — on the pool and in the caller's transaction, where the body's row and

@@ -11,7 +11,12 @@ use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
 
+mod listing;
 mod request;
+pub use listing::{
+    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, NamespaceStats,
+    Purged, StoreStats,
+};
 pub use request::{ClaimRequest, Completion, MarkSwap};
 
 #[cfg(feature = "memory")]
@@ -235,6 +240,37 @@ pub trait Store: Debug + Send + Sync + 'static {
             "marks (producer-sequence deduplication)",
         ))
     }
+
+    /// One page of records, for operators: those of one namespace or all, without their
+    /// outputs ([`Listing`]). Pages follow the store's own order (row id, `SCAN`); a record
+    /// written or removed while pages are read may be missed or, on Redis, listed twice.
+    ///
+    /// Optional: the default answers [`StoreError::Unsupported`]. The SQL stores list by
+    /// their `namespace` column, Redis by `SCAN` over the namespace's key prefix (not on a
+    /// Redis Cluster); the memory store does not list.
+    async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
+        let _ = request;
+        Err(StoreError::Unsupported("listing records"))
+    }
+
+    /// Counts of records by namespace and state, for operators. A store that counts by
+    /// scanning (Redis) reads at most `max_records` keys and says whether it saw them all.
+    ///
+    /// Optional: the default answers [`StoreError::Unsupported`] (as the memory store does).
+    async fn stats(&self, max_records: u64) -> Result<StoreStats, StoreError> {
+        let _ = max_records;
+        Err(StoreError::Unsupported("counting records"))
+    }
+
+    /// Deletes up to `limit` expired records (completed past their TTL, abandoned claims past
+    /// their purge time), for stores that do not drop them themselves.
+    ///
+    /// Optional: the default answers [`StoreError::Unsupported`]. SQL stores delete
+    /// ([`Purged::Deleted`]); Redis and the memory store answer [`Purged::ExpiresItself`].
+    async fn purge_expired(&self, limit: u32) -> Result<Purged, StoreError> {
+        let _ = limit;
+        Err(StoreError::Unsupported("purging expired records"))
+    }
 }
 
 /// `Ok` when `output` is within `limit` bytes, else the [`StoreError::TooLarge`] a store's
@@ -297,6 +333,18 @@ macro_rules! forward_store {
 
             async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
                 (**self).swap_mark(key, swap).await
+            }
+
+            async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
+                (**self).list(request).await
+            }
+
+            async fn stats(&self, max_records: u64) -> Result<StoreStats, StoreError> {
+                (**self).stats(max_records).await
+            }
+
+            async fn purge_expired(&self, limit: u32) -> Result<Purged, StoreError> {
+                (**self).purge_expired(limit).await
             }
         }
     )*};

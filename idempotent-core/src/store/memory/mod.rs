@@ -12,8 +12,8 @@ use moka::sync::Cache;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
-use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store};
+use crate::store::{MarkSwap, Purged};
 
 mod builder;
 mod mark;
@@ -388,5 +388,9 @@ impl Store for MemoryStore {
             .inner
             .marks
             .swap(key, swap.expected, swap.new, swap.ttl))
+    }
+
+    async fn purge_expired(&self, _limit: u32) -> Result<Purged, StoreError> {
+        Ok(Purged::ExpiresItself)
     }
 }

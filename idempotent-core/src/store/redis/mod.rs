@@ -15,10 +15,11 @@ use futures_util::FutureExt as _;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
-use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store, fits};
+use crate::store::{ListRequest, Listing, MarkSwap, Purged, StoreStats};
 
 mod builder;
+mod listing;
 mod mark;
 mod record;
 mod sentinel;
@@ -544,6 +545,18 @@ where
 
     async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
         self.swap_mark_here(key, swap).await
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
+        self.list_keys(request).await
+    }
+
+    async fn stats(&self, max_records: u64) -> Result<StoreStats, StoreError> {
+        self.count_keys(max_records).await
+    }
+
+    async fn purge_expired(&self, _limit: u32) -> Result<Purged, StoreError> {
+        Ok(Purged::ExpiresItself)
     }
 }
 

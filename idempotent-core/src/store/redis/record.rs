@@ -68,6 +68,31 @@ pub(super) fn redis_key(prefix: &str, key: &Key) -> String {
     out
 }
 
+/// Characters of the Redis key after the prefix that name the namespace and version.
+pub(super) const NAMESPACE_CHARS: usize = NAMESPACE_HASH_BYTES / 3 * 4;
+
+/// The namespace part of every Redis key of `namespace` at `version` (what follows the
+/// prefix): 16 base64url characters.
+pub(super) fn namespace_part(namespace: &str, version: u32) -> String {
+    let mut out = String::with_capacity(NAMESPACE_CHARS);
+    push_base64url(&mut out, &namespace_hash(namespace, version));
+    out
+}
+
+/// What the first [`HEADER`] bytes of a value say, without its output: in progress until, or
+/// completed until, or `None` for a value that is not a record.
+pub(super) fn header_state(header: &[u8]) -> Option<(bool, SystemTime)> {
+    if header.len() < HEADER {
+        return None;
+    }
+    let time = parse_millis(&header[TIME_AT..HEADER])?;
+    match &header[..TOKEN_AT] {
+        kind if kind == IN_PROGRESS => Some((false, time)),
+        kind if kind == COMPLETED || kind == COMPRESSED => Some((true, time)),
+        _ => None,
+    }
+}
+
 /// Base64url of `bytes` (whose length is a multiple of 3: no padding).
 fn push_base64url(out: &mut String, bytes: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -90,7 +90,7 @@ impl<DB: Dialect> ClaimStatements<DB> for ReadThenInsert {
                 store,
                 statements: self,
                 conn: on.conn,
-                args: Args::claim(&id, &token, &on.request, store.abandoned_after()),
+                args: Args::claim(&id, on.key, &token, &on.request, store.abandoned_after()),
                 token,
                 lock_timed_out: false,
             };

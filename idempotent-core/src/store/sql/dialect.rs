@@ -99,6 +99,14 @@ pub trait Dialect: Database {
     fn int(row: &Self::Row, index: usize) -> Result<i64, sqlx::Error>;
     /// Column `index` of `row` as an integer or `NULL`.
     fn maybe_int(row: &Self::Row, index: usize) -> Result<Option<i64>, sqlx::Error>;
+    /// Column `index` of `row` as text or `NULL`.
+    fn maybe_text(row: &Self::Row, index: usize) -> Result<Option<String>, sqlx::Error>;
+
+    /// Runs `query`; every row.
+    fn fetch_all<'e, 'q: 'e, 'a: 'q>(
+        conn: &'e mut Self::Connection,
+        query: Query<'q, Self, Self::Arguments<'a>>,
+    ) -> BoxFuture<'e, Result<Vec<Self::Row>, sqlx::Error>>;
 }
 
 /// A claim's statements, and how a claim runs them: atomicity is the database's own.
@@ -182,6 +190,17 @@ macro_rules! sqlx_calls {
         fn maybe_int(row: &Self::Row, index: usize) -> Result<Option<i64>, ::sqlx::Error> {
             ::sqlx::Row::try_get(row, index)
         }
+
+        fn maybe_text(row: &Self::Row, index: usize) -> Result<Option<String>, ::sqlx::Error> {
+            ::sqlx::Row::try_get(row, index)
+        }
+
+        fn fetch_all<'e, 'q: 'e, 'a: 'q>(
+            conn: &'e mut Self::Connection,
+            query: ::sqlx::query::Query<'q, Self, Self::Arguments<'a>>,
+        ) -> ::futures_util::future::BoxFuture<'e, Result<Vec<Self::Row>, ::sqlx::Error>> {
+            Box::pin(query.fetch_all(&mut *conn))
+        }
     };
 }
 pub(crate) use sqlx_calls;
@@ -225,7 +244,6 @@ pub(crate) enum Param {
     /// End of the TTL.
     Ttl,
     /// Now (process clock).
-    #[cfg(feature = "sqlite")]
     Now,
     /// A purge's batch size.
     Limit,
@@ -234,6 +252,10 @@ pub(crate) enum Param {
     Lock,
     /// The value a mark must hold for a swap.
     Expected,
+    /// The key's namespace (kept in the row for listing).
+    Namespace,
+    /// The namespace's version.
+    Version,
 }
 
 /// A bound value, as the database sees it.
@@ -280,7 +302,77 @@ pub struct Statements<DB: Dialect> {
     /// Whether the table still has the `key_text` column of tables created before 0.2 (one
     /// row: a count); `migrate` asks after `create`, and drops the column when it is there.
     pub(crate) has_key_text: Statement,
+    /// Whether the table has the `namespace` and `version` columns, which tables created
+    /// before 0.2 lack (one row: a count); `migrate` adds them when they are not there.
+    pub(crate) has_namespace: Statement,
+    /// Adds the `namespace` and `version` columns.
+    pub(crate) add_namespace: Vec<String>,
     pub(crate) marks: MarkStatements,
+    pub(crate) listing: ListingStatements,
+}
+
+/// The statements of listing and counting records (see [`Store::list`](crate::Store::list)).
+/// A listed row: `id, namespace, version, completed, lease_until, expires_at` (times in
+/// microseconds since the Unix epoch); a counted one: `namespace, version` and the counts in
+/// progress, lease passed, completed and expired.
+#[derive(Debug)]
+pub(crate) struct ListingStatements {
+    /// A page of every row after the cursor (`Id`), in id order.
+    pub(crate) all: Statement,
+    /// A page of one namespace's rows after the cursor, in id order.
+    pub(crate) namespace: Statement,
+    /// Counts by namespace and state.
+    pub(crate) stats: Statement,
+}
+
+/// The listing statements, written once: `epoch` writes a time column as microseconds since
+/// the Unix epoch, `now` is the dialect's "now" (`with_now`: a bound process clock, the first
+/// placeholder), and `bind(n)` the `n`th placeholder (1-based).
+pub(crate) fn listing_statements(
+    t: &str,
+    epoch: impl Fn(&str) -> String,
+    now: &str,
+    bind: impl Fn(usize) -> String,
+    with_now: bool,
+) -> ListingStatements {
+    use Param::*;
+    let select = format!(
+        "SELECT id, namespace, version, completed, {lease}, {expiry} FROM {t}",
+        lease = epoch("lease_until"),
+        expiry = epoch("expires_at"),
+    );
+    let live = format!("expires_at > {now}");
+    let stats = format!(
+        "SELECT namespace, version,
+    COUNT(CASE WHEN NOT completed AND lease_until > {now} AND {live} THEN 1 END),
+    COUNT(CASE WHEN NOT completed AND lease_until <= {now} AND {live} THEN 1 END),
+    COUNT(CASE WHEN completed AND {live} THEN 1 END),
+    COUNT(CASE WHEN NOT ({live}) THEN 1 END)
+FROM {t} GROUP BY namespace, version ORDER BY namespace, version"
+    );
+    // Placeholders in the order they appear, which is the order MySQL's `?` binds in.
+    ListingStatements {
+        all: Statement::new(
+            format!(
+                "{select} WHERE id > {} ORDER BY id LIMIT {}",
+                bind(1),
+                bind(2)
+            ),
+            &[Id, Limit],
+        ),
+        namespace: Statement::new(
+            format!(
+                "{select} WHERE namespace = {} AND version = {} AND id > {}
+ORDER BY id LIMIT {}",
+                bind(1),
+                bind(2),
+                bind(3),
+                bind(4)
+            ),
+            &[Namespace, Version, Id, Limit],
+        ),
+        stats: Statement::new(stats, if with_now { &[Now] } else { &[] }),
+    }
 }
 
 /// The statements of marks (producer-sequence deduplication): a mark is a completed row of
@@ -317,9 +409,46 @@ pub(crate) async fn drop_legacy_key_text<DB: SqlDialect>(
     if columns > 0 {
         let table = store.table_name().quoted(DB::QUOTE);
         let drop = format!("ALTER TABLE {table} DROP COLUMN key_text");
-        DB::execute(conn, sqlx::query(&drop)).await.map_err(error)?;
+        DB::execute(&mut *conn, sqlx::query(&drop))
+            .await
+            .map_err(error)?;
     }
-    Ok(())
+    add_namespace_columns(store, conn).await
+}
+
+/// Adds the `namespace` and `version` columns to a table created before 0.2 (rows written
+/// before keep them `NULL` and list as of an unknown namespace); a table with them is left
+/// alone. Another process migrating at the same time may add a column first: a failed `ALTER`
+/// is an error only if the columns are still missing after it.
+async fn add_namespace_columns<DB: SqlDialect>(
+    store: &SqlStore<DB>,
+    conn: &mut DB::Connection,
+) -> Result<(), StoreError> {
+    let sql = store.sql();
+    let count = async |conn: &mut DB::Connection| {
+        let found = fetch::<DB>(conn, &sql.has_namespace, &Args::default()).await?;
+        match found {
+            Some(row) => Ok(DB::maybe_int(&row, 0)?.unwrap_or(0)),
+            None => Ok::<_, sqlx::Error>(0),
+        }
+    };
+    if count(&mut *conn)
+        .await
+        .map_err(|error| store.error(error))?
+        >= 2
+    {
+        return Ok(());
+    }
+    let mut failed = None;
+    for statement in &sql.add_namespace {
+        if let Err(error) = DB::execute(&mut *conn, sqlx::query(statement)).await {
+            failed.get_or_insert(error);
+        }
+    }
+    match failed {
+        Some(error) if count(&mut *conn).await.unwrap_or(0) < 2 => Err(store.error(error)),
+        _ => Ok(()),
+    }
 }
 
 /// The values of one call's statements; each statement binds those its list names.
@@ -334,6 +463,8 @@ pub(crate) struct Args<'a> {
     pub(crate) expiry: Duration,
     pub(crate) ttl: Duration,
     pub(crate) limit: u32,
+    pub(crate) namespace: &'a str,
+    pub(crate) version: i64,
     #[cfg(feature = "postgres")]
     pub(crate) lock: Option<String>,
     /// Now, on a process clock (see [`Clock::now`]).
@@ -344,12 +475,15 @@ impl<'a> Args<'a> {
     /// The values of a claim (the token is new, the key formatted once).
     pub(crate) fn claim(
         id: &'a [u8],
+        key: &'a Key,
         token: &'a Token,
         request: &'a ClaimRequest,
         abandoned_after: Duration,
     ) -> Args<'a> {
         Args {
             id,
+            namespace: key.namespace(),
+            version: i64::from(key.version()),
             token: token.as_bytes(),
             fingerprint: request.fingerprint.as_bytes(),
             lease: request.lease,
@@ -377,9 +511,10 @@ impl<'a> Args<'a> {
             Param::Lease => Value::Int(self.after(self.lease)),
             Param::Expiry => Value::Int(self.after(self.expiry)),
             Param::Ttl => Value::Int(self.after(self.ttl)),
-            #[cfg(feature = "sqlite")]
             Param::Now => Value::Int(self.now.unwrap_or(0)),
             Param::Limit => Value::Int(i64::from(self.limit)),
+            Param::Namespace => Value::Text(self.namespace),
+            Param::Version => Value::Int(self.version),
             #[cfg(feature = "postgres")]
             Param::Lock => Value::MaybeText(self.lock.as_deref()),
         }
@@ -406,6 +541,15 @@ pub(crate) async fn execute<DB: Dialect>(
     args: &Args<'_>,
 ) -> Result<u64, sqlx::Error> {
     DB::execute(conn, bound::<DB>(statement, args)).await
+}
+
+/// Runs `statement` with `args`; every row.
+pub(crate) async fn fetch_all<DB: Dialect>(
+    conn: &mut DB::Connection,
+    statement: &Statement,
+    args: &Args<'_>,
+) -> Result<Vec<DB::Row>, sqlx::Error> {
+    DB::fetch_all(conn, bound::<DB>(statement, args)).await
 }
 
 /// Runs `statement` with `args`; its first row, if any.

@@ -14,13 +14,14 @@ use self::record::{fenced, record_from, row_id};
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
-use crate::store::MarkSwap;
 use crate::store::{ClaimRequest, Completion, Store, fits};
+use crate::store::{ListRequest, Listing, MarkSwap, Purged, StoreStats};
 
 pub(crate) mod builder;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod claim;
 pub(crate) mod dialect;
+mod listing;
 mod mark;
 mod record;
 mod sweeper;
@@ -474,5 +475,19 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
     async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
         let mut conn = self.acquire().await?;
         self.swap_mark_in(&mut conn, key, swap).await
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
+        self.list_rows(request).await
+    }
+
+    async fn stats(&self, _max_records: u64) -> Result<StoreStats, StoreError> {
+        self.count_rows().await
+    }
+
+    async fn purge_expired(&self, limit: u32) -> Result<Purged, StoreError> {
+        SqlStore::purge_expired(self, limit)
+            .await
+            .map(Purged::Deleted)
     }
 }

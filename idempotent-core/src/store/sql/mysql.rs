@@ -7,7 +7,9 @@ use sqlx::mysql::MySqlDatabaseError;
 
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
-use super::dialect::{Dialect, MarkStatements, Statement, Statements, sqlx_calls};
+use super::dialect::{
+    Dialect, MarkStatements, Statement, Statements, listing_statements, sqlx_calls,
+};
 
 const NOW: &str = "UTC_TIMESTAMP(6)";
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock wait passed `innodb_lock_wait_timeout`.
@@ -25,6 +27,16 @@ FROM {t} WHERE id = ?"
     );
     let epoch =
         |column: &str| format!("TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column})");
+    let columns = |names: &str| {
+        format!(
+            "SELECT COUNT(*) FROM information_schema.columns
+WHERE table_schema = {schema} AND table_name = '{name}' AND column_name IN ({names})",
+            schema = table
+                .schema()
+                .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'")),
+            name = table.name(),
+        )
+    };
     Statements {
         create: vec![format!(
             "CREATE TABLE IF NOT EXISTS {t} (
@@ -35,6 +47,8 @@ FROM {t} WHERE id = ?"
     lease_until DATETIME(6) NULL,
     expires_at  DATETIME(6) NOT NULL,
     output      LONGBLOB NULL,
+    namespace   TEXT NULL,
+    version     BIGINT NULL,
     INDEX {index} (expires_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
         )],
@@ -46,18 +60,19 @@ FROM {t} WHERE id = ?"
             read: Statement::new(read, &[Id]),
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?, ?, ?, FALSE, {after}, {after}, NULL)"
+                    "INSERT INTO {t}
+    (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+VALUES (?, ?, ?, FALSE, {after}, {after}, NULL, ?, ?)"
                 ),
-                &[Id, Token, Fingerprint, Lease, Expiry],
+                &[Id, Token, Fingerprint, Lease, Expiry, Namespace, Version],
             ),
             take_over: Statement::new(
                 format!(
                     "UPDATE {t} SET token = ?, fingerprint = ?, completed = FALSE,
-    lease_until = {after}, expires_at = {after}, output = NULL
+    lease_until = {after}, expires_at = {after}, output = NULL, namespace = ?, version = ?
 WHERE id = ? AND {until} <= {NOW}"
                 ),
-                &[Token, Fingerprint, Lease, Expiry, Id],
+                &[Token, Fingerprint, Lease, Expiry, Namespace, Version, Id],
             ),
         },
         complete: Statement::new(
@@ -98,17 +113,13 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
             format!("DELETE FROM {t} WHERE expires_at < {NOW} ORDER BY expires_at LIMIT ?"),
             &[Limit],
         ),
-        has_key_text: Statement::new(
-            format!(
-                "SELECT COUNT(*) FROM information_schema.columns
-WHERE table_schema = {schema} AND table_name = '{name}' AND column_name = 'key_text'",
-                schema = table
-                    .schema()
-                    .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'")),
-                name = table.name(),
-            ),
-            &[],
-        ),
+        has_key_text: Statement::new(columns("'key_text'"), &[]),
+        has_namespace: Statement::new(columns("'namespace', 'version'"), &[]),
+        add_namespace: vec![
+            format!("ALTER TABLE {t} ADD COLUMN namespace TEXT NULL"),
+            format!("ALTER TABLE {t} ADD COLUMN version BIGINT NULL"),
+        ],
+        listing: listing_statements(&t, epoch, NOW, |_| "?".to_owned(), false),
         marks: MarkStatements {
             load: Statement::new(
                 format!("SELECT output FROM {t} WHERE id = ? AND completed AND expires_at > {NOW}"),

@@ -9,7 +9,7 @@ use sqlx::{Connection as _, Postgres, Row as _};
 use super::builder::TableName;
 use super::dialect::{
     self, Args, ClaimOn, ClaimStatements, Dialect, MarkStatements, Statement, Statements,
-    sqlx_calls,
+    listing_statements, sqlx_calls,
 };
 use super::record::{completed_output, decode, fingerprint_from, locked_elsewhere, row_id};
 use super::time::remaining;
@@ -64,7 +64,7 @@ FROM {t} WHERE id = $1 AND {live})
 UNION ALL
 (SELECT (CASE WHEN f.acquired THEN CASE WHEN f.took_over THEN 3 ELSE 2 END ELSE 1 END)::int2,
     f.completed, f.fingerprint, f.output, f.remaining
-FROM {function}($1, $2, $3, $4, $5, $6) AS f)
+FROM {function}($1, $2, $3, $4, $5, $6, $7, $8) AS f)
 LIMIT 1",
         left_cur = left(""),
     );
@@ -85,6 +85,7 @@ LIMIT 1",
     let claim_function = format!(
         "CREATE OR REPLACE FUNCTION {function}(
     p_id bytea, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8, p_lock text,
+    p_namespace text, p_version int8,
     OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
     OUT remaining int8, OUT took_over bool
 ) LANGUAGE plpgsql VOLATILE AS $claim$
@@ -93,11 +94,12 @@ BEGIN
     IF p_lock IS NOT NULL THEN
         PERFORM set_config('lock_timeout', p_lock, true);
     END IF;
-    INSERT INTO {t} AS r (id, token, fingerprint, completed, lease_until, expires_at, output)
-    VALUES (p_id, p_token, p_fingerprint, FALSE, {lease}, {expiry}, NULL)
+    INSERT INTO {t} AS r
+        (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+    VALUES (p_id, p_token, p_fingerprint, FALSE, {lease}, {expiry}, NULL, p_namespace, p_version)
     ON CONFLICT (id) DO UPDATE SET
         {set_token}, {set_fingerprint}, {set_completed},
-        {set_lease}, {set_expiry}, {set_output}
+        {set_lease}, {set_expiry}, {set_output}, {set_namespace}, {set_version}
     RETURNING r.token = p_token, r.completed, r.fingerprint, r.output, {left_r},
         r.expires_at <> {expiry}
     INTO acquired, completed, fingerprint, output, remaining, took_over;
@@ -111,8 +113,16 @@ $claim$",
         set_completed = keep_or("completed", "FALSE"),
         set_lease = keep_or("lease_until", "EXCLUDED.lease_until"),
         set_output = keep_or("output", "NULL"),
+        set_namespace = keep_or("namespace", "EXCLUDED.namespace"),
+        set_version = keep_or("version", "EXCLUDED.version"),
     );
 
+    let columns = |names: &str| {
+        format!(
+            "SELECT COUNT(*) FROM pg_attribute
+WHERE attrelid = to_regclass('{t}') AND attname IN ({names}) AND NOT attisdropped"
+        )
+    };
     let mut create = Vec::new();
     if let Some(schema) = table.schema() {
         create.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
@@ -125,15 +135,21 @@ $claim$",
     completed   BOOLEAN NOT NULL,
     lease_until TIMESTAMPTZ,
     expires_at  TIMESTAMPTZ NOT NULL,
-    output      BYTEA
+    output      BYTEA,
+    namespace   TEXT,
+    version     INT8
 )"
     ));
     create.push(format!(
         "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
     ));
-    // 0.1's claim function took the key text too; it goes with that column.
+    // 0.1's claim function took the key text too; it goes with that column. The next took
+    // no namespace and version; it goes with the table without them.
     create.push(format!(
         "DROP FUNCTION IF EXISTS {function}(bytea, text, bytea, bytea, int8, int8, text)"
+    ));
+    create.push(format!(
+        "DROP FUNCTION IF EXISTS {function}(bytea, bytea, bytea, int8, int8, text)"
     ));
     create.push(claim_function);
 
@@ -141,7 +157,7 @@ $claim$",
         create,
         claim: ReadOrUpsert(Statement::new(
             claim,
-            &[Id, Token, Fingerprint, Lease, Expiry, Lock],
+            &[Id, Token, Fingerprint, Lease, Expiry, Lock, Namespace, Version],
         )),
         // Completed now, or earlier by this token (a retried complete): one statement either
         // way, the second test reading the snapshot from before the update.
@@ -179,13 +195,13 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )"
         ), &[Limit]),
-        has_key_text: Statement::new(
-            format!(
-                "SELECT COUNT(*) FROM pg_attribute
-WHERE attrelid = to_regclass('{t}') AND attname = 'key_text' AND NOT attisdropped"
-            ),
-            &[],
-        ),
+        has_key_text: Statement::new(columns("'key_text'"), &[]),
+        has_namespace: Statement::new(columns("'namespace', 'version'"), &[]),
+        add_namespace: vec![format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS namespace TEXT,
+    ADD COLUMN IF NOT EXISTS version INT8"
+        )],
+        listing: listing_statements(&t, epoch_micros, NOW, |n| format!("${n}"), false),
         marks: MarkStatements {
             load: Statement::new(
                 format!("SELECT output FROM {t} WHERE id = $1 AND completed AND expires_at > {NOW}"),
@@ -276,7 +292,7 @@ impl ClaimStatements<Postgres> for ReadOrUpsert {
             let bound = !on.in_transaction && !lock_timeout.is_zero();
             let id = row_id(on.key);
             let abandoned_after = on.store.abandoned_after();
-            let mut args = Args::claim(&id, &token, &on.request, abandoned_after);
+            let mut args = Args::claim(&id, on.key, &token, &on.request, abandoned_after);
             // Whole milliseconds, at least one (`0` would mean no bound).
             args.lock = bound.then(|| {
                 lock_timeout

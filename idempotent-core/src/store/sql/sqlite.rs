@@ -7,7 +7,9 @@ use sqlx::Sqlite;
 
 use super::builder::TableName;
 use super::claim::ReadThenInsert;
-use super::dialect::{Clock, Dialect, MarkStatements, Statement, Statements, sqlx_calls};
+use super::dialect::{
+    Clock, Dialect, MarkStatements, Statement, Statements, listing_statements, sqlx_calls,
+};
 
 fn statements(table: &TableName) -> Statements<Sqlite> {
     use super::dialect::Param::*;
@@ -15,6 +17,15 @@ fn statements(table: &TableName) -> Statements<Sqlite> {
     // SQLite qualifies the index, not the table it indexes.
     let index = table.beside("_expires_at", '"');
     let until = "(CASE WHEN completed THEN expires_at ELSE lease_until END)";
+    let columns = |names: &str| {
+        format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{name}'{schema}) WHERE name IN ({names})",
+            name = table.name(),
+            schema = table
+                .schema()
+                .map_or_else(String::new, |schema| format!(", '{schema}'")),
+        )
+    };
     Statements {
         create: vec![
             format!(
@@ -25,7 +36,9 @@ fn statements(table: &TableName) -> Statements<Sqlite> {
     completed   INTEGER NOT NULL,
     lease_until INTEGER,
     expires_at  INTEGER NOT NULL,
-    output      BLOB
+    output      BLOB,
+    namespace   TEXT,
+    version     INTEGER
 )"
             ),
             format!(
@@ -43,19 +56,20 @@ fn statements(table: &TableName) -> Statements<Sqlite> {
             read_locked: None,
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL)
+                    "INSERT INTO {t}
+    (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL, ?6, ?7)
 ON CONFLICT (id) DO NOTHING"
                 ),
-                &[Id, Token, Fingerprint, Lease, Expiry],
+                &[Id, Token, Fingerprint, Lease, Expiry, Namespace, Version],
             ),
             take_over: Statement::new(
                 format!(
                     "UPDATE {t} SET token = ?2, fingerprint = ?3, completed = 0,
-    lease_until = ?4, expires_at = ?5, output = NULL
+    lease_until = ?4, expires_at = ?5, output = NULL, namespace = ?7, version = ?8
 WHERE id = ?1 AND {until} <= ?6"
                 ),
-                &[Id, Token, Fingerprint, Lease, Expiry, Now],
+                &[Id, Token, Fingerprint, Lease, Expiry, Now, Namespace, Version],
             ),
         },
         complete: Statement::new(
@@ -98,16 +112,13 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
             ),
             &[Now, Limit],
         ),
-        has_key_text: Statement::new(
-            format!(
-                "SELECT COUNT(*) FROM pragma_table_info('{name}'{schema}) WHERE name = 'key_text'",
-                name = table.name(),
-                schema = table
-                    .schema()
-                    .map_or_else(String::new, |schema| format!(", '{schema}'")),
-            ),
-            &[],
-        ),
+        has_key_text: Statement::new(columns("'key_text'"), &[]),
+        has_namespace: Statement::new(columns("'namespace', 'version'"), &[]),
+        add_namespace: vec![
+            format!("ALTER TABLE {t} ADD COLUMN namespace TEXT"),
+            format!("ALTER TABLE {t} ADD COLUMN version INTEGER"),
+        ],
+        listing: listing_statements(&t, str::to_owned, "?1", |n| format!("?{n}"), true),
         marks: MarkStatements {
             load: Statement::new(
                 format!("SELECT output FROM {t} WHERE id = ?1 AND completed AND expires_at > ?2"),

@@ -1,0 +1,211 @@
+//! The store a URL names, connected now: a URL the tool cannot reach is an error before any
+//! command runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency::Store;
+
+use crate::Failure;
+
+/// The schemes of every store, built into this binary or not.
+const KNOWN_SCHEMES: [&str; 7] = [
+    "redis",
+    "rediss",
+    "postgres",
+    "postgresql",
+    "mysql",
+    "mariadb",
+    "sqlite",
+];
+
+/// The hash a Redis key holds for a namespace and version.
+type Namer = dyn Fn(&str, u32) -> String;
+
+/// A connected store, and what the output needs to know of it.
+pub(crate) struct Opened {
+    pub(crate) store: Arc<dyn Store>,
+    /// Redis: the hash of a namespace, to name the hashes its keys hold.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    namer: Option<Box<Namer>>,
+}
+
+impl Opened {
+    pub(crate) async fn connect(
+        url: &str,
+        table: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Opened, Failure> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        let shown = redacted(url);
+        let unreachable = |error: &dyn std::fmt::Display| {
+            Failure::Store(format!("cannot reach {shown}: {error}"))
+        };
+        let _ = (table, prefix, timeout, &unreachable);
+        match scheme {
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" | "redis+unix" | "unix" => {
+                use idempotency::RedisStore;
+                use idempotency::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+                let client = idempotency::redis::Client::open(url)
+                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                let connection = tokio::time::timeout(
+                    timeout,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| unreachable(&format!("no answer within {timeout:?}")))?
+                .map_err(|error| unreachable(&error))?;
+                let store = RedisStore::builder(connection)
+                    .prefix(prefix)
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(|error| Failure::Usage(error.to_string()))?;
+                let namer = store.clone();
+                Ok(Opened {
+                    store: Arc::new(store),
+                    namer: Some(Box::new(move |name, version| {
+                        namer.namespace_hash(name, version)
+                    })),
+                })
+            }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                use idempotency::sqlx::postgres::PgPoolOptions;
+                let pool = PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect(url)
+                    .await
+                    .map_err(|error| unreachable(&error))?;
+                sql(idempotency::SqlStore::builder(pool).table(table).build())
+            }
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => {
+                use idempotency::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                let options = url
+                    .parse::<MySqlConnectOptions>()
+                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|error| unreachable(&error))?;
+                sql(idempotency::SqlStore::builder(pool).table(table).build())
+            }
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                use idempotency::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+                // An operator's tool never creates a database: a wrong path is an error.
+                let options = url
+                    .parse::<SqliteConnectOptions>()
+                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?
+                    .create_if_missing(false);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|error| unreachable(&error))?;
+                sql(idempotency::SqlStore::builder(pool).table(table).build())
+            }
+            _ if KNOWN_SCHEMES.contains(&scheme) => Err(Failure::Usage(format!(
+                "this build of idempotency has no {scheme} store: install it with \
+                     `cargo install idempotency --features cli,{feature}`",
+                feature = match scheme {
+                    "rediss" => "redis-tls",
+                    "postgresql" => "postgres",
+                    "mariadb" => "mysql",
+                    other => other,
+                }
+            ))),
+            _ => Err(Failure::Usage(format!(
+                "`{shown}` is not a store URL: redis://, rediss://, postgres://, mysql:// or \
+                 sqlite://"
+            ))),
+        }
+    }
+
+    /// The namespaces `known` names (`NAME@VERSION`), by the hash a Redis key holds; empty
+    /// for a store whose rows name their namespace.
+    pub(crate) fn known_namespaces(
+        &self,
+        known: &[String],
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut names = HashMap::new();
+        let Some(namer) = &self.namer else {
+            return Ok(names);
+        };
+        for entry in known {
+            let (name, version) = match entry.rsplit_once('@') {
+                Some((name, version)) => (
+                    name,
+                    version.parse::<u32>().map_err(|_| {
+                        Failure::Usage(format!("--known `{entry}`: the version is not a number"))
+                    })?,
+                ),
+                None => (entry.as_str(), 1),
+            };
+            names.insert(namer(name, version), format!("{name}@{version}"));
+        }
+        Ok(names)
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+fn sql<DB: idempotency::SqlDialect>(
+    store: Result<idempotency::SqlStore<DB>, idempotency::SqlConfigError>,
+) -> Result<Opened, Failure> {
+    let store = store.map_err(|error| Failure::Usage(error.to_string()))?;
+    Ok(Opened {
+        store: Arc::new(store),
+        namer: None,
+    })
+}
+
+/// `url` without its password.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let credentials = &rest[..at];
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
+            let password = if credentials.contains(':') {
+                ":***"
+            } else {
+                ""
+            };
+            format!("{scheme}://{user}{password}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("redis://:pw@h/0"), "redis://:***@h/0");
+        assert_eq!(redacted("sqlite://a@b.db"), "sqlite://a@b.db");
+    }
+}
