@@ -77,6 +77,10 @@ impl Payments {
 
 struct Setup {
     payments: &'static Payments,
+    /// The same function on an executor with a local replay cache in front of the store.
+    cached: &'static Payments,
+    /// The same function on the in-process memory store (the default store).
+    in_memory: &'static Payments,
     store: RedisStore,
     connection: ConnectionManager,
     /// A completed record: replays read it; raw `GET`s read its Redis key, the same bytes.
@@ -105,17 +109,29 @@ async fn setup() -> Result<Setup, String> {
     let payments: &'static Payments = Box::leak(Box::new(Payments {
         idempotency: Idempotency::new(store.clone()),
     }));
+    let cached: &'static Payments = Box::leak(Box::new(Payments {
+        idempotency: Idempotency::builder(store.clone())
+            .local_cache(64 << 20, Duration::from_secs(60))
+            .build(),
+    }));
+    let in_memory: &'static Payments = Box::leak(Box::new(Payments {
+        idempotency: Idempotency::new(idempotency::MemoryStore::new()),
+    }));
     let replayed = request(1);
-    payments
-        .charge(&replayed)
-        .await
-        .map_err(|e| e.to_string())?;
+    for payments in [payments, cached, in_memory] {
+        payments
+            .charge(&replayed)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let key = Key::derive("bench.charge", 1, &replayed.order_id).map_err(|e| e.to_string())?;
     let record_key = store.redis_key(&key);
     let mut raw = connection.clone();
     let record: Vec<u8> = raw.get(&record_key).await.map_err(|e| e.to_string())?;
     Ok(Setup {
         payments,
+        cached,
+        in_memory,
         store,
         connection,
         replayed,
@@ -141,6 +157,16 @@ fn benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime, setup: &Setup) 
     group.bench_function("replay", |b| {
         b.to_async(runtime)
             .iter(|| async { black_box(payments.charge(&setup.replayed).await.expect("replay")) })
+    });
+
+    let (cached, in_memory) = (setup.cached, setup.in_memory);
+    group.bench_function("replay_local_cache", |b| {
+        b.to_async(runtime)
+            .iter(|| async { black_box(cached.charge(&setup.replayed).await.expect("replay")) })
+    });
+    group.bench_function("replay_memory_store", |b| {
+        b.to_async(runtime)
+            .iter(|| async { black_box(in_memory.charge(&setup.replayed).await.expect("replay")) })
     });
 
     group.bench_function("raw_get_x64", |b| {
@@ -198,6 +224,8 @@ fn print_ratios() {
     let names = [
         "raw_get",
         "replay",
+        "replay_local_cache",
+        "replay_memory_store",
         "raw_get_x64",
         "replay_x64",
         "raw_set_nx_then_set",
@@ -208,6 +236,21 @@ fn print_ratios() {
         if let Some(ns) = median_ns(name) {
             println!("  {name:<22} {:>9.1} µs", ns / 1000.0);
         }
+    }
+    if let (Some(get), Some(local), Some(memory)) = (
+        median_ns("raw_get"),
+        median_ns("replay_local_cache"),
+        median_ns("replay_memory_store"),
+    ) {
+        println!("ratios of the local replay cache:");
+        println!(
+            "  replay from the local cache / raw GET       = {:.3}  (no round trip)",
+            local / get
+        );
+        println!(
+            "  replay from the local cache / memory store  = {:.3}",
+            local / memory
+        );
     }
     let (Some(get), Some(replay), Some(get64), Some(replay64), Some(set), Some(first)) = (
         median_ns("raw_get"),

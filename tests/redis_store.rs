@@ -493,6 +493,7 @@ async fn a_late_owner_completes_unless_taken_over() {
         Ok(Claim::Completed {
             fingerprint: stored,
             output,
+            ..
         }) => {
             assert_eq!(stored, fingerprint("a"));
             assert_eq!(&output[..], b"late");

@@ -72,6 +72,10 @@ pub enum Claim {
         fingerprint: Fingerprint,
         /// The stored output, as the executor encoded it.
         output: Bytes,
+        /// When the record expires, if the store says (every remote store of this crate does;
+        /// `None` keeps it out of the executor's [local replay
+        /// cache](crate::IdempotencyBuilder::local_cache) and out of [`Obtained::expires_at`](crate::Obtained)).
+        expires_at: Option<SystemTime>,
     },
     /// Another caller owns the key and its lease has not passed.
     InProgress {
@@ -161,6 +165,7 @@ impl ClaimNow {
             ClaimNow::Held(held) => Claim::Completed {
                 fingerprint: *held.fingerprint(),
                 output: held.output().clone(),
+                expires_at: None,
             },
         }
     }

@@ -363,6 +363,7 @@ async fn client(
                         Claim::Completed {
                             fingerprint,
                             output,
+                            ..
                         } => Ret::Completed(fingerprint_tag(&fingerprint), output[0]),
                         other => panic!("an unknown claim answer: {other:?}"),
                     }

@@ -119,6 +119,7 @@ pub async fn claim_now_agrees_with_claim(store: &dyn Store) {
         Some(Ok(Claim::Completed {
             fingerprint: f,
             output: back,
+            ..
         })) => {
             assert_eq!(f, owner());
             assert_eq!(back, output.as_bytes());

@@ -122,8 +122,15 @@ async fn assert_replays(
         Ok(Claim::Completed {
             fingerprint: stored,
             output: replayed,
+            expires_at,
         }) => {
             assert_eq!(stored, owner(), "{what}: the stored fingerprint");
+            if let Some(expires_at) = expires_at {
+                assert!(
+                    expires_at > std::time::SystemTime::now() - std::time::Duration::from_secs(1),
+                    "{what}: a live record's expiry is not in the past: {expires_at:?}"
+                );
+            }
             assert!(
                 replayed == *output,
                 "{what}: the stored output ({} bytes) differs",

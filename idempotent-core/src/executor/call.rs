@@ -241,6 +241,7 @@ impl<'a, M> Call<'a, M> {
                 Some(Ok(ClaimNow::Claim(Claim::Completed {
                     fingerprint: stored,
                     output,
+                    ..
                 }))) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
                 Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
                 Some(Err(error)) => Some(Err(error)),
@@ -252,6 +253,11 @@ impl<'a, M> Call<'a, M> {
         let execution = async move {
             let first = match first {
                 None if claim_first => {
+                    // A completed record this process keeps (`local_cache`): no round trip.
+                    if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key)) {
+                        let (stored, output) = entry.parts();
+                        return replay::<M, T, E>(key, &fingerprint, stored, output);
+                    }
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
                     let request = ClaimRequest::new(fingerprint, settings.lease);
@@ -260,7 +266,13 @@ impl<'a, M> Call<'a, M> {
                         Ok(Claim::Completed {
                             fingerprint: stored,
                             output,
-                        }) => return replay::<M, T, E>(key, &fingerprint, &stored, &output),
+                            expires_at,
+                        }) => {
+                            if let (Some(local), Some(expires_at)) = (&inner.local, expires_at) {
+                                local.remember(&key, stored, output.clone(), expires_at);
+                            }
+                            return replay::<M, T, E>(key, &fingerprint, &stored, &output);
+                        }
                         other => Some(other),
                     }
                 }

@@ -1,7 +1,10 @@
 //! The executor's configuration: its call defaults and its own limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+#[cfg(feature = "memory")]
+use super::local::LocalCache;
 use super::{Idempotency, Inner, flight::Flights};
 use crate::protocol::{CallOptions, Settings, call_option_setters};
 use crate::retry::CircuitBreaker;
@@ -14,6 +17,9 @@ pub struct IdempotencyBuilder {
     store: Arc<dyn Store>,
     breaker: Option<CircuitBreaker>,
     settings: Settings,
+    /// `local_cache`: capacity in bytes and the longest time an entry is served.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    local: Option<(u64, Duration)>,
 }
 
 impl IdempotencyBuilder {
@@ -22,6 +28,7 @@ impl IdempotencyBuilder {
             store,
             breaker: None,
             settings: Settings::DEFAULT,
+            local: None,
         }
     }
 
@@ -60,6 +67,41 @@ impl IdempotencyBuilder {
         self
     }
 
+    /// Keep completed records of a remote store (Redis, SQL) in this process too, up to
+    /// `capacity_bytes` (outputs and keys, least recently used first out), so that a key
+    /// replayed again in this process answers with **no round trip**. Off by default.
+    ///
+    /// What is cached and for how long:
+    ///
+    /// * only completed records: this executor's own outputs once stored, and records a claim
+    ///   found completed; a key in progress is never cached;
+    /// * each entry is served until its record's own expiry, and at most `local_ttl` after it
+    ///   was cached;
+    /// * the fingerprint is compared on every hit: other arguments are a key reuse, as from
+    ///   the store;
+    /// * [`forget`](Idempotency::forget) through this executor drops the entry.
+    ///
+    /// The one window of staleness: a record removed through **another** process (its
+    /// executor's `forget`, the `idempotency forget` command, a `DEL`) still replays here for
+    /// up to `local_ttl`; keep it short where support staff clear keys for retries. Calls in
+    /// the caller's SQL transaction (transactional mode) do not use the cache.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_core::{Idempotency, MemoryStore};
+    /// # let store = MemoryStore::new();
+    /// let idempotency = Idempotency::builder(store) // a RedisStore or SqlStore, typically
+    ///     .local_cache(64 << 20, Duration::from_secs(60))
+    ///     .build();
+    /// # let _ = idempotency;
+    /// ```
+    #[cfg(feature = "memory")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+    pub fn local_cache(mut self, capacity_bytes: u64, local_ttl: Duration) -> Self {
+        self.local = Some((capacity_bytes, local_ttl));
+        self
+    }
+
     /// Largest encoded output stored (default [`MAX_OUTPUT_BYTES`](crate::defaults::MAX_OUTPUT_BYTES), 1 MiB; the
     /// store's own [`Store::max_output_bytes`] when lower). The body of a call whose output is
     /// larger has run: the call returns its result, and its record says that the output was
@@ -81,6 +123,12 @@ impl IdempotencyBuilder {
                 settings,
                 flights: Flights::default(),
                 background: Default::default(),
+                #[cfg(feature = "memory")]
+                local: self
+                    .local
+                    .map(|(capacity, local_ttl)| LocalCache::new(capacity, local_ttl)),
+                #[cfg(not(feature = "memory"))]
+                local: None,
             }),
         }
     }

@@ -169,6 +169,9 @@ impl Idempotency {
     /// result will not be stored, and a retry may run the body again beside it): `true`
     /// when there was one.
     pub async fn forget_forced(&self, key: &Key) -> Result<bool, Error> {
+        if let Some(local) = &self.inner.local {
+            local.forget(key);
+        }
         self.store()
             .remove(key)
             .await

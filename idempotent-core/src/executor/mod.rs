@@ -18,6 +18,7 @@ mod flight;
 mod gate;
 mod inspect;
 mod lease;
+mod local;
 mod owner;
 
 use std::future::Future;
@@ -97,6 +98,8 @@ struct Inner {
     settings: Settings,
     flights: flight::Flights,
     background: Arc<background::Background>,
+    /// Completed records of a remote store kept in this process (off unless configured).
+    local: Option<local::LocalCache>,
 }
 
 impl std::fmt::Debug for Idempotency {

@@ -103,7 +103,13 @@ impl Inner {
         // The lease is renewed until the output is recorded, not only while the body runs.
         let completed = renewal.around(claim.complete(recording)).await;
         match &completed {
-            Ok(output) => pilot.land(Landing::Completed(output.clone())),
+            Ok(output) => {
+                if let Some(local) = &self.local {
+                    let expires_at = std::time::SystemTime::now() + settings.ttl;
+                    local.remember(&key, fingerprint, output.clone(), expires_at);
+                }
+                pilot.land(Landing::Completed(output.clone()));
+            }
             Err(_) => pilot.land(Landing::Released),
         }
         if let Some(panic) = panic {

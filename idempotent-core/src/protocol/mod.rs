@@ -169,6 +169,7 @@ impl Caller {
             Claim::Completed {
                 fingerprint: stored,
                 output,
+                ..
             } => {
                 if stored == *fingerprint {
                     Next::Replay(output)

@@ -74,8 +74,9 @@ pub mod sql;
 ///         let now = Instant::now();
 ///         let mut took_over = false;
 ///         match map.get(key) {
-///             Some((Record::Completed { fingerprint, output, .. }, until)) if *until > now => {
-///                 return Ok(Claim::Completed { fingerprint: *fingerprint, output: output.clone() });
+///             Some((Record::Completed { fingerprint, output, expires_at, .. }, until)) if *until > now => {
+///                 let (fingerprint, output, expires_at) = (*fingerprint, output.clone(), Some(*expires_at));
+///                 return Ok(Claim::Completed { fingerprint, output, expires_at });
 ///             }
 ///             Some((Record::InProgress { fingerprint, .. }, until)) if *until > now => {
 ///                 return Ok(Claim::InProgress { fingerprint: *fingerprint, lease_remaining: *until - now });

@@ -395,10 +395,12 @@ fn claim_answer(
                 Record::Completed {
                     fingerprint,
                     output,
+                    expires_at,
                     ..
                 } => Claim::Completed {
                     fingerprint,
                     output,
+                    expires_at: Some(expires_at),
                 },
                 Record::InProgress { token: owner, .. } if owner == token => {
                     let acquired = Claim::Acquired {

@@ -5,6 +5,8 @@
 //! stored output), and SQLite's upsert returns no row when it leaves the existing one alone,
 //! so neither can claim in one statement as PostgreSQL does.
 
+use std::time::SystemTime;
+
 use futures_util::future::BoxFuture;
 
 use super::dialect::{self, Args, ClaimOn, ClaimStatements, Dialect, Statement};
@@ -67,6 +69,7 @@ impl Current {
             Claim::Completed {
                 fingerprint,
                 output: completed_output(self.output)?,
+                expires_at: Some(SystemTime::now() + remaining(self.remaining)),
             }
         } else {
             Claim::InProgress {

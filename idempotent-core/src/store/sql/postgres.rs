@@ -2,6 +2,8 @@
 //! record the table's claim function, around `INSERT … ON CONFLICT … DO UPDATE`); times come
 //! from the server's `statement_timestamp()`.
 
+use std::time::SystemTime;
+
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection as _, Postgres, Row as _};
@@ -48,14 +50,9 @@ fn statements(table: &TableName) -> Statements<Postgres> {
     // and in the caller's transaction that lock lasts until the transaction ends.
     let function = table.beside("_claim", '"');
     let live = format!("{} > {NOW}", until(""));
-    // Time left on an in-progress lease; a completed record's is not needed (0), which keeps
-    // replays from computing it.
-    let left = |row: &str| {
-        format!(
-            "CASE WHEN {row}completed THEN 0::int8 ELSE {} END",
-            epoch_micros(&format!("({row}lease_until - {NOW})"))
-        )
-    };
+    // Time left: on an in-progress lease, or on a completed record's TTL (its expiry, for the
+    // executor's local replay cache and `Obtained::expires_at`).
+    let left = |row: &str| epoch_micros(&format!("({} - {NOW})", until(row)));
     // `state`: 0 the live record read, 1 another owner's record kept by the function, 2 the
     // key acquired, 3 acquired by taking over a record whose lease had passed.
     let claim = format!(
@@ -256,6 +253,7 @@ fn claim_from(row: &PgRow, token: Token, in_transaction: bool) -> Result<Claim, 
         Claim::Completed {
             fingerprint,
             output: completed_output(output)?,
+            expires_at: Some(SystemTime::now() + remaining(left.unwrap_or(0))),
         }
     } else if locked && in_transaction {
         // The caller's transaction now holds the row lock the owner needs to complete: it

@@ -1,0 +1,160 @@
+//! The local replay cache ([`IdempotencyBuilder::local_cache`]): completed records of a remote
+//! store kept in this process, so that a key replayed again here needs no round trip.
+//!
+//! A completed record never changes until it expires, so a copy is as good as the store's
+//! until then: an entry is served until the record's own expiry or `local_ttl` after it was
+//! cached, whichever comes first. Only completed records are cached (an owner's own output,
+//! once stored, or a claim's answer that carried its expiry); a claim in progress never is. The
+//! fingerprint is still compared on every hit (a mismatch is a key reuse, as from the store).
+//! `forget` through this executor drops the entry; a record removed through another process
+//! may still replay here until the entry's `local_ttl` passes.
+//!
+//! [`IdempotencyBuilder::local_cache`]: super::IdempotencyBuilder::local_cache
+
+#[cfg(feature = "memory")]
+mod cache {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use bytes::Bytes;
+    use moka::sync::Cache;
+
+    use crate::key::{Fingerprint, Key};
+
+    /// A cached completed record.
+    #[derive(Debug)]
+    pub(in crate::executor) struct Entry {
+        fingerprint: Fingerprint,
+        output: Bytes,
+        /// When the record expires in the store (a copy is never served past it).
+        expires_at: SystemTime,
+    }
+
+    /// Bytes an entry costs beside its output: the key, the entry, moka's bookkeeping.
+    const OVERHEAD: usize = 192;
+
+    impl Entry {
+        /// The stored fingerprint and output.
+        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes) {
+            (&self.fingerprint, &self.output)
+        }
+    }
+
+    /// Each entry's time to live: until its record's expiry, at most `local_ttl`.
+    struct UntilExpiry {
+        local_ttl: Duration,
+    }
+
+    impl moka::Expiry<Key, Arc<Entry>> for UntilExpiry {
+        fn expire_after_create(
+            &self,
+            _key: &Key,
+            entry: &Arc<Entry>,
+            _created_at: Instant,
+        ) -> Option<Duration> {
+            let left = entry
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Some(left.min(self.local_ttl))
+        }
+    }
+
+    /// The cache: moka, weighed by bytes.
+    pub(in crate::executor) struct LocalCache {
+        cache: Cache<Key, Arc<Entry>>,
+    }
+
+    impl LocalCache {
+        pub(in crate::executor) fn new(capacity_bytes: u64, local_ttl: Duration) -> LocalCache {
+            let cache = Cache::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|key: &Key, entry: &Arc<Entry>| {
+                    let bytes = entry.output.len() + key.namespace().len() + OVERHEAD;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .expire_after(UntilExpiry { local_ttl })
+                .build();
+            LocalCache { cache }
+        }
+
+        pub(in crate::executor) fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+            let entry = self.cache.get(key)?;
+            // moka's expiry is checked on its own clock; the record's is the wall clock's.
+            if entry.expires_at <= SystemTime::now() {
+                self.cache.invalidate(key);
+                return None;
+            }
+            Some(entry)
+        }
+
+        pub(in crate::executor) fn remember(
+            &self,
+            key: &Key,
+            fingerprint: Fingerprint,
+            output: Bytes,
+            expires_at: SystemTime,
+        ) {
+            if expires_at <= SystemTime::now() {
+                return;
+            }
+            let entry = Entry {
+                fingerprint,
+                output,
+                expires_at,
+            };
+            self.cache.insert(key.clone(), Arc::new(entry));
+        }
+
+        pub(in crate::executor) fn forget(&self, key: &Key) {
+            self.cache.invalidate(key);
+        }
+    }
+}
+
+#[cfg(feature = "memory")]
+pub(super) use cache::LocalCache;
+#[cfg(not(feature = "memory"))]
+pub(super) use stub::LocalCache;
+
+/// Without the `memory` feature (moka) there is no local cache: types with no values, so the
+/// executor's `Option<LocalCache>` is always `None` and its uses compile away.
+#[cfg(not(feature = "memory"))]
+mod stub {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+
+    use crate::key::{Fingerprint, Key};
+
+    pub(in crate::executor) enum Entry {}
+
+    impl Entry {
+        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes) {
+            match *self {}
+        }
+    }
+
+    pub(in crate::executor) enum LocalCache {}
+
+    impl LocalCache {
+        pub(in crate::executor) fn get(&self, _key: &Key) -> Option<Arc<Entry>> {
+            match *self {}
+        }
+
+        pub(in crate::executor) fn remember(
+            &self,
+            _key: &Key,
+            _fingerprint: Fingerprint,
+            _output: Bytes,
+            _expires_at: SystemTime,
+        ) {
+            match *self {}
+        }
+
+        pub(in crate::executor) fn forget(&self, _key: &Key) {
+            match *self {}
+        }
+    }
+}
