@@ -113,7 +113,13 @@ fn main() {
     );
     println!(
         "{:<7} {:<8} {:>22} {:>22} {:>12} {:>20} {:>12}",
-        "keys", "threads", "#[idempotent] replay", "raw sha256 + moka get", "cached hit", "idempotent / moka", "vs 1 thread"
+        "keys",
+        "threads",
+        "#[idempotent] replay",
+        "raw sha256 + moka get",
+        "cached hit",
+        "idempotent / moka",
+        "vs 1 thread"
     );
     for keys in [1, KEYS] {
         let mut first = None;

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use idempotency::testing::{service_url, unreachable};
 use idempotency::{
-    Claim, ClaimRequest, Completion, Error, Fingerprint, Idempotency, InProgressPolicy, Key,
+    Claim, ClaimRequest, Completion, Error, Fingerprint, How, Idempotency, InProgressPolicy, Key,
     Record, RedisStore, SqlStore, Store, StoreError, Token, async_trait,
 };
 
@@ -133,6 +133,26 @@ async fn rules(store: Arc<dyn Store>, ns: &str) {
         0,
         "the second replay of the key in this process"
     );
+
+    // A replay says when its record expires: from the store's claim answer, and from the
+    // local copy.
+    for (exec, from) in [(&plain, "the store"), (&cached, "the local cache")] {
+        let obtained = exec
+            .call(b.clone(), fingerprint("x"))
+            .run_obtained(|| async { Ok::<_, Error>(9u64) })
+            .await
+            .expect("replay");
+        assert_eq!((obtained.output, obtained.how), (2, How::Replayed));
+        let expires_at = obtained.expires_at.expect("an expiry");
+        let left = expires_at
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        assert!(
+            left > Duration::from_secs(23 * 3600) && left <= Duration::from_secs(24 * 3600 + 5),
+            "{from}: {left:?}"
+        );
+    }
+    counted.take();
 
     // A key in progress is never cached: every call asks the store.
     let c = key(ns, "c");

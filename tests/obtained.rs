@@ -3,7 +3,7 @@
 //! the store).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use idempotency::{
     Error, Fingerprint, How, Idempotency, InProgressPolicy, Key, MemoryStore, Obtained,
@@ -74,16 +74,28 @@ async fn executed_then_replayed() {
         let idempotency = Idempotency::new(MemoryStore::new());
         let (key, fingerprint) = key("order-1");
         let mut seen = Vec::new();
+        let mut expiries = Vec::new();
         for _ in 0..3 {
             let obtained = idempotency
                 .call(key.clone(), fingerprint)
+                .ttl(Duration::from_secs(3600))
                 .run_obtained(|| async { Ok::<_, Error>(7u32) })
                 .await
                 .expect("an output");
             assert_eq!(obtained.output, 7);
             seen.push(obtained.how);
+            expiries.push(obtained.expires_at.expect("the record's expiry"));
         }
         assert_eq!(seen, [How::Executed, How::Replayed, How::Replayed]);
+        // The execution's expiry is now + ttl by this clock; the replays read the record's,
+        // which the store set at the same moment (the memory store adds a margin of its own).
+        let hour = SystemTime::now() + Duration::from_secs(3600);
+        for at in &expiries {
+            let off = at
+                .duration_since(hour)
+                .unwrap_or_else(|before| before.duration());
+            assert!(off < Duration::from_secs(5), "{expiries:?}");
+        }
         let failed = idempotency
             .call(
                 key.clone(),

@@ -145,6 +145,12 @@ pub trait HeldRecord: Send + Sync {
     fn kept(&self) -> Option<&(dyn Any + Send + Sync)> {
         None
     }
+
+    /// When the record expires, if the store knows (for
+    /// [`Obtained::expires_at`](crate::Obtained); asked only by `run_obtained`).
+    fn expires_at(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// What [`Store::claim_now`](crate::Store::claim_now) answered.

@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,12 @@ pub struct Obtained<T> {
     pub output: T,
     /// Whether the body ran in this call, or a stored output was replayed.
     pub how: How,
+    /// When the record expires and the key runs its body again: for an execution, now plus
+    /// the call's `ttl` by this process's clock; for a replay, the expiry of the record the
+    /// store (or the local replay cache) answered with. `None` where the store does not say,
+    /// after waiting for another call, and under `#[idempotent]` (its output is read back
+    /// without the record). When the record was first written is not kept by any store.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl<T> Obtained<T> {
@@ -65,6 +73,7 @@ impl<T> Obtained<T> {
         Obtained {
             output,
             how: How::Executed,
+            expires_at: None,
         }
     }
 
@@ -87,6 +96,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obtained<T> {
         T::deserialize(deserializer).map(|output| Obtained {
             output,
             how: How::Replayed,
+            expires_at: None,
         })
     }
 }
@@ -185,22 +195,28 @@ impl<'a, M> Call<'a, M> {
     {
         let ran = AtomicBool::new(false);
         let waited = AtomicBool::new(false);
+        let expiry = OnceLock::new();
+        let ttl = self.request.settings.ttl;
         let body = || {
             ran.store(true, Ordering::Relaxed);
             body()
         };
-        let output = match self.start(body, None, Some(&waited)) {
+        let output = match self.start(body, None, Some(&waited), Some(&expiry)) {
             Ok(done) => done,
             Err(rest) => rest.await,
         }?;
-        let how = if ran.load(Ordering::Relaxed) {
-            How::Executed
+        let (how, expires_at) = if ran.load(Ordering::Relaxed) {
+            (How::Executed, Some(SystemTime::now() + ttl))
         } else if waited.load(Ordering::Relaxed) {
-            How::ReplayedAfterWaiting
+            (How::ReplayedAfterWaiting, None)
         } else {
-            How::Replayed
+            (How::Replayed, expiry.get().copied())
         };
-        Ok(Obtained { output, how })
+        Ok(Obtained {
+            output,
+            how,
+            expires_at,
+        })
     }
 
     /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
@@ -211,6 +227,7 @@ impl<'a, M> Call<'a, M> {
         body: F,
         keeper: Option<Keeper<T>>,
         waited: Option<&'a AtomicBool>,
+        expiry: Option<&'a OnceLock<SystemTime>>,
     ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
     where
         M: OutputMode<T, E>,
@@ -236,13 +253,21 @@ impl<'a, M> Call<'a, M> {
             let _entered = span.enter();
             match inner.claim_now(&key, ClaimRequest::new(fingerprint, settings.lease)) {
                 Some(Ok(ClaimNow::Held(held))) => {
+                    if let Some(slot) = expiry {
+                        observe(slot, held.expires_at());
+                    }
                     return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
                 }
                 Some(Ok(ClaimNow::Claim(Claim::Completed {
                     fingerprint: stored,
                     output,
-                    ..
-                }))) => return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output)),
+                    expires_at,
+                }))) => {
+                    if let Some(slot) = expiry {
+                        observe(slot, expires_at);
+                    }
+                    return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output));
+                }
                 Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
                 Some(Err(error)) => Some(Err(error)),
                 None => None,
@@ -255,7 +280,10 @@ impl<'a, M> Call<'a, M> {
                 None if claim_first => {
                     // A completed record this process keeps (`local_cache`): no round trip.
                     if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key)) {
-                        let (stored, output) = entry.parts();
+                        let (stored, output, expires_at) = entry.parts();
+                        if let Some(slot) = expiry {
+                            observe(slot, Some(expires_at));
+                        }
                         return replay::<M, T, E>(key, &fingerprint, stored, output);
                     }
                     // A remote store: its first claim is awaited here, so a replay returns
@@ -270,6 +298,9 @@ impl<'a, M> Call<'a, M> {
                         }) => {
                             if let (Some(local), Some(expires_at)) = (&inner.local, expires_at) {
                                 local.remember(&key, stored, output.clone(), expires_at);
+                            }
+                            if let Some(slot) = expiry {
+                                observe(slot, expires_at);
                             }
                             return replay::<M, T, E>(key, &fingerprint, &stored, &output);
                         }
@@ -345,7 +376,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     match call {
-        Ok(call) => call.start(body, keeper, None),
+        Ok(call) => call.start(body, keeper, None, None),
         Err(error) => Ok(Err(error.into())),
     }
 }
@@ -364,6 +395,13 @@ pub(super) fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
     metrics::count(Counter::Replays, &key);
     event!(debug, key = %key, "replay");
     protocol::decode::<M, T, E>(key, output)
+}
+
+/// Notes a replayed record's expiry for [`Call::run_obtained`].
+fn observe(slot: &OnceLock<SystemTime>, expires_at: Option<SystemTime>) {
+    if let Some(at) = expires_at {
+        let _ = slot.set(at);
+    }
 }
 
 /// The answer for a completed record an in-process store lent: its kept value, cloned, when

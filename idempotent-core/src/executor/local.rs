@@ -34,9 +34,9 @@ mod cache {
     const OVERHEAD: usize = 192;
 
     impl Entry {
-        /// The stored fingerprint and output.
-        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes) {
-            (&self.fingerprint, &self.output)
+        /// The stored fingerprint, output and expiry.
+        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes, SystemTime) {
+            (&self.fingerprint, &self.output, self.expires_at)
         }
     }
 
@@ -131,7 +131,7 @@ mod stub {
     pub(in crate::executor) enum Entry {}
 
     impl Entry {
-        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes) {
+        pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes, SystemTime) {
             match *self {}
         }
     }

@@ -1,6 +1,6 @@
 use std::any::Any;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -64,6 +64,11 @@ impl HeldRecord for Done {
         self.kept
             .get_or_init(|| keep.value(&self.output))
             .as_deref()
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        let left = self.expires_at.saturating_duration_since(Instant::now());
+        Some(SystemTime::now() + left)
     }
 }
 
