@@ -319,7 +319,9 @@ async fn prepare<DB: SqlDialect>(
         // Each store's table comes with its claim function.
         for name in [&table, &raw_table] {
             raw.drop
-                .push(format!("DROP FUNCTION IF EXISTS \"{name}_claim\""));
+                .push(format!(
+                    "DROP FUNCTION IF EXISTS \"{name}_claim\"(bytea, bytea, bytea, int8, int8, text, text, int8), \"{name}_claim\"(bytea, bytea, bytea, int8, int8, text)"
+                ));
         }
     }
     // The raw SELECT reads the same bytes the replay reads: the record, copied across.

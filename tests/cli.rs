@@ -313,7 +313,9 @@ async fn the_tool_reads_and_clears_postgres_records() {
         .execute(&pool)
         .await
         .expect("drop");
-    idempotency::sqlx::query(&format!("DROP FUNCTION \"{table}_claim\""))
+    idempotency::sqlx::query(&format!(
+        "DROP FUNCTION \"{table}_claim\"(bytea, bytea, bytea, int8, int8, text, text, int8), \"{table}_claim\"(bytea, bytea, bytea, int8, int8, text)"
+    ))
         .execute(&pool)
         .await
         .expect("drop");

@@ -177,7 +177,7 @@ macro_rules! inbox_suite {
             if <$db as sqlx::Database>::NAME == "PostgreSQL" {
                 // The store's table comes with its claim function.
                 sqlx::query(&format!(
-                    "DROP FUNCTION IF EXISTS \"{prefix}_records_claim\""
+                    "DROP FUNCTION IF EXISTS \"{prefix}_records_claim\"(bytea, bytea, bytea, int8, int8, text, text, int8), \"{prefix}_records_claim\"(bytea, bytea, bytea, int8, int8, text)"
                 ))
                 .execute(&pool)
                 .await

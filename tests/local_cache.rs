@@ -275,7 +275,9 @@ async fn the_local_cache_in_front_of_postgres() {
     rules(Arc::new(store), "local.postgres").await;
     for drop in [
         format!("DROP TABLE \"{table}\""),
-        format!("DROP FUNCTION \"{table}_claim\""),
+        format!(
+            "DROP FUNCTION \"{table}_claim\"(bytea, bytea, bytea, int8, int8, text, text, int8), \"{table}_claim\"(bytea, bytea, bytea, int8, int8, text)"
+        ),
     ] {
         idempotency::sqlx::query(&drop)
             .execute(&pool)

@@ -83,7 +83,9 @@ mod harness {
                         Some((schema, name)) => format!("\"{schema}\".\"{name}_claim\""),
                         None => format!("\"{table}_claim\""),
                     };
-                    let _ = sqlx::query(&format!("DROP FUNCTION IF EXISTS {function}"))
+                    let _ = sqlx::query(&format!(
+                        "DROP FUNCTION IF EXISTS {function}(bytea, bytea, bytea, int8, int8, text, text, int8), {function}(bytea, bytea, bytea, int8, int8, text)"
+                    ))
                         .execute(&pool)
                         .await;
                 }
@@ -117,6 +119,44 @@ mod harness {
 }
 
 sql_support::suite::sql_suite!();
+
+/// A process of the previous version calls the claim function without namespace and version:
+/// after `migrate` that signature still claims (a rolling upgrade leaves no process without
+/// claims), its row names no namespace, and a second claim of the key finds it in progress.
+#[tokio::test]
+async fn the_claim_function_of_the_previous_version_still_claims() {
+    let Some((url, pool)) = harness::fresh(2).await else {
+        return;
+    };
+    let table = unique("previous_claim");
+    let _scratch = scratch(&url, &[&table]);
+    let _store = store_on(&pool, &table).await;
+    let call =
+        format!("SELECT acquired FROM \"{table}_claim\"($1, $2, $3, 30000000, 30000000, NULL)");
+    let claim = |id: &'static [u8; 32], token: u8| {
+        let (pool, call) = (pool.clone(), call.clone());
+        async move {
+            sqlx::query_scalar::<_, bool>(&call)
+                .bind(&id[..])
+                .bind(&[token; 16][..])
+                .bind(&[9u8; 32][..])
+                .fetch_one(&pool)
+                .await
+                .expect("the six-argument claim function")
+        }
+    };
+    assert!(claim(&[1u8; 32], 7).await, "acquired");
+    assert!(
+        !claim(&[1u8; 32], 8).await,
+        "in progress: another claim does not acquire it"
+    );
+    let namespace: Option<String> =
+        sqlx::query_scalar(&format!("SELECT namespace FROM \"{table}\""))
+            .fetch_one(&pool)
+            .await
+            .expect("the row");
+    assert_eq!(namespace, None);
+}
 
 /// A replay is a plain read: the table's claim function is never entered for it. Shown by
 /// replacing the function with one that fails: replays still answer, a new key fails, and

@@ -289,6 +289,7 @@ impl<'a, M> Call<'a, M> {
                     // A remote store: its first claim is awaited here, so a replay returns
                     // without building the whole call's future.
                     let request = ClaimRequest::new(fingerprint, settings.lease);
+                    let generation = inner.local.as_ref().map(|local| local.generation());
                     let claim = inner.claim(&key, request);
                     match metrics::store_call(StoreOp::Claim, &key, claim).await {
                         Ok(Claim::Completed {
@@ -296,8 +297,16 @@ impl<'a, M> Call<'a, M> {
                             output,
                             expires_at,
                         }) => {
-                            if let (Some(local), Some(expires_at)) = (&inner.local, expires_at) {
-                                local.remember(&key, stored, output.clone(), expires_at);
+                            if let (Some(local), Some(expires_at), Some(generation)) =
+                                (&inner.local, expires_at, generation)
+                            {
+                                local.remember(
+                                    &key,
+                                    stored,
+                                    output.clone(),
+                                    expires_at,
+                                    generation,
+                                );
                             }
                             if let Some(slot) = expiry {
                                 observe(slot, expires_at);

@@ -75,7 +75,8 @@ impl IdempotencyBuilder {
     ///
     /// * only completed records: this executor's own outputs once stored, and records a claim
     ///   found completed; a key in progress is never cached;
-    /// * each entry is served until its record's own expiry, and at most `local_ttl` after it
+    /// * each entry is served until 1 s before its record's own expiry (a margin for the
+    ///   round trip and the server's clock), and at most `local_ttl` after it
     ///   was cached;
     /// * the fingerprint is compared on every hit: other arguments are a key reuse, as from
     ///   the store;

@@ -172,13 +172,15 @@ impl Idempotency {
         if let Some(local) = &self.inner.local {
             local.forget(key);
         }
-        self.store()
-            .remove(key)
-            .await
-            .map_err(|source| Error::Store {
-                op: StoreOp::Remove,
-                key: key.clone(),
-                source,
-            })
+        let removed = self.store().remove(key).await;
+        // Again after the removal: a call that read the record before it is not cached now.
+        if let Some(local) = &self.inner.local {
+            local.forget(key);
+        }
+        removed.map_err(|source| Error::Store {
+            op: StoreOp::Remove,
+            key: key.clone(),
+            source,
+        })
     }
 }

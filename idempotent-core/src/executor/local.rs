@@ -2,7 +2,7 @@
 //! store kept in this process, so that a key replayed again here needs no round trip.
 //!
 //! A completed record never changes until it expires, so a copy is as good as the store's
-//! until then: an entry is served until the record's own expiry or `local_ttl` after it was
+//! until then: an entry is served until 1 s before the record's own expiry or `local_ttl` after it was
 //! cached, whichever comes first. Only completed records are cached (an owner's own output,
 //! once stored, or a claim's answer that carried its expiry); a claim in progress never is. The
 //! fingerprint is still compared on every hit (a mismatch is a key reuse, as from the store).
@@ -14,6 +14,7 @@
 #[cfg(feature = "memory")]
 mod cache {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant, SystemTime};
 
     use bytes::Bytes;
@@ -32,6 +33,11 @@ mod cache {
 
     /// Bytes an entry costs beside its output: the key, the entry, moka's bookkeeping.
     const OVERHEAD: usize = 192;
+
+    /// An entry stops being served this long before its record's expiry: the expiry a claim
+    /// answers is read after a round trip (SQL) or by the server's clock (Redis), and an
+    /// owner's is counted from after its `complete`, so each may be a little late.
+    const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
     impl Entry {
         /// The stored fingerprint, output and expiry.
@@ -63,6 +69,9 @@ mod cache {
     /// The cache: moka, weighed by bytes.
     pub(in crate::executor) struct LocalCache {
         cache: Cache<Key, Arc<Entry>>,
+        /// Counts `forget`s: a record read before one is not cached after it (a call racing
+        /// the forget would otherwise put the forgotten record back).
+        forgets: AtomicU64,
     }
 
     impl LocalCache {
@@ -75,7 +84,10 @@ mod cache {
                 })
                 .expire_after(UntilExpiry { local_ttl })
                 .build();
-            LocalCache { cache }
+            LocalCache {
+                cache,
+                forgets: AtomicU64::new(0),
+            }
         }
 
         pub(in crate::executor) fn get(&self, key: &Key) -> Option<Arc<Entry>> {
@@ -88,14 +100,25 @@ mod cache {
             Some(entry)
         }
 
+        /// What to pass to [`remember`](Self::remember) for a record read from now on.
+        pub(in crate::executor) fn generation(&self) -> u64 {
+            self.forgets.load(Ordering::Acquire)
+        }
+
+        /// Keeps a completed record read (or written) at `generation`, unless a `forget`
+        /// came since.
         pub(in crate::executor) fn remember(
             &self,
             key: &Key,
             fingerprint: Fingerprint,
             output: Bytes,
             expires_at: SystemTime,
+            generation: u64,
         ) {
-            if expires_at <= SystemTime::now() {
+            let Some(expires_at) = expires_at.checked_sub(EXPIRY_MARGIN) else {
+                return;
+            };
+            if expires_at <= SystemTime::now() || self.generation() != generation {
                 return;
             }
             let entry = Entry {
@@ -104,9 +127,15 @@ mod cache {
                 expires_at,
             };
             self.cache.insert(key.clone(), Arc::new(entry));
+            // A forget that came during the insert: drop what it may have missed.
+            if self.generation() != generation {
+                self.cache.invalidate(key);
+            }
         }
 
+        /// Drops `key`'s entry, and keeps records read before this from being cached.
         pub(in crate::executor) fn forget(&self, key: &Key) {
+            self.forgets.fetch_add(1, Ordering::AcqRel);
             self.cache.invalidate(key);
         }
     }
@@ -143,12 +172,17 @@ mod stub {
             match *self {}
         }
 
+        pub(in crate::executor) fn generation(&self) -> u64 {
+            match *self {}
+        }
+
         pub(in crate::executor) fn remember(
             &self,
             _key: &Key,
             _fingerprint: Fingerprint,
             _output: Bytes,
             _expires_at: SystemTime,
+            _generation: u64,
         ) {
             match *self {}
         }

@@ -100,13 +100,18 @@ impl Inner {
             lease: settings.lease,
             limit: settings.max_output_bytes,
         };
+        // Read before `complete`: the record's TTL starts in the store no earlier than this.
+        let cached = self
+            .local
+            .as_ref()
+            .map(|local| (local, local.generation(), std::time::SystemTime::now()));
         // The lease is renewed until the output is recorded, not only while the body runs.
         let completed = renewal.around(claim.complete(recording)).await;
         match &completed {
             Ok(output) => {
-                if let Some(local) = &self.local {
-                    let expires_at = std::time::SystemTime::now() + settings.ttl;
-                    local.remember(&key, fingerprint, output.clone(), expires_at);
+                if let Some((local, generation, before)) = cached {
+                    let expires_at = before + settings.ttl;
+                    local.remember(&key, fingerprint, output.clone(), expires_at, generation);
                 }
                 pilot.land(Landing::Completed(output.clone()));
             }

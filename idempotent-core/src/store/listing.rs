@@ -36,7 +36,8 @@ impl ListRequest {
         }
     }
 
-    /// At most `limit` records a page (at least 1, at most 10,000).
+    /// Records a page (at least 1, at most 10,000): at most that many on SQL; on Redis the
+    /// `COUNT` of its `SCAN`s, which a page may pass by one `SCAN`'s worth.
     pub fn limit(mut self, limit: u32) -> ListRequest {
         self.limit = limit.clamp(1, 10_000);
         self

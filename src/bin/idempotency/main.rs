@@ -25,7 +25,7 @@ use show::Output;
 struct Cli {
     /// The store: redis://, rediss://, postgres://, mysql:// or sqlite:// (a file that must
     /// exist). Also read from IDEMPOTENCY_URL.
-    #[arg(long, env = "IDEMPOTENCY_URL", global = true)]
+    #[arg(long, env = "IDEMPOTENCY_URL", hide_env_values = true, global = true)]
     url: Option<String>,
     /// The SQL store's table.
     #[arg(long, default_value = "idempotency_records", global = true)]
@@ -33,7 +33,8 @@ struct Cli {
     /// The Redis store's key prefix.
     #[arg(long, default_value = "idempotency:", global = true)]
     prefix: String,
-    /// How long to wait for the store to connect and for each answer.
+    /// How long to wait for the store to connect (Redis: also for each answer; a SQL
+    /// statement is not bounded, since `stats` and `list --name` read the whole table).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
     /// Print JSON instead of text.
@@ -176,6 +177,13 @@ impl Failure {
 
     fn of_error(error: Error) -> Failure {
         match error {
+            Error::InProgress { key, retry_after } if retry_after.is_zero() => {
+                Failure::Refused(format!(
+                    "`{key}` is held by a call whose lease has passed (crashed or hung; the \
+                     next call with the key takes it over): not removed; pass --force to \
+                     remove it now"
+                ))
+            }
             Error::InProgress { key, retry_after } => Failure::Refused(format!(
                 "a call holds `{key}` (its lease passes in {}): not removed; wait, or pass \
                  --force if that call is known to be dead",
@@ -242,10 +250,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into(),
         ));
     };
-    // A bad key is said before the store is asked anything.
+    // A bad key or name is said before the store is asked anything.
     let key = match &cli.command {
         Command::Inspect { key, .. } | Command::Forget { key, .. } => Some(key.key()?),
         _ => None,
+    };
+    let known = match &cli.command {
+        Command::Stats { known, .. } => open::parse_known(known)?,
+        _ => Vec::new(),
     };
     let opened = Opened::connect(url, &cli.table, &cli.prefix, cli.timeout).await?;
     let out = Output::new(cli.json);
@@ -301,13 +313,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             out.listing(&listing);
             Ok(())
         }
-        (Command::Stats { max_records, known }, _) => {
+        (Command::Stats { max_records, .. }, _) => {
             let stats = opened
                 .store
                 .stats(max_records)
                 .await
                 .map_err(Failure::of_store)?;
-            let names = opened.known_namespaces(&known)?;
+            let names = opened.known_namespaces(&known);
             out.stats(&stats, &names);
             Ok(())
         }

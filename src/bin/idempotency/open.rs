@@ -77,11 +77,14 @@ impl Opened {
             }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
-                use idempotency::sqlx::postgres::PgPoolOptions;
+                use idempotency::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+                let options = url
+                    .parse::<PgConnectOptions>()
+                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
-                    .connect(url)
+                    .connect_with(options)
                     .await
                     .map_err(|error| unreachable(&error))?;
                 sql(idempotency::SqlStore::builder(pool).table(table).build())
@@ -134,30 +137,33 @@ impl Opened {
         }
     }
 
-    /// The namespaces `known` names (`NAME@VERSION`), by the hash a Redis key holds; empty
-    /// for a store whose rows name their namespace.
-    pub(crate) fn known_namespaces(
-        &self,
-        known: &[String],
-    ) -> Result<HashMap<String, String>, Failure> {
-        let mut names = HashMap::new();
+    /// The namespaces `known` names, by the hash a Redis key holds; empty for a store whose
+    /// rows name their namespace.
+    pub(crate) fn known_namespaces(&self, known: &[(String, u32)]) -> HashMap<String, String> {
         let Some(namer) = &self.namer else {
-            return Ok(names);
+            return HashMap::new();
         };
-        for entry in known {
-            let (name, version) = match entry.rsplit_once('@') {
-                Some((name, version)) => (
-                    name,
-                    version.parse::<u32>().map_err(|_| {
-                        Failure::Usage(format!("--known `{entry}`: the version is not a number"))
-                    })?,
-                ),
-                None => (entry.as_str(), 1),
-            };
-            names.insert(namer(name, version), format!("{name}@{version}"));
-        }
-        Ok(names)
+        known
+            .iter()
+            .map(|(name, version)| (namer(name, *version), format!("{name}@{version}")))
+            .collect()
     }
+}
+
+/// `--known` values: `NAME@VERSION`, or `NAME` for version 1.
+pub(crate) fn parse_known(known: &[String]) -> Result<Vec<(String, u32)>, Failure> {
+    known
+        .iter()
+        .map(|entry| match entry.rsplit_once('@') {
+            Some((name, version)) => version
+                .parse::<u32>()
+                .map(|version| (name.to_owned(), version))
+                .map_err(|_| {
+                    Failure::Usage(format!("--known `{entry}`: the version is not a number"))
+                }),
+            None => Ok((entry.clone(), 1)),
+        })
+        .collect()
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -171,13 +177,13 @@ fn sql<DB: idempotency::SqlDialect>(
     })
 }
 
-/// `url` without its password.
+/// `url` without its password: what lies between `://` and the last `@` keeps only its user,
+/// and a `password=` parameter its name.
 fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    let mut shown = match rest.rfind('@') {
         Some(at) => {
             let credentials = &rest[..at];
             let user = credentials
@@ -191,7 +197,19 @@ fn redacted(url: &str) -> String {
             format!("{scheme}://{user}{password}{}", &rest[at..])
         }
         None => url.to_owned(),
+    };
+    for name in ["password=", "pass=", "pwd="] {
+        let mut from = 0;
+        while let Some(found) = shown[from..].find(name) {
+            let start = from + found + name.len();
+            let end = shown[start..]
+                .find(['&', '#'])
+                .map_or(shown.len(), |end| start + end);
+            shown.replace_range(start..end, "***");
+            from = start + 3;
+        }
     }
+    shown
 }
 
 #[cfg(test)]
@@ -207,5 +225,14 @@ mod tests {
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redacted("redis://:pw@h/0"), "redis://:***@h/0");
         assert_eq!(redacted("sqlite://a@b.db"), "sqlite://a@b.db");
+        assert_eq!(
+            redacted("postgres://app:p/w@db/x"),
+            "postgres://app:***@db/x",
+            "a raw slash in the password"
+        );
+        assert_eq!(
+            redacted("mysql://db/x?user=a&password=secret&ssl-mode=required"),
+            "mysql://db/x?user=a&password=***&ssl-mode=required"
+        );
     }
 }

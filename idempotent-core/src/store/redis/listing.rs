@@ -78,7 +78,7 @@ where
                 Some(ListedRecord {
                     namespace: self.namespace_of(&key),
                     state: state_of(&header),
-                    id: key,
+                    id: String::from_utf8_lossy(&key).into_owned(),
                 })
             })
             .collect();
@@ -154,7 +154,7 @@ where
         cursor: u64,
         pattern: &str,
         count: u64,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    ) -> Result<(u64, Vec<Vec<u8>>), StoreError> {
         let mut connection = self.connection.clone();
         let mut scan = cmd("SCAN");
         scan.arg(cursor)
@@ -167,7 +167,7 @@ where
 
     /// The first [`HEADER`] bytes of each key's value, pipelined; `None` for a key that went
     /// away since the scan (an empty string).
-    async fn headers(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    async fn headers(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -187,11 +187,11 @@ where
 
     /// The namespace a Redis key names: the hash after the prefix, or unknown for a key of
     /// another shape under the prefix.
-    fn namespace_of(&self, key: &str) -> ListedNamespace {
-        match key.strip_prefix(self.prefix()) {
-            Some(rest) if rest.len() == KEY_CHARS && rest.is_ascii() => {
-                ListedNamespace::Hashed(rest[..NAMESPACE_CHARS].to_owned())
-            }
+    fn namespace_of(&self, key: &[u8]) -> ListedNamespace {
+        match key.strip_prefix(self.prefix().as_bytes()) {
+            Some(rest) if rest.len() == KEY_CHARS && rest.is_ascii() => ListedNamespace::Hashed(
+                String::from_utf8_lossy(&rest[..NAMESPACE_CHARS]).into_owned(),
+            ),
             _ => ListedNamespace::Unknown,
         }
     }

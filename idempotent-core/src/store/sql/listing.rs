@@ -115,7 +115,14 @@ impl<DB: SqlDialect> SqlStore<DB> {
 
 /// The namespace in columns `at` (text) and `at + 1` (version) of `row`.
 fn namespace_of<DB: SqlDialect>(row: &DB::Row, at: usize) -> Result<ListedNamespace, StoreError> {
-    let name = DB::maybe_text(row, at).map_err(decode)?;
+    // MySQL reports a column of a binary collation (`utf8mb4_bin`, so that namespaces compare
+    // exactly) as bytes.
+    let name = match DB::maybe_text(row, at) {
+        Ok(name) => name,
+        Err(_) => DB::maybe_bytes(row, at)
+            .map_err(decode)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+    };
     let version = DB::maybe_int(row, at + 1).map_err(decode)?;
     Ok(match (name, version.and_then(|v| u32::try_from(v).ok())) {
         (Some(name), Some(version)) => ListedNamespace::Named { name, version },

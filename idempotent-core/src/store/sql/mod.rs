@@ -180,7 +180,11 @@ impl<DB: SqlDialect> SqlStore<DB> {
 
     /// The statements [`migrate`](Self::migrate) runs, for a migration tool of your own. A
     /// table created before 0.2 also has a `key_text` column, which `migrate` drops and these
-    /// statements do not: drop it yourself (`ALTER TABLE … DROP COLUMN key_text`).
+    /// statements do not: drop it yourself (`ALTER TABLE … DROP COLUMN key_text`). Such a table
+    /// also lacks the `namespace` and `version` columns, which every claim writes: on
+    /// PostgreSQL these statements add them; on MySQL add `namespace TEXT CHARACTER SET
+    /// utf8mb4 COLLATE utf8mb4_bin NULL` and `version BIGINT NULL`, on SQLite `namespace TEXT`
+    /// and `version INTEGER`, before processes of this version start.
     pub fn migration(&self) -> &[String] {
         &self.inner.sql.create
     }
@@ -193,7 +197,10 @@ impl<DB: SqlDialect> SqlStore<DB> {
     }
 
     /// Creates the table and its index if they do not exist, and on PostgreSQL (re)creates the
-    /// table's claim function `{table}_claim` beside it (drop it with the table). Drops the
+    /// table's claim function `{table}_claim` beside it, with a wrapper of the previous
+    /// version's signature (drop both with the table: `DROP FUNCTION {table}_claim(bytea,
+    /// bytea, bytea, int8, int8, text, text, int8), {table}_claim(bytea, bytea, bytea, int8,
+    /// int8, text)`). Drops the
     /// `key_text` column of a table created before 0.2 (processes of an older version still
     /// writing that table then fail their claims, closed: upgrade them together). Safe to run
     /// at every start-up, from several processes at once; run it after every upgrade of this

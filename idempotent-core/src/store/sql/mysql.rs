@@ -47,7 +47,7 @@ WHERE table_schema = {schema} AND table_name = '{name}' AND column_name IN ({nam
     lease_until DATETIME(6) NULL,
     expires_at  DATETIME(6) NOT NULL,
     output      LONGBLOB NULL,
-    namespace   TEXT NULL,
+    namespace   TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     version     BIGINT NULL,
     INDEX {index} (expires_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4"
@@ -116,7 +116,9 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
         has_key_text: Statement::new(columns("'key_text'"), &[]),
         has_namespace: Statement::new(columns("'namespace', 'version'"), &[]),
         add_namespace: vec![
-            format!("ALTER TABLE {t} ADD COLUMN namespace TEXT NULL"),
+            format!(
+                "ALTER TABLE {t} ADD COLUMN namespace TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL"
+            ),
             format!("ALTER TABLE {t} ADD COLUMN version BIGINT NULL"),
         ],
         listing: listing_statements(&t, epoch, NOW, |_| "?".to_owned(), false),

@@ -140,15 +140,29 @@ WHERE attrelid = to_regclass('{t}') AND attname IN ({names}) AND NOT attisdroppe
     create.push(format!(
         "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
     ));
-    // 0.1's claim function took the key text too; it goes with that column. The next took
-    // no namespace and version; it goes with the table without them.
+    // 0.1's claim function took the key text too; it goes with that column.
     create.push(format!(
         "DROP FUNCTION IF EXISTS {function}(bytea, text, bytea, bytea, int8, int8, text)"
     ));
+    // New rows name their namespace; a table from before gets the columns here (idempotent,
+    // so `migration()` carries it for a migration tool of your own).
     create.push(format!(
-        "DROP FUNCTION IF EXISTS {function}(bytea, bytea, bytea, int8, int8, text)"
+        "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS namespace TEXT,
+    ADD COLUMN IF NOT EXISTS version INT8"
     ));
     create.push(claim_function);
+    // The claim function without namespace and version, which processes of the previous
+    // version call: kept as a wrapper around the new one (their rows name no namespace), so
+    // that a rolling upgrade never leaves them without a claim.
+    create.push(format!(
+        "CREATE OR REPLACE FUNCTION {function}(
+    p_id bytea, p_token bytea, p_fingerprint bytea, p_lease int8, p_expiry int8, p_lock text,
+    OUT acquired bool, OUT completed bool, OUT fingerprint bytea, OUT output bytea,
+    OUT remaining int8, OUT took_over bool
+) LANGUAGE sql VOLATILE AS $wrapper$
+    SELECT * FROM {function}(p_id, p_token, p_fingerprint, p_lease, p_expiry, p_lock, NULL, NULL)
+$wrapper$"
+    ));
 
     Statements {
         create,
