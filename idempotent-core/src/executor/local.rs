@@ -192,3 +192,55 @@ mod stub {
         }
     }
 }
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+
+    use super::LocalCache;
+    use crate::key::{Digest, Fingerprint, Key};
+
+    fn parts() -> (Key, Fingerprint, Bytes) {
+        let key = Key::new("local", 1, Digest::of_bytes(b"k"));
+        (
+            key,
+            Fingerprint::from_bytes([1; 32]),
+            Bytes::from_static(b"out"),
+        )
+    }
+
+    #[test]
+    fn a_record_read_before_a_forget_is_not_cached_after_it() {
+        let cache = LocalCache::new(1 << 20, Duration::from_secs(60));
+        let (key, fingerprint, output) = parts();
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let read_at = cache.generation();
+        cache.forget(&key); // the forget lands while the claim's answer is on its way
+        cache.remember(&key, fingerprint, output.clone(), later, read_at);
+        assert!(cache.get(&key).is_none(), "the forgotten record came back");
+        cache.remember(&key, fingerprint, output, later, cache.generation());
+        assert!(
+            cache.get(&key).is_some(),
+            "a record read after the forget is kept"
+        );
+    }
+
+    #[test]
+    fn entries_stop_before_their_records_expiry() {
+        let cache = LocalCache::new(1 << 20, Duration::from_secs(60));
+        let (key, fingerprint, output) = parts();
+        // Expiring within the margin: not worth keeping.
+        let soon = SystemTime::now() + Duration::from_millis(500);
+        cache.remember(&key, fingerprint, output.clone(), soon, cache.generation());
+        assert!(cache.get(&key).is_none());
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        cache.remember(&key, fingerprint, output, later, cache.generation());
+        let entry = cache.get(&key).expect("kept");
+        assert!(
+            entry.parts().2 < later,
+            "served until a margin before the expiry"
+        );
+    }
+}
