@@ -32,11 +32,15 @@ where
     ///
     /// ```
     /// # use idempotent_core::RedisStore;
-    /// # let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    /// # let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default()).unwrap();
-    /// let store = RedisStore::new(connection);
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// # let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, Default::default())?;
+    /// let store = RedisStore::new(connection); // lazy: nothing is sent
     /// let hash = store.namespace_hash("billing.charge", 1);
     /// assert_eq!(hash.len(), 16);
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn namespace_hash(&self, namespace: &str, version: u32) -> String {
         namespace_part(namespace, version)
