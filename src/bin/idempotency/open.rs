@@ -77,48 +77,20 @@ impl Opened {
             }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
-                use idempotency::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-                let options = url
-                    .parse::<PgConnectOptions>()
-                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(|error| unreachable(&error))?;
-                sql(idempotency::SqlStore::builder(pool).table(table).build())
+                sql::<idempotency::sqlx::Postgres>(url, &shown, table, timeout, 2, |o| o).await
             }
             #[cfg(feature = "mysql")]
             "mysql" | "mariadb" => {
-                use idempotency::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
                 let url = url.replacen("mariadb://", "mysql://", 1);
-                let options = url
-                    .parse::<MySqlConnectOptions>()
-                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
-                let pool = MySqlPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(|error| unreachable(&error))?;
-                sql(idempotency::SqlStore::builder(pool).table(table).build())
+                sql::<idempotency::sqlx::MySql>(&url, &shown, table, timeout, 2, |o| o).await
             }
             #[cfg(feature = "sqlite")]
             "sqlite" => {
-                use idempotency::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
                 // An operator's tool never creates a database: a wrong path is an error.
-                let options = url
-                    .parse::<SqliteConnectOptions>()
-                    .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?
-                    .create_if_missing(false);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(timeout)
-                    .connect_with(options)
-                    .await
-                    .map_err(|error| unreachable(&error))?;
-                sql(idempotency::SqlStore::builder(pool).table(table).build())
+                let no_create = |options: idempotency::sqlx::sqlite::SqliteConnectOptions| {
+                    options.create_if_missing(false)
+                };
+                sql::<idempotency::sqlx::Sqlite>(url, &shown, table, timeout, 1, no_create).await
             }
             _ if KNOWN_SCHEMES.contains(&scheme) => Err(Failure::Usage(format!(
                 "this build of idempotency has no {scheme} store: install it with \
@@ -166,11 +138,35 @@ pub(crate) fn parse_known(known: &[String]) -> Result<Vec<(String, u32)>, Failur
         .collect()
 }
 
+/// The options `url` gives, how the database is reached.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
-fn sql<DB: idempotency::SqlDialect>(
-    store: Result<idempotency::SqlStore<DB>, idempotency::SqlConfigError>,
+type Options<DB> =
+    <<DB as idempotency::sqlx::Database>::Connection as idempotency::sqlx::Connection>::Options;
+
+/// A SQL store on a pool of `connections` to `url` (`adjust` changes its options), connected
+/// now: a URL that does not parse is bad input, one that does not connect is unreachable.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+async fn sql<DB: idempotency::SqlDialect>(
+    url: &str,
+    shown: &str,
+    table: &str,
+    timeout: Duration,
+    connections: u32,
+    adjust: impl FnOnce(Options<DB>) -> Options<DB>,
 ) -> Result<Opened, Failure> {
-    let store = store.map_err(|error| Failure::Usage(error.to_string()))?;
+    let options = url
+        .parse::<Options<DB>>()
+        .map_err(|error| Failure::Usage(format!("{shown}: {error}")))?;
+    let pool = idempotency::sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(connections)
+        .acquire_timeout(timeout)
+        .connect_with(adjust(options))
+        .await
+        .map_err(|error| Failure::Store(format!("cannot reach {shown}: {error}")))?;
+    let store = idempotency::SqlStore::builder(pool)
+        .table(table)
+        .build()
+        .map_err(|error| Failure::Usage(error.to_string()))?;
     Ok(Opened {
         store: Arc::new(store),
         namer: None,
