@@ -129,6 +129,12 @@ async fn exercise(base: &[&str], store: Arc<dyn Store>, sql: bool) {
     );
     assert_eq!(found["state"], "completed", "{found}");
     assert_eq!(found["outcome"], "ok", "{found}");
+    // When the output was recorded, as RFC 3339 (the record keeps it since 0.2).
+    let recorded = found["recorded_at"].as_str().expect("a recording time");
+    assert!(
+        recorded.starts_with("20") && recorded.ends_with('Z'),
+        "{found}"
+    );
     assert_eq!(
         found["output"],
         serde_json::json!({ "ok": 1999 }),

@@ -37,6 +37,7 @@ async fn charge(
 async fn support_finds_a_functions_key_reads_it_and_forgets_it() {
     let exec = Idempotency::new(MemoryStore::new());
     let runs = AtomicU32::new(0);
+    let before = SystemTime::now() - Duration::from_millis(1);
     assert_eq!(
         charge("order-1234", 1999, &exec, &runs)
             .await
@@ -49,6 +50,7 @@ async fn support_finds_a_functions_key_reads_it_and_forgets_it() {
     let found = exec.inspect(&key).await.expect("inspect");
     let Some(Inspection::Completed {
         outcome,
+        recorded_at,
         expires_at,
         output_len,
         output,
@@ -58,6 +60,11 @@ async fn support_finds_a_functions_key_reads_it_and_forgets_it() {
         panic!("{found:?}");
     };
     assert_eq!(outcome, StoredOutcome::Ok);
+    let recorded_at = recorded_at.expect("when the output was recorded");
+    assert!(
+        before <= recorded_at && recorded_at <= SystemTime::now(),
+        "{recorded_at:?}"
+    );
     assert!(output.is_none(), "no output bytes unless asked");
     assert!(output_len > 0);
     let left = expires_at

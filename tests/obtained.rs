@@ -66,6 +66,9 @@ async fn waits_for(holder: Idempotency, waiter: Idempotency) {
     assert_eq!(second.how, How::ReplayedAfterWaiting);
     assert!(second.replayed());
     assert_eq!(second.output, "first");
+    // The waiter reads when the holder recorded its output, from the record itself.
+    let recorded = first.recorded_at.expect("the execution's recording time");
+    assert_eq!(second.recorded_at, Some(recorded));
 }
 
 #[tokio::test]
@@ -75,6 +78,8 @@ async fn executed_then_replayed() {
         let (key, fingerprint) = key("order-1");
         let mut seen = Vec::new();
         let mut expiries = Vec::new();
+        let mut recorded = Vec::new();
+        let before = SystemTime::now();
         for _ in 0..3 {
             let obtained = idempotency
                 .call(key.clone(), fingerprint)
@@ -85,8 +90,19 @@ async fn executed_then_replayed() {
             assert_eq!(obtained.output, 7);
             seen.push(obtained.how);
             expiries.push(obtained.expires_at.expect("the record's expiry"));
+            recorded.push(obtained.recorded_at.expect("when the output was recorded"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(seen, [How::Executed, How::Replayed, How::Replayed]);
+        // Every replay tells when the first call recorded the output (to the millisecond the
+        // record keeps), not when the replay happened.
+        assert_eq!(recorded[1], recorded[0], "{recorded:?}");
+        assert_eq!(recorded[2], recorded[0], "{recorded:?}");
+        let first = recorded[0];
+        assert!(
+            first + Duration::from_millis(1) >= before && first <= SystemTime::now(),
+            "{first:?} not within the call"
+        );
         // The execution's expiry is now + ttl by this clock; the replays read the record's,
         // which the store set at the same moment (the memory store adds a margin of its own).
         let hour = SystemTime::now() + Duration::from_secs(3600);
@@ -124,6 +140,7 @@ async fn replayed_after_polling_a_store_another_executor_holds() {
 
 mod macro_functions {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use idempotency::{Error, How, Obtained, idempotent};
 
@@ -165,5 +182,58 @@ mod macro_functions {
             "one email for three checkouts"
         );
         assert_eq!(CHARGES.load(Ordering::SeqCst), 2);
+
+        // The record's times: the replay tells when the charge was recorded and until when.
+        let recorded = first.recorded_at.expect("the execution's recording time");
+        assert_eq!(again.recorded_at, Some(recorded));
+        let expires = first.expires_at.expect("the execution's expiry");
+        let replayed = again.expires_at.expect("the record's expiry");
+        // The store's own expiry (set as it stored the record, with the memory store's margin).
+        let off = replayed
+            .duration_since(expires)
+            .unwrap_or_else(|before| before.duration());
+        assert!(
+            off < Duration::from_secs(5),
+            "{replayed:?} against {expires:?}"
+        );
+        let ttl = expires
+            .duration_since(recorded)
+            .expect("expiry after recording");
+        assert_eq!(ttl, idempotency::defaults::TTL);
+    }
+
+    #[idempotent(key = order, skip(started, release))]
+    async fn slow_charge(
+        order: u64,
+        started: &tokio::sync::Notify,
+        release: &tokio::sync::Notify,
+    ) -> Result<Obtained<u64>, Error> {
+        started.notify_one();
+        release.notified().await;
+        Ok(Obtained::executed(order * 100))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_function_returning_obtained_tells_a_replay_after_waiting() {
+        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (s, r) = (started.clone(), release.clone());
+        let first = tokio::spawn(async move { slow_charge(77, &s, &r).await });
+        started.notified().await;
+        let (s, r) = (started.clone(), release.clone());
+        let second = tokio::spawn(async move { slow_charge(77, &s, &r).await });
+        // Time for the duplicate to find the key held and start waiting (generous for CI).
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        release.notify_one();
+        let first = first.await.expect("the first").expect("its output");
+        let second = second.await.expect("the duplicate").expect("the replay");
+        assert_eq!(first.how, How::Executed);
+        assert_eq!(second.how, How::ReplayedAfterWaiting);
+        assert_eq!(second.output, 7700);
+        assert_eq!(second.recorded_at, first.recorded_at);
+        assert!(first.recorded_at.is_some());
+        // Right after: a plain replay.
+        let third = slow_charge(77, &started, &release).await.expect("a replay");
+        assert_eq!(third.how, How::Replayed);
     }
 }

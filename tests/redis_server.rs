@@ -387,8 +387,9 @@ async fn wait_for_replicas_sends_wait_with_each_completion() {
 
 /// What one record costs Redis (`MEMORY USAGE`) for three shapes of output, with the default
 /// prefix, on a test-owned server: the budgets `BENCHMARKS.md` and the store's docs state. A
-/// short string's record must not cost more than a peer's (AWS Powertools' Redis layer: 184
-/// bytes for the same record).
+/// short string's record cost 184 bytes, as a peer's (AWS Powertools' Redis layer), until the
+/// output kept the time it was recorded (7 bytes, which take its value from jemalloc's 80-byte
+/// class to the 96-byte one): 200. The larger shapes stay in their classes.
 #[tokio::test]
 async fn redis_record_bytes() {
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -423,7 +424,7 @@ async fn redis_record_bytes() {
     measured.push((
         "11-character string",
         record_bytes(&server, &plain, "string", "receipt-042".to_owned()).await,
-        184,
+        200,
     ));
     measured.push((
         "200-byte struct",

@@ -17,6 +17,7 @@ pub fn default_idempotency() -> Result<&'static Idempotency, Error> {
     }
     crate::global::default_idempotency()
 }
+pub use crate::executor::obtained::{TellNothing, TellObtained, Teller};
 pub use crate::kept::{KeepByClone, KeepByDecoding, Probe};
 pub use crate::key::DigestBuilder;
 pub use crate::protocol::{CallOptions, InProgressPolicy};
@@ -127,6 +128,7 @@ pub fn executor(idempotency: &Idempotency) -> Result<&Idempotency, Error> {
 pub fn start<'a, M, T, E, F, Fut>(
     call: Result<Call<'a, M>, Error>,
     keeper: Option<Keeper<T>>,
+    teller: Option<Teller<T>>,
     body: F,
 ) -> Result<
     Result<T, E>,
@@ -140,7 +142,7 @@ where
     F: FnOnce() -> Fut,
     Fut: core::future::Future<Output = Result<T, E>>,
 {
-    crate::executor::start_prepared(call, body, keeper)
+    crate::executor::start_prepared(call, body, keeper, teller)
 }
 
 /// Builds the call: checks the site, takes the fingerprint, derives the key.
@@ -307,7 +309,12 @@ pub fn prepare_in_transaction<'s, DB: SqlDialect>(
 ) -> Result<InTransaction<'s, DB>, Error> {
     site.check()?;
     let (key, fingerprint) = identify(site, arguments, key, output_type)?;
-    Ok(store.in_transaction(key, fingerprint))
+    let call = store.in_transaction(key, fingerprint);
+    #[cfg(feature = "test-util")]
+    if !crate::test_util::deduplicates() {
+        return Ok(call.unrecorded());
+    }
+    Ok(call)
 }
 
 /// `T` can be stored and replayed.

@@ -171,7 +171,7 @@ impl ClaimNow {
             ClaimNow::Held(held) => Claim::Completed {
                 fingerprint: *held.fingerprint(),
                 output: held.output().clone(),
-                expires_at: None,
+                expires_at: held.expires_at(),
             },
         }
     }

@@ -98,6 +98,9 @@ use crate::trace::event;
 pub struct InTransaction<'s, DB: SqlDialect, M = OutputsOnly> {
     store: &'s SqlStore<DB>,
     request: Request<M>,
+    /// `false` only under [`test_util::without_deduplication`](crate::test_util): nothing is
+    /// claimed or recorded, the body runs.
+    records: bool,
 }
 
 /// What [`InTransaction::claim`] found.
@@ -122,6 +125,8 @@ pub struct Owner<'s, DB: SqlDialect, M = OutputsOnly> {
     token: Token,
     ttl: Duration,
     max_output_bytes: usize,
+    /// Whether the claim was written (see [`InTransaction`]'s field).
+    records: bool,
     mode: PhantomData<M>,
 }
 
@@ -135,6 +140,7 @@ impl<DB: SqlDialect> SqlStore<DB> {
         InTransaction {
             store: self,
             request: Request::new(key, fingerprint, settings),
+            records: true,
         }
     }
 }
@@ -155,12 +161,20 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
         InTransaction {
             store: self.store,
             request: self.request.store_errors(),
+            records: self.records,
         }
     }
 
     /// The key.
     pub fn key(&self) -> &Key {
         &self.request.key
+    }
+
+    /// The call without deduplication: [`test_util::without_deduplication`](crate::test_util).
+    #[cfg(feature = "test-util")]
+    pub(crate) fn unrecorded(mut self) -> Self {
+        self.records = false;
+        self
     }
 
     /// Claims the key in `tx` (one statement on PostgreSQL; see the
@@ -181,6 +195,17 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
             ..
         } = self.request;
         settings.check()?;
+        if !self.records {
+            return Ok(Claimed::Owned(Owner {
+                store,
+                key,
+                token: Token::random(),
+                ttl: settings.ttl,
+                max_output_bytes: settings.max_output_bytes,
+                records: false,
+                mode: PhantomData,
+            }));
+        }
         let mut caller = Caller::in_transaction(&settings, store.waits_in_transaction());
         let mut waited = false;
         loop {
@@ -201,10 +226,11 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
                         token,
                         ttl: settings.ttl,
                         max_output_bytes: settings.max_output_bytes,
+                        records: true,
                         mode: PhantomData,
                     }));
                 }
-                Next::Replay(output) => {
+                Next::Replay { output, .. } => {
                     metrics::count(Counter::Replays, &key);
                     event!(debug, key = %key, "replay (in the caller's transaction)");
                     let result = protocol::decode_stored::<M, T, E>(key, &output)?;
@@ -298,6 +324,9 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
         M: OutputMode<T, E>,
         E: From<Error>,
     {
+        if !self.records {
+            return result;
+        }
         let encoded = match protocol::outcome::<M, T, E>(&result, self.max_output_bytes) {
             Outcome::Store(encoded) => encoded,
             Outcome::Release => {

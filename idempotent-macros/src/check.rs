@@ -43,6 +43,9 @@ pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Resu
         _ => Mode::Executor {
             executor,
             keep_by_clone: result_parts.and_then(|(ok, _)| keep_by_clone(function, ok)),
+            told: result_parts
+                .map(|(ok, _)| ok)
+                .filter(|ok| nameable(ok.to_token_stream())),
         },
     };
     Ok(Plan {
@@ -348,6 +351,16 @@ fn keepable(tokens: TokenStream) -> bool {
         TokenTree::Ident(ident) => !(ident == "Self" || ident == "impl" || ident == "dyn"),
         TokenTree::Group(group) => keepable(group.stream()),
         TokenTree::Literal(_) => true,
+    })
+}
+
+/// The type can be named in an expression (it has no `impl`): `__private::Probe::<T>` then
+/// picks how an `Obtained<U>` output is told how it was obtained.
+fn nameable(tokens: TokenStream) -> bool {
+    tokens.into_iter().all(|token| match token {
+        TokenTree::Ident(ident) => ident != "impl",
+        TokenTree::Group(group) => nameable(group.stream()),
+        _ => true,
     })
 }
 

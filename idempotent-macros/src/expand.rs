@@ -16,7 +16,8 @@ pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
             Mode::Executor {
                 executor,
                 keep_by_clone,
-            } => through_executor(&common, executor, keep_by_clone, block),
+                told,
+            } => through_executor(&common, executor, keep_by_clone, told, block),
             Mode::Transaction { transaction, store } => {
                 in_transaction(&common, transaction, store, block)
             }
@@ -214,6 +215,7 @@ fn through_executor(
     common: &Common<'_>,
     executor: Option<&Expr>,
     keep_by_clone: Option<&Type>,
+    told: Option<&Type>,
     block: TokenStream,
 ) -> TokenStream {
     let Common {
@@ -243,6 +245,17 @@ fn through_executor(
         },
         None => quote!(::core::option::Option::None),
     };
+    // The autoref pick again: an `Obtained<U>` output is told how it was obtained.
+    let teller = match told {
+        Some(ok) => quote! {
+            {
+                #[allow(unused_imports)]
+                use #private::{TellNothing as _, TellObtained as _};
+                (&#private::Probe::<#ok>::new()).__idempotency_teller()
+            }
+        },
+        None => quote!(::core::option::Option::None),
+    };
     let prepare = common.prepare("prepare", executor);
     quote! {
         let __idempotency_rest = match {
@@ -250,6 +263,7 @@ fn through_executor(
             #private::start(
                 #prepare #configure,
                 #keeper,
+                #teller,
                 move || async move {
                     let __idempotency_output: #output = #block;
                     __idempotency_output

@@ -83,6 +83,9 @@ pub(crate) enum Mode<'a> {
         executor: Option<&'a Expr>,
         /// The output's `T`, when its value may be kept and replayed by clone.
         keep_by_clone: Option<&'a Type>,
+        /// The output's `T`, when it can be named: an `Obtained<U>` is told how it was
+        /// obtained.
+        told: Option<&'a Type>,
     },
     /// `transaction = tx`: in the caller's SQL transaction, through the `SqlStore` `store`.
     Transaction {

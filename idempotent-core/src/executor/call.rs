@@ -3,14 +3,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
-use std::time::SystemTime;
-
-use serde::{Deserialize, Serialize};
 
 use super::Idempotency;
+use super::obtained::{Observed, Obtained, Teller, observe};
 use crate::error::{Error, StoreOp};
 use crate::kept::Keeper;
 use crate::key::{Fingerprint, Key};
@@ -20,86 +17,6 @@ use crate::protocol::{self, CallOptions, Refusal, Request, call_option_setters};
 use crate::record::{Claim, ClaimNow, HeldRecord};
 use crate::store::ClaimRequest;
 use crate::trace::event;
-
-/// How a call's output was obtained: [`Call::run_obtained`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum How {
-    /// The body ran in this call.
-    Executed,
-    /// An output stored by an earlier call was replayed at once.
-    Replayed,
-    /// Another call held the key; this one waited for it and replayed its output.
-    ReplayedAfterWaiting,
-}
-
-/// An output and how it was obtained: [`Call::run_obtained`], or an `#[idempotent]` function
-/// declared to return `Result<Obtained<T>, E>`, whose body answers
-/// [`Obtained::executed`]`(output)`; a replay answers [`How::Replayed`] (the macro does not
-/// tell a replay after waiting apart). Stored as the output alone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Obtained<T> {
-    /// The output, as [`Call::run`] returns it.
-    pub output: T,
-    /// Whether the body ran in this call, or a stored output was replayed.
-    pub how: How,
-    /// When the record expires and the key runs its body again: for an execution, now plus
-    /// the call's `ttl` by this process's clock; for a replay, the expiry of the record the
-    /// store (or the local replay cache) answered with. `None` where the store does not say,
-    /// after waiting for another call, and under `#[idempotent]` (its output is read back
-    /// without the record). When the record was first written is not kept by any store.
-    pub expires_at: Option<SystemTime>,
-}
-
-impl<T> Obtained<T> {
-    /// An output the body produced in this call: what an `#[idempotent]` function that
-    /// returns `Result<Obtained<T>, E>` answers with.
-    ///
-    /// ```
-    /// use idempotent_core::Obtained;
-    /// # use serde::{Deserialize, Serialize};
-    /// # #[derive(Clone, Serialize, Deserialize)] struct Receipt;
-    /// # #[derive(Debug)] struct PaymentError;
-    /// # impl From<idempotent_core::Error> for PaymentError { fn from(_: idempotent_core::Error) -> Self { PaymentError } }
-    ///
-    /// // #[idempotent(key = order)]
-    /// async fn charge(order: u64) -> Result<Obtained<Receipt>, PaymentError> {
-    ///     Ok(Obtained::executed(Receipt))
-    /// }
-    /// // A replay stores and reads back only the `Receipt`, and answers `How::Replayed`.
-    /// ```
-    pub fn executed(output: T) -> Self {
-        Obtained {
-            output,
-            how: How::Executed,
-            expires_at: None,
-        }
-    }
-
-    /// Whether the output was replayed (the body did not run in this call).
-    pub fn replayed(&self) -> bool {
-        self.how != How::Executed
-    }
-}
-
-/// Stored as the output alone: the record is the same as for a function returning `T`.
-impl<T: Serialize> Serialize for Obtained<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.output.serialize(serializer)
-    }
-}
-
-/// Read back from a stored output, which is a replay: [`How::Replayed`].
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obtained<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        T::deserialize(deserializer).map(|output| Obtained {
-            output,
-            how: How::Replayed,
-            expires_at: None,
-        })
-    }
-}
 
 /// One call's options; finish with [`run`](Call::run).
 #[derive(Debug)]
@@ -193,41 +110,26 @@ impl<'a, M> Call<'a, M> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let ran = AtomicBool::new(false);
-        let waited = AtomicBool::new(false);
-        let expiry = OnceLock::new();
-        let ttl = self.request.settings.ttl;
-        let body = || {
-            ran.store(true, Ordering::Relaxed);
-            body()
+        let observed = Arc::new(Observed::default());
+        let watch = Watch {
+            observed: Arc::clone(&observed),
+            teller: None,
         };
-        let output = match self.start(body, None, Some(&waited), Some(&expiry)) {
+        let output = match self.start(body, None, Some(watch)) {
             Ok(done) => done,
             Err(rest) => rest.await,
         }?;
-        let (how, expires_at) = if ran.load(Ordering::Relaxed) {
-            (How::Executed, Some(SystemTime::now() + ttl))
-        } else if waited.load(Ordering::Relaxed) {
-            (How::ReplayedAfterWaiting, None)
-        } else {
-            (How::Replayed, expiry.get().copied())
-        };
-        Ok(Obtained {
-            output,
-            how,
-            expires_at,
-        })
+        Ok(observed.obtained(output))
     }
 
     /// The first step of [`run`](Call::run): a replay answered by the store at once, or the
-    /// whole call, boxed. `waited` is set when the call waits for another holding the key.
+    /// whole call, boxed. `watch`, when the caller asks how the output was obtained, notes it.
     #[allow(clippy::type_complexity)]
     fn start<T, E, F, Fut>(
         self,
         body: F,
         keeper: Option<Keeper<T>>,
-        waited: Option<&'a AtomicBool>,
-        expiry: Option<&'a OnceLock<SystemTime>>,
+        watch: Option<Watch<T>>,
     ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>>>>>
     where
         M: OutputMode<T, E>,
@@ -253,20 +155,20 @@ impl<'a, M> Call<'a, M> {
             let _entered = span.enter();
             match inner.claim_now(&key, ClaimRequest::new(fingerprint, settings.lease)) {
                 Some(Ok(ClaimNow::Held(held))) => {
-                    if let Some(slot) = expiry {
-                        observe(slot, held.expires_at());
+                    if let Some(watch) = &watch {
+                        watch.observed.replayed(held.output(), held.expires_at());
                     }
-                    return Ok(replay_held::<M, T, E>(key, &fingerprint, &*held, keeper));
+                    let result = replay_held::<M, T, E>(key, &fingerprint, &*held, keeper);
+                    return Ok(finish(watch.as_ref(), result));
                 }
                 Some(Ok(ClaimNow::Claim(Claim::Completed {
                     fingerprint: stored,
                     output,
                     expires_at,
                 }))) => {
-                    if let Some(slot) = expiry {
-                        observe(slot, expires_at);
-                    }
-                    return Ok(replay::<M, T, E>(key, &fingerprint, &stored, &output));
+                    observe(observed(&watch), &output, expires_at);
+                    let result = replay::<M, T, E>(key, &fingerprint, &stored, &output);
+                    return Ok(finish(watch.as_ref(), result));
                 }
                 Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
                 Some(Err(error)) => Some(Err(error)),
@@ -276,58 +178,60 @@ impl<'a, M> Call<'a, M> {
             None
         };
         let execution = async move {
-            let first = match first {
-                None if claim_first => {
-                    // A completed record this process keeps (`local_cache`): no round trip.
-                    if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key)) {
-                        let (stored, output, expires_at) = entry.parts();
-                        if let Some(slot) = expiry {
-                            observe(slot, Some(expires_at));
+            let seen = observed(&watch);
+            let result = async {
+                let first = match first {
+                    None if claim_first => {
+                        // A completed record this process keeps (`local_cache`): no round trip.
+                        if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key))
+                        {
+                            let (stored, output, expires_at) = entry.parts();
+                            observe(seen, output, Some(expires_at));
+                            return replay::<M, T, E>(key, &fingerprint, stored, output);
                         }
-                        return replay::<M, T, E>(key, &fingerprint, stored, output);
-                    }
-                    // A remote store: its first claim is awaited here, so a replay returns
-                    // without building the whole call's future.
-                    let request = ClaimRequest::new(fingerprint, settings.lease);
-                    let generation = inner.local.as_ref().map(|local| local.generation());
-                    let claim = inner.claim(&key, request);
-                    match metrics::store_call(StoreOp::Claim, &key, claim).await {
-                        Ok(Claim::Completed {
-                            fingerprint: stored,
-                            output,
-                            expires_at,
-                        }) => {
-                            if let (Some(local), Some(expires_at), Some(generation)) =
-                                (&inner.local, expires_at, generation)
-                            {
-                                local.remember(
-                                    &key,
-                                    stored,
-                                    output.clone(),
-                                    expires_at,
-                                    generation,
-                                );
+                        // A remote store: its first claim is awaited here, so a replay returns
+                        // without building the whole call's future.
+                        let request = ClaimRequest::new(fingerprint, settings.lease);
+                        let generation = inner.local.as_ref().map(|local| local.generation());
+                        let claim = inner.claim(&key, request);
+                        match metrics::store_call(StoreOp::Claim, &key, claim).await {
+                            Ok(Claim::Completed {
+                                fingerprint: stored,
+                                output,
+                                expires_at,
+                            }) => {
+                                if let (Some(local), Some(expires_at), Some(generation)) =
+                                    (&inner.local, expires_at, generation)
+                                {
+                                    local.remember(
+                                        &key,
+                                        stored,
+                                        output.clone(),
+                                        expires_at,
+                                        generation,
+                                    );
+                                }
+                                observe(seen, &output, expires_at);
+                                return replay::<M, T, E>(key, &fingerprint, &stored, &output);
                             }
-                            if let Some(slot) = expiry {
-                                observe(slot, expires_at);
-                            }
-                            return replay::<M, T, E>(key, &fingerprint, &stored, &output);
+                            other => Some(other),
                         }
-                        other => Some(other),
                     }
-                }
-                first => first,
-            };
-            let call = inner.execute::<M, T, E, F>(
-                settings,
-                key,
-                fingerprint,
-                body,
-                first,
-                keeper,
-                waited,
-            );
-            Box::pin(call).await
+                    first => first,
+                };
+                let call = inner.execute::<M, T, E, F>(
+                    settings,
+                    key,
+                    fingerprint,
+                    body,
+                    first,
+                    keeper,
+                    seen,
+                );
+                Box::pin(call).await
+            }
+            .await;
+            finish(watch.as_ref(), result)
         };
         #[cfg(feature = "tracing")]
         let execution = tracing::Instrument::instrument(execution, span);
@@ -357,7 +261,7 @@ where
     let mut running = None;
     std::future::poll_fn(move |cx| {
         if let Some((call, body)) = start.take() {
-            match start_prepared(call, body, keeper) {
+            match start_prepared(call, body, keeper, None) {
                 Ok(done) => return Poll::Ready(done),
                 Err(execution) => running = Some(execution),
             }
@@ -377,6 +281,7 @@ pub(crate) fn start_prepared<'a, M, T, E, F, Fut>(
     call: Result<Call<'a, M>, Error>,
     body: F,
     keeper: Option<Keeper<T>>,
+    teller: Option<Teller<T>>,
 ) -> Result<Result<T, E>, Pin<Box<impl Future<Output = Result<T, E>> + use<'a, M, T, E, F, Fut>>>>
 where
     M: OutputMode<T, E>,
@@ -385,9 +290,44 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     match call {
-        Ok(call) => call.start(body, keeper, None, None),
+        Ok(call) => {
+            let watch = teller.map(|teller| Watch {
+                observed: Arc::default(),
+                teller: Some(teller),
+            });
+            call.start(body, keeper, watch)
+        }
         Err(error) => Ok(Err(error.into())),
     }
+}
+
+/// A call whose caller asks how its output was obtained: what the executor saw, and for an
+/// `#[idempotent]` function returning `Obtained<U>`, how to tell its output.
+pub(super) struct Watch<T> {
+    observed: Arc<Observed>,
+    teller: Option<Teller<T>>,
+}
+
+/// What a watched call saw so far.
+#[inline]
+fn observed<T>(watch: &Option<Watch<T>>) -> Option<&Observed> {
+    watch.as_ref().map(|watch| &*watch.observed)
+}
+
+/// A watched call's answer, with how it was obtained told to its output (by its teller).
+#[inline]
+fn finish<T, E>(watch: Option<&Watch<T>>, mut result: Result<T, E>) -> Result<T, E> {
+    if let (
+        Some(Watch {
+            observed,
+            teller: Some(teller),
+        }),
+        Ok(output),
+    ) = (watch, &mut result)
+    {
+        (teller.tell)(output, observed.obtained(()));
+    }
+    result
 }
 
 /// The answer for a completed record: its output, or key reuse when it was stored for another
@@ -404,13 +344,6 @@ pub(super) fn replay<M: OutputMode<T, E>, T, E: From<Error>>(
     metrics::count(Counter::Replays, &key);
     event!(debug, key = %key, "replay");
     protocol::decode::<M, T, E>(key, output)
-}
-
-/// Notes a replayed record's expiry for [`Call::run_obtained`].
-fn observe(slot: &OnceLock<SystemTime>, expires_at: Option<SystemTime>) {
-    if let Some(at) = expires_at {
-        let _ = slot.set(at);
-    }
 }
 
 /// The answer for a completed record an in-process store lent: its kept value, cloned, when

@@ -1,12 +1,11 @@
 //! The rest of a call after its first step: the protocol's loop — follow a flight of this
 //! process, claim, wait for an owner elsewhere, or own the key.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use tokio::time::Instant;
 
 use super::call::replay;
 use super::flight::Landing;
+use super::obtained::Observed;
 use super::{Body, Inner};
 use crate::error::{Error, StoreError, StoreOp};
 use crate::kept::Keeper;
@@ -21,8 +20,8 @@ use crate::trace::event;
 impl Inner {
     /// The whole call. `first` is the answer to the call's first claim when `Call::start`
     /// already had it; it checked then that no flight of this process ran the key, so the
-    /// answer is used as it is. `waited` is set when the call waits for another holding the
-    /// key.
+    /// answer is used as it is. `observed`, when the caller asks how the output was obtained,
+    /// notes that the call waited, replayed or ran the body.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn execute<M, T, E, F>(
         &self,
@@ -32,7 +31,7 @@ impl Inner {
         body: F,
         mut first: Option<Result<Claim, StoreError>>,
         keeper: Option<Keeper<T>>,
-        waited: Option<&AtomicBool>,
+        observed: Option<&Observed>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
@@ -44,8 +43,8 @@ impl Inner {
         // Counted once per call, however often it waits.
         let mut counted = false;
         let mut wait = |key: &Key| {
-            if let Some(waited) = waited {
-                waited.store(true, Ordering::Relaxed);
+            if let Some(observed) = observed {
+                observed.waited();
             }
             if !std::mem::replace(&mut counted, true) {
                 metrics::count(Counter::Waits, key);
@@ -67,6 +66,9 @@ impl Inner {
                     .await
                     {
                         Some(Landing::Completed(output)) => {
+                            if let Some(observed) = observed {
+                                observed.replayed(&output, None);
+                            }
                             metrics::count(Counter::Replays, &key);
                             event!(debug, key = %key, "replay (coalesced in process)");
                             return protocol::decode::<M, T, E>(key, &output);
@@ -102,12 +104,18 @@ impl Inner {
                 Ok(claim) => caller.on_claim(claim, &fingerprint, Instant::now),
                 Err(error) if caller.fails_open(&error) => {
                     event!(warn, key = %key, error = %error, "store error on claim; running the body anyway (fail_open)");
+                    if let Some(observed) = observed {
+                        observed.ran();
+                    }
                     return metrics::body(&key, body.run()).await;
                 }
                 Err(error) => Next::Fail(Refusal::Store(error)),
             };
             match next {
-                Next::Replay(output) => {
+                Next::Replay { output, expires_at } => {
+                    if let Some(observed) = observed {
+                        observed.replayed(&output, expires_at);
+                    }
                     return replay::<M, T, E>(key, &fingerprint, &fingerprint, &output);
                 }
                 Next::Poll(nap) => {
@@ -142,6 +150,7 @@ impl Inner {
                         token,
                         body,
                         keeper.map(|keeper| keeper.keep),
+                        observed,
                     ))
                     .await;
                 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::Idempotency;
 use crate::error::{Error, NotStored, StoreOp};
 use crate::key::{Fingerprint, Key};
-use crate::output::envelope::{MARK_ERR, MARK_OK, read_not_stored};
+use crate::output::envelope::{MARK_ERR, MARK_OK, read_not_stored, recorded_at, unmark};
 use crate::record::{Record, Token};
 
 /// What a store holds under a key: [`Idempotency::inspect`].
@@ -31,6 +31,9 @@ pub enum Inspection {
         fingerprint: Fingerprint,
         /// What the body returned, as far as the record says.
         outcome: StoredOutcome,
+        /// When the output was recorded, by the clock of the process that ran the body
+        /// (`None` for a record written by 0.1, which did not keep it).
+        recorded_at: Option<SystemTime>,
         /// When the record expires (and the key runs its body again).
         expires_at: SystemTime,
         /// The size of the stored output, in bytes.
@@ -63,9 +66,9 @@ impl StoredOutcome {
             Some(Err(_)) => return StoredOutcome::Unreadable,
             None => {}
         }
-        match output.first() {
-            Some(&MARK_OK) => StoredOutcome::Ok,
-            Some(&MARK_ERR) => StoredOutcome::Err,
+        match unmark(output) {
+            Ok((MARK_OK, _)) => StoredOutcome::Ok,
+            Ok((MARK_ERR, _)) => StoredOutcome::Err,
             _ => StoredOutcome::Unreadable,
         }
     }
@@ -91,6 +94,7 @@ impl Inspection {
             } => Inspection::Completed {
                 fingerprint,
                 outcome: StoredOutcome::of(&output),
+                recorded_at: recorded_at(&output),
                 expires_at,
                 output_len: output.len(),
                 output: with_output.then_some(output),

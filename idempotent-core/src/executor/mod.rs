@@ -19,6 +19,7 @@ mod gate;
 mod inspect;
 mod lease;
 mod local;
+pub(crate) mod obtained;
 mod owner;
 
 use std::future::Future;
@@ -56,10 +57,11 @@ where
 }
 
 pub use background::ShutdownTimedOut;
+pub use call::Call;
 pub(crate) use call::start_prepared;
-pub use call::{Call, How, Obtained};
 pub use config::IdempotencyBuilder;
 pub use inspect::{Inspection, StoredOutcome};
+pub use obtained::{How, Obtained};
 
 /// Makes calls idempotent over a [`Store`]: the macro-free API that `#[idempotent]` expands to.
 ///

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::background::Background;
 use super::flight::Landing;
 use super::lease::Renewal;
+use super::obtained::Observed;
 use super::{Body, Inner};
 use crate::error::{Error, NotStored, StoreError, StoreOp};
 use crate::kept::Keep;
@@ -36,12 +37,16 @@ impl Inner {
         token: Token,
         body: F,
         keep: Option<Keep>,
+        observed: Option<&Observed>,
     ) -> Result<T, E>
     where
         M: OutputMode<T, E>,
         E: From<Error>,
         F: Body<T, E>,
     {
+        if let Some(observed) = observed {
+            observed.ran();
+        }
         // Counted until this call ends: `shutdown` waits for owners too.
         let _owning = self.background.count();
         let pilot = self.flights.start(
@@ -93,6 +98,9 @@ impl Inner {
                 (Bytes::from(record), None)
             }
         };
+        if let Some(observed) = observed {
+            observed.stored(&output, settings.ttl);
+        }
         let recording = Recording {
             store: Arc::clone(&self.store),
             key: key.clone(),

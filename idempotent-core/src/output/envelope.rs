@@ -1,5 +1,10 @@
-//! The envelope around a stored output: one mark byte that says `Ok` or `Err`, then the value
-//! in the [output encoding](crate::output). A store receives exactly these bytes.
+//! The envelope around a stored output: when it was recorded, one mark byte that says `Ok` or
+//! `Err`, then the value in the [output encoding](crate::output). A store receives exactly
+//! these bytes.
+//!
+//! The time comes first: [`MARK_RECORDED`], then milliseconds since the Unix epoch in 6 bytes,
+//! little-endian (until the year 10889), by the clock of the process that encoded the output.
+//! Records written by 0.1 start with the `Ok`/`Err` mark and read the same, without a time.
 //!
 //! A third mark records a body that returned but whose output could not be stored
 //! ([`NotStored`]): the mark, a reason byte, the size and the limit (`u64`, little-endian),
@@ -8,16 +13,24 @@
 //! Whether a call stores its `Err` outputs too is its [`OutputMode`]: [`OutputsOnly`] (the
 //! default: an `Err` releases the claim) or [`OutputsAndErrors`] (`store_errors`).
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Count, Out};
+use super::Count;
 use super::{OutputError, decode, encode_into};
 use crate::error::{BoxError, NotStored};
 
-/// How many bytes the mark takes.
+/// How many bytes the time and the mark take.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) const MARK_LEN: usize = 1;
+pub(crate) const MARK_LEN: usize = RECORDED_LEN + 1;
+/// The mark in front of the time an output was recorded.
+pub(crate) const MARK_RECORDED: u8 = 0xB3;
+/// Bytes of the time: milliseconds since the Unix epoch, little-endian.
+const TIME_BYTES: usize = 6;
+/// How many bytes the time takes, with its mark.
+const RECORDED_LEN: usize = 1 + TIME_BYTES;
 /// The mark in front of a stored `Ok` output.
 pub(crate) const MARK_OK: u8 = 0xB0;
 /// The mark in front of a stored `Err` output (`store_errors`).
@@ -42,11 +55,12 @@ pub(crate) fn not_stored(reason: &NotStored, fits: usize) -> Vec<u8> {
     let mut end = detail
         .len()
         .min(DETAIL_MAX)
-        .min(fits.saturating_sub(NOT_STORED_HEAD));
+        .min(fits.saturating_sub(RECORDED_LEN + NOT_STORED_HEAD));
     while !detail.is_char_boundary(end) {
         end -= 1;
     }
-    let mut out = Vec::with_capacity(NOT_STORED_HEAD + end);
+    let mut out = Vec::with_capacity(RECORDED_LEN + NOT_STORED_HEAD + end);
+    push_recorded(&mut out, SystemTime::now());
     out.extend([MARK_NOT_STORED, kind]);
     out.extend((size as u64).to_le_bytes());
     out.extend((limit as u64).to_le_bytes());
@@ -57,6 +71,7 @@ pub(crate) fn not_stored(reason: &NotStored, fits: usize) -> Vec<u8> {
 /// Why the output was not stored, when `bytes` is a not-stored record: `Some(Err)` when it
 /// starts with the mark but does not read as one.
 pub(crate) fn read_not_stored(bytes: &[u8]) -> Option<Result<NotStored, BoxError>> {
+    let bytes = unrecorded(bytes);
     if bytes.first() != Some(&MARK_NOT_STORED) {
         return None;
     }
@@ -159,6 +174,7 @@ where
 
 fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, OutputError> {
     let mut out = Vec::with_capacity(128);
+    push_recorded(&mut out, SystemTime::now());
     out.push(mark);
     encode_into(&mut out, value)?;
     Ok(out)
@@ -169,9 +185,43 @@ fn encode_marked<V: Serialize + ?Sized>(mark: u8, value: &V) -> Result<Vec<u8>, 
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn encoded_len<V: Serialize + ?Sized>(value: &V) -> Result<usize, OutputError> {
     let mut count = Count::default();
-    count.byte(MARK_OK);
+    count.0 += MARK_LEN;
     encode_into(&mut count, value)?;
     Ok(count.0)
+}
+
+/// Writes when an output is recorded: [`MARK_RECORDED`] and the time.
+fn push_recorded(out: &mut Vec<u8>, at: SystemTime) {
+    let millis = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+        .min((1 << (8 * TIME_BYTES)) - 1);
+    out.push(MARK_RECORDED);
+    out.extend_from_slice(&millis.to_le_bytes()[..TIME_BYTES]);
+}
+
+/// When a stored output was recorded, by the clock of the process that encoded it: `None` for
+/// a record written by 0.1 (or not by this crate's executor).
+pub fn recorded_at(record: &[u8]) -> Option<SystemTime> {
+    match record {
+        [MARK_RECORDED, time @ ..] if time.len() >= TIME_BYTES => {
+            let mut le = [0u8; 8];
+            le[..TIME_BYTES].copy_from_slice(&time[..TIME_BYTES]);
+            UNIX_EPOCH.checked_add(Duration::from_millis(u64::from_le_bytes(le)))
+        }
+        _ => None,
+    }
+}
+
+/// A stored output without the time it was recorded, where it has one.
+#[inline]
+fn unrecorded(record: &[u8]) -> &[u8] {
+    match record.first() {
+        Some(&MARK_RECORDED) => record.get(RECORDED_LEN..).unwrap_or_default(),
+        _ => record,
+    }
 }
 
 /// The value of an `Ok` envelope, decoded; `None` for an `Err` envelope or one that does not
@@ -194,7 +244,7 @@ enum EnvelopeError {
 
 /// Splits a stored output into its mark and its value.
 pub(crate) fn unmark(bytes: &[u8]) -> Result<(u8, &[u8]), BoxError> {
-    match bytes.split_first() {
+    match unrecorded(bytes).split_first() {
         Some((&mark, value)) if mark == MARK_OK || mark == MARK_ERR => Ok((mark, value)),
         other => Err(Box::new(EnvelopeError::UnknownMark(
             other.map(|(mark, _)| *mark),
@@ -202,16 +252,20 @@ pub(crate) fn unmark(bytes: &[u8]) -> Result<(u8, &[u8]), BoxError> {
     }
 }
 
-/// A stored output (as the executor stores it: its one-byte `Ok`/`Err` mark, then the value) as
-/// JSON, to look at a record read from a store's CLI. Bytes show as arrays of numbers.
+/// A stored output (as the executor stores it: when it was recorded, its one-byte `Ok`/`Err`
+/// mark, then the value) as JSON, to look at a record read from a store's CLI. Bytes show as
+/// arrays of numbers; the time is left out ([`recorded_at`] reads it).
 ///
 /// ```
-/// use idempotent_core::output::to_json;
+/// use idempotent_core::output::{recorded_at, to_json};
+/// use std::time::{Duration, UNIX_EPOCH};
 ///
-/// // What a store holds for `Ok(Receipt { charge_id: "ch_1", amount_cents: 1999 })`.
-/// let record = b"\xb0\x0f\x0a\x09charge_id\x0a\x04ch_1\x0a\x0camount_cents\x03\xcf\x0f\x10";
+/// // What a store holds for `Ok(Receipt { charge_id: "ch_1", amount_cents: 1999 })`, recorded
+/// // at 2026-12-06 11:00:00 UTC.
+/// let record = b"\xb3\x80\xbb\x02\x4b\xa2\x01\xb0\x0f\x0a\x09charge_id\x0a\x04ch_1\x0a\x0camount_cents\x03\xcf\x0f\x10";
 /// let json = to_json(record).unwrap();
 /// assert_eq!(json.to_string(), r#"{"ok":{"amount_cents":1999,"charge_id":"ch_1"}}"#);
+/// assert_eq!(recorded_at(record), Some(UNIX_EPOCH + Duration::from_secs(1_796_554_800)));
 /// ```
 pub fn to_json(record: &[u8]) -> Result<serde_json::Value, OutputError> {
     if let Some(not_stored) = read_not_stored(record) {
@@ -224,7 +278,7 @@ pub fn to_json(record: &[u8]) -> Result<serde_json::Value, OutputError> {
         };
         return Ok(serde_json::json!({ "not_stored": reason }));
     }
-    let (mark, value) = match record.split_first() {
+    let (mark, value) = match unrecorded(record).split_first() {
         Some((&MARK_OK, value)) => ("ok", value),
         Some((&MARK_ERR, value)) => ("err", value),
         Some((&byte, _)) => return Err(OutputError::UnexpectedByte { byte, at: 0 }),

@@ -36,8 +36,8 @@ mod tests;
 pub(crate) use de::decode;
 #[allow(deprecated)]
 pub use envelope::{DropErrors, StoreErrors};
-pub use envelope::{OutputMode, OutputsAndErrors, OutputsOnly, to_json};
-pub(crate) use ser::{Count, Out, encode_into};
+pub use envelope::{OutputMode, OutputsAndErrors, OutputsOnly, recorded_at, to_json};
+pub(crate) use ser::{Count, encode_into};
 
 /// Deepest nesting of sequences, maps and options encoded or decoded (as serde_json's limit).
 pub const MAX_DEPTH: usize = 128;

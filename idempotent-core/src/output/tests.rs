@@ -292,3 +292,66 @@ fn any_value_round_trips(
     prop_assert_eq!(back.to_bits(), float.to_bits());
 }
 }
+
+/// Every envelope starts with the time it was recorded; a record of 0.1 (no time) reads the
+/// same, without one.
+#[test]
+fn envelopes_carry_their_recording_time_and_old_ones_read_without() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::envelope::{self, MARK_LEN, MARK_OK, OutputMode, OutputsAndErrors, recorded_at};
+    use crate::error::NotStored;
+
+    let before = SystemTime::now() - Duration::from_millis(1);
+    let result: Result<String, u8> = Ok("receipt".into());
+    let stored = <OutputsAndErrors as OutputMode<String, u8>>::encode(&result)
+        .expect("stored")
+        .expect("encoded");
+    let at = recorded_at(&stored).expect("a time");
+    assert!(before <= at && at <= SystemTime::now(), "{at:?}");
+    assert_eq!(stored.len(), MARK_LEN + encode(&"receipt").len());
+    assert_eq!(
+        envelope::encoded_len(&"receipt").expect("a length"),
+        stored.len()
+    );
+    let back = <OutputsAndErrors as OutputMode<String, u8>>::decode(&stored).expect("decoded");
+    assert_eq!(back, result);
+
+    // 0.1's layout: the mark, then the value.
+    let mut old = vec![MARK_OK];
+    old.extend(encode(&"receipt"));
+    assert_eq!(recorded_at(&old), None);
+    let back = <OutputsAndErrors as OutputMode<String, u8>>::decode(&old).expect("decoded");
+    assert_eq!(back, result);
+    assert_eq!(
+        envelope::to_json(&old).expect("json"),
+        envelope::to_json(&stored).expect("json")
+    );
+
+    // A not-stored record keeps the time too, and fits its limit with it.
+    let reason = NotStored::Unencodable {
+        detail: "x".repeat(300),
+    };
+    let record = envelope::not_stored(&reason, 40);
+    assert!(record.len() <= 40, "{}", record.len());
+    assert!(recorded_at(&record).is_some());
+    assert!(matches!(
+        envelope::read_not_stored(&record),
+        Some(Ok(NotStored::Unencodable { .. }))
+    ));
+
+    // A time far past the 6 bytes is clamped, never wrapped.
+    let mut far = Vec::new();
+    far.push(envelope::MARK_RECORDED);
+    far.extend_from_slice(&[0xff; 6]);
+    assert_eq!(
+        recorded_at(&far),
+        Some(UNIX_EPOCH + Duration::from_millis((1 << 48) - 1))
+    );
+    // Damaged: the mark without its time.
+    assert_eq!(recorded_at(&[envelope::MARK_RECORDED, 1, 2]), None);
+    assert!(
+        <OutputsAndErrors as OutputMode<String, u8>>::decode(&[envelope::MARK_RECORDED, 1])
+            .is_err()
+    );
+}

@@ -11,7 +11,7 @@ pub mod defaults;
 mod options;
 
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -62,7 +62,12 @@ impl<M> Request<M> {
 #[derive(Debug)]
 pub(crate) enum Next {
     /// The key was completed for this fingerprint: replay this output.
-    Replay(Bytes),
+    Replay {
+        /// The stored output.
+        output: Bytes,
+        /// When its record expires, if the store said.
+        expires_at: Option<SystemTime>,
+    },
     /// The caller owns the key: run the body.
     Own {
         /// The claim's token.
@@ -169,10 +174,10 @@ impl Caller {
             Claim::Completed {
                 fingerprint: stored,
                 output,
-                ..
+                expires_at,
             } => {
                 if stored == *fingerprint {
-                    Next::Replay(output)
+                    Next::Replay { output, expires_at }
                 } else {
                     Next::Fail(Refusal::KeyReused)
                 }

@@ -47,6 +47,7 @@ impl Output {
             Some(Inspection::Completed {
                 fingerprint,
                 outcome,
+                recorded_at,
                 expires_at,
                 output_len,
                 output: stored,
@@ -54,11 +55,16 @@ impl Output {
             }) => {
                 let (name, detail) = outcome_text(outcome);
                 fields.push(("state", format!("completed ({detail})")));
+                fields.push((
+                    "recorded at",
+                    recorded_at.map_or_else(|| "not kept (a record written by 0.1)".into(), time),
+                ));
                 fields.push(("expires at", time(*expires_at)));
                 fields.push(("fingerprint", fingerprint.to_string()));
                 fields.push(("output", format!("{output_len} bytes")));
                 document["state"] = json!("completed");
                 document["outcome"] = json!(name);
+                document["recorded_at"] = json!(recorded_at.map(rfc3339));
                 document["expires_at"] = json!(rfc3339(*expires_at));
                 document["fingerprint"] = json!(fingerprint.to_string());
                 document["output_len"] = json!(output_len);
