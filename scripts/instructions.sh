@@ -8,6 +8,8 @@
 # function out, to compare everything else.
 #
 # Usage: scripts/instructions.sh [calls] [cases…]   (default 20000, every case)
+# The redis_get and redis_replay cases (64 in flight, per call of 64) need
+# FEATURES="--features redis,macros" and a Redis at REDIS_URL.
 # FEATURES="--features metrics" counts a build with those features.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -172,7 +172,17 @@ impl<'a, M> Call<'a, M> {
                 }
                 Some(Ok(ClaimNow::Claim(claim))) => Some(Ok(claim)),
                 Some(Err(error)) => Some(Err(error)),
-                None => None,
+                None => {
+                    // A remote store, and a completed record this process keeps
+                    // (`local_cache`): no round trip, and no box for the rest of the call.
+                    if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key)) {
+                        let (stored, output, expires_at) = entry.parts();
+                        observe(observed(&watch), output, Some(expires_at));
+                        let result = replay::<M, T, E>(key, &fingerprint, stored, output);
+                        return Ok(finish(watch.as_ref(), result));
+                    }
+                    None
+                }
             }
         } else {
             None
@@ -182,15 +192,9 @@ impl<'a, M> Call<'a, M> {
             let result = async {
                 let first = match first {
                     None if claim_first => {
-                        // A completed record this process keeps (`local_cache`): no round trip.
-                        if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key))
-                        {
-                            let (stored, output, expires_at) = entry.parts();
-                            observe(seen, output, Some(expires_at));
-                            return replay::<M, T, E>(key, &fingerprint, stored, output);
-                        }
-                        // A remote store: its first claim is awaited here, so a replay returns
-                        // without building the whole call's future.
+                        // A remote store (its local replay cache, if any, was asked above): its
+                        // first claim is awaited here, so a replay returns without building the
+                        // whole call's future.
                         let request = ClaimRequest::new(fingerprint, settings.lease);
                         let generation = inner.local.as_ref().map(|local| local.generation());
                         let claim = inner.claim(&key, request);

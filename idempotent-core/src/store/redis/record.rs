@@ -93,15 +93,21 @@ pub(super) fn header_state(header: &[u8]) -> Option<(bool, SystemTime)> {
     }
 }
 
-/// Base64url of `bytes` (whose length is a multiple of 3: no padding).
+/// Base64url of `bytes` (whose length is a multiple of 3, at most 36: no padding), written
+/// into a stack buffer and appended at once: a claim names its key on every call.
 fn push_base64url(out: &mut String, bytes: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    for group in bytes.chunks_exact(3) {
+    let mut text = [0u8; KEY_CHARS];
+    let mut at = 0;
+    for group in bytes.chunks_exact(3).take(KEY_CHARS / 4) {
         let n = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
-        for shift in [18, 12, 6, 0] {
-            out.push(char::from(ALPHABET[(n >> shift) as usize & 63]));
+        for (slot, shift) in text[at..at + 4].iter_mut().zip([18, 12, 6, 0]) {
+            *slot = ALPHABET[(n >> shift) as usize & 63];
         }
+        at += 4;
     }
+    // Only alphabet bytes were written: always ASCII.
+    out.push_str(std::str::from_utf8(&text[..at]).unwrap_or_default());
 }
 
 /// A fresh token for a claim whose lease ends at `lease_until`: 8 random bytes, then that end
