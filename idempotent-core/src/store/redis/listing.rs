@@ -97,6 +97,9 @@ where
         let pattern = format!("{}*", glob_escaped(self.prefix()));
         let now = SystemTime::now();
         let mut namespaces: Vec<NamespaceStats> = Vec::new();
+        // Where each namespace's counts are in `namespaces`.
+        let mut index: std::collections::HashMap<ListedNamespace, usize> =
+            std::collections::HashMap::new();
         let (mut cursor, mut seen) = (0u64, 0u64);
         loop {
             let (next, keys) = self.scan(cursor, &pattern, STATS_BATCH).await?;
@@ -106,13 +109,10 @@ where
             for (key, header) in keys.iter().zip(headers) {
                 let Some(header) = header else { continue };
                 let namespace = self.namespace_of(key);
-                let at = match namespaces.iter().position(|n| n.namespace == namespace) {
-                    Some(at) => at,
-                    None => {
-                        namespaces.push(NamespaceStats::new(namespace));
-                        namespaces.len() - 1
-                    }
-                };
+                let at = *index.entry(namespace.clone()).or_insert_with(|| {
+                    namespaces.push(NamespaceStats::new(namespace));
+                    namespaces.len() - 1
+                });
                 let stats = &mut namespaces[at];
                 match state_of(&header) {
                     ListedState::InProgress { lease_until } if lease_until > now => {
