@@ -236,4 +236,23 @@ mod macro_functions {
         let third = slow_charge(77, &started, &release).await.expect("a replay");
         assert_eq!(third.how, How::Replayed);
     }
+
+    /// A one-argument alias of `Result`, as `anyhow::Result<T>` is.
+    type Charged<T> = Result<T, Error>;
+
+    #[idempotent(key = order)]
+    async fn charge_aliased(order: u64) -> Charged<Obtained<u64>> {
+        Ok(Obtained::executed(order + 1))
+    }
+
+    #[tokio::test]
+    async fn a_result_spelled_by_an_alias_is_told_too() {
+        let first = charge_aliased(5).await.expect("a charge");
+        assert_eq!(first.how, How::Executed);
+        assert!(first.recorded_at.is_some() && first.expires_at.is_some());
+        let again = charge_aliased(5).await.expect("a replay");
+        assert_eq!(again.how, How::Replayed);
+        assert_eq!(again.recorded_at, first.recorded_at);
+        assert!(again.expires_at.is_some());
+    }
 }

@@ -335,9 +335,15 @@ pub fn assert_stored_error<E: From<Error> + Serialize + serde::de::DeserializeOw
     label = "not a `Result`",
     note = "the output `T` is stored and replayed, and `E: From<idempotency::Error>` reports key reuse, store failures and the like"
 )]
-pub trait IdempotentReturn {}
+pub trait IdempotentReturn {
+    /// The `T` of `Result<T, E>`, however the function's return type spells it (an alias such
+    /// as `anyhow::Result<T>` included).
+    type Ok;
+}
 
-impl<T, E> IdempotentReturn for Result<T, E> {}
+impl<T, E> IdempotentReturn for Result<T, E> {
+    type Ok = T;
+}
 
 /// `R` is a `Result`.
 #[inline(always)]

@@ -147,7 +147,8 @@ pub trait HeldRecord: Send + Sync {
     }
 
     /// When the record expires, if the store knows (for
-    /// [`Obtained::expires_at`](crate::Obtained); asked only by `run_obtained`).
+    /// [`Obtained::expires_at`](crate::Obtained): asked by calls that tell how their output
+    /// was obtained, and by [`ClaimNow::into_claim`]).
     fn expires_at(&self) -> Option<SystemTime> {
         None
     }

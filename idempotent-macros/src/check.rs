@@ -14,7 +14,7 @@ use syn::{
 
 use crate::attr::{DurationValue, Options, Set};
 use crate::instantiation::instantiation;
-use crate::plan::{Duration, Mode, Namespace, Plan, Shape};
+use crate::plan::{Duration, Mode, Namespace, Plan, Shape, Told};
 
 pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Result<Plan<'a>> {
     let mut errors = Errors(options.errors.clone());
@@ -43,9 +43,14 @@ pub(crate) fn check<'a>(options: &'a Options, function: &'a ItemFn) -> syn::Resu
         _ => Mode::Executor {
             executor,
             keep_by_clone: result_parts.and_then(|(ok, _)| keep_by_clone(function, ok)),
-            told: result_parts
-                .map(|(ok, _)| ok)
-                .filter(|ok| nameable(ok.to_token_stream())),
+            told: match result_parts {
+                Some((ok, _)) => nameable(ok.to_token_stream()).then_some(Told::Ok(ok)),
+                // Another spelling of a `Result` takes type arguments (`anyhow::Result<T>`);
+                // a bare name (`u64`) is left alone, so its error says only that it is no
+                // `Result`.
+                None => (has_type_arguments(output) && nameable(output.to_token_stream()))
+                    .then_some(Told::Projected(output)),
+            },
         },
     };
     Ok(Plan {
@@ -362,6 +367,17 @@ fn nameable(tokens: TokenStream) -> bool {
         TokenTree::Group(group) => nameable(group.stream()),
         _ => true,
     })
+}
+
+/// A path type whose last segment has `<…>` arguments.
+fn has_type_arguments(output: &Type) -> bool {
+    let Type::Path(path) = output else {
+        return false;
+    };
+    path.path
+        .segments
+        .last()
+        .is_some_and(|last| matches!(last.arguments, syn::PathArguments::AngleBracketed(_)))
 }
 
 /// Types that cannot be `Result<T, E>` under any alias.

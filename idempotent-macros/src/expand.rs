@@ -7,7 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::{Expr, Ident, LitStr, Type};
 
 use crate::attr::Policy;
-use crate::plan::{Duration, Instantiation, Mode, Namespace, Plan, Shape};
+use crate::plan::{Duration, Instantiation, Mode, Namespace, Plan, Shape, Told};
 
 pub(crate) fn expand(plan: &Plan<'_>) -> TokenStream {
     let common = Common::new(plan);
@@ -215,7 +215,7 @@ fn through_executor(
     common: &Common<'_>,
     executor: Option<&Expr>,
     keep_by_clone: Option<&Type>,
-    told: Option<&Type>,
+    told: Option<Told<'_>>,
     block: TokenStream,
 ) -> TokenStream {
     let Common {
@@ -246,6 +246,10 @@ fn through_executor(
         None => quote!(::core::option::Option::None),
     };
     // The autoref pick again: an `Obtained<U>` output is told how it was obtained.
+    let told = told.map(|told| match told {
+        Told::Ok(ok) => quote!(#ok),
+        Told::Projected(output) => quote!(<#output as #private::IdempotentReturn>::Ok),
+    });
     let teller = match told {
         Some(ok) => quote! {
             {

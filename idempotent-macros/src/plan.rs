@@ -76,6 +76,16 @@ pub(crate) enum Duration<'a> {
     Expr(&'a Expr),
 }
 
+/// How the expansion names the output's `T` for the `Obtained` probe.
+#[derive(Clone, Copy)]
+pub(crate) enum Told<'a> {
+    /// Written `Result<T, E>`: `T` itself.
+    Ok(&'a Type),
+    /// Another spelling of a `Result` (`anyhow::Result<T>`, an alias): the whole return
+    /// type, projected through `__private::IdempotentReturn::Ok`.
+    Projected(&'a Type),
+}
+
 /// Where the call is recorded.
 pub(crate) enum Mode<'a> {
     /// Through an `Idempotency` executor: `executor = …`, else the process default.
@@ -85,7 +95,7 @@ pub(crate) enum Mode<'a> {
         keep_by_clone: Option<&'a Type>,
         /// The output's `T`, when it can be named: an `Obtained<U>` is told how it was
         /// obtained.
-        told: Option<&'a Type>,
+        told: Option<Told<'a>>,
     },
     /// `transaction = tx`: in the caller's SQL transaction, through the `SqlStore` `store`.
     Transaction {

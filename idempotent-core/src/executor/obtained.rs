@@ -40,7 +40,8 @@ pub struct Obtained<T> {
     pub how: How,
     /// When the output was first recorded, by the clock of the process whose body produced it
     /// (for an execution, this one's). `None` for a record written by 0.1, which did not
-    /// keep it, and where the body's output was not stored (`fail_open` during an outage).
+    /// keep it, where nothing was stored (`fail_open` during an outage), and in transactional
+    /// mode (`transaction = tx`), whose calls are told nothing.
     pub recorded_at: Option<SystemTime>,
     /// When the record expires and the key runs its body again: for an execution,
     /// `recorded_at` plus the call's `ttl`; for a replay, the expiry of the record that the

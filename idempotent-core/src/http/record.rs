@@ -4,7 +4,8 @@
 //! `{s: status, h: [(name, value bytes)…], b: body bytes}`: header values and the body are
 //! kept as they are, bytes for bytes, whatever they hold (text, binary, escapes).
 //!
-//! The store receives that behind the executor's one-byte `Ok` mark; [`ResponseRecord::fits`]
+//! The store receives that behind the executor's envelope (the recording time and the `Ok`
+//! mark); [`ResponseRecord::fits`]
 //! measures exactly that record, so the layer's limit and the executor's and store's
 //! `max_output_bytes` count the same bytes.
 

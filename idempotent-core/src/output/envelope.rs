@@ -52,15 +52,18 @@ pub(crate) fn not_stored(reason: &NotStored, fits: usize) -> Vec<u8> {
         NotStored::TooLarge { size, limit } => (TOO_LARGE, *size, *limit, ""),
         NotStored::Unencodable { detail } => (UNENCODABLE, 0, 0, detail.as_str()),
     };
-    let mut end = detail
-        .len()
-        .min(DETAIL_MAX)
-        .min(fits.saturating_sub(RECORDED_LEN + NOT_STORED_HEAD));
+    // The time is left out where a limit is too small for it (the record then reads as one of
+    // 0.1's): the record must fit, or the body could run again once its lease passes.
+    let timed = fits >= RECORDED_LEN + NOT_STORED_HEAD;
+    let head = if timed { RECORDED_LEN } else { 0 } + NOT_STORED_HEAD;
+    let mut end = detail.len().min(DETAIL_MAX).min(fits.saturating_sub(head));
     while !detail.is_char_boundary(end) {
         end -= 1;
     }
-    let mut out = Vec::with_capacity(RECORDED_LEN + NOT_STORED_HEAD + end);
-    push_recorded(&mut out, SystemTime::now());
+    let mut out = Vec::with_capacity(head + end);
+    if timed {
+        push_recorded(&mut out, SystemTime::now());
+    }
     out.extend([MARK_NOT_STORED, kind]);
     out.extend((size as u64).to_le_bytes());
     out.extend((limit as u64).to_le_bytes());
@@ -278,11 +281,13 @@ pub fn to_json(record: &[u8]) -> Result<serde_json::Value, OutputError> {
         };
         return Ok(serde_json::json!({ "not_stored": reason }));
     }
-    let (mark, value) = match unrecorded(record).split_first() {
+    let unmarked = unrecorded(record);
+    let at = record.len() - unmarked.len();
+    let (mark, value) = match unmarked.split_first() {
         Some((&MARK_OK, value)) => ("ok", value),
         Some((&MARK_ERR, value)) => ("err", value),
-        Some((&byte, _)) => return Err(OutputError::UnexpectedByte { byte, at: 0 }),
-        None => return Err(OutputError::Truncated { at: 0 }),
+        Some((&byte, _)) => return Err(OutputError::UnexpectedByte { byte, at }),
+        None => return Err(OutputError::Truncated { at }),
     };
     let value: serde_json::Value = decode(value)?;
     let mut object = serde_json::Map::new();

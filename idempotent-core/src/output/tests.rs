@@ -339,6 +339,14 @@ fn envelopes_carry_their_recording_time_and_old_ones_read_without() {
         envelope::read_not_stored(&record),
         Some(Ok(NotStored::Unencodable { .. }))
     ));
+    // A limit too small for the time: the record fits without it, and still reads.
+    let record = envelope::not_stored(&reason, 20);
+    assert!(record.len() <= 20, "{}", record.len());
+    assert_eq!(recorded_at(&record), None);
+    assert!(matches!(
+        envelope::read_not_stored(&record),
+        Some(Ok(NotStored::Unencodable { .. }))
+    ));
 
     // A time far past the 6 bytes is clamped, never wrapped.
     let mut far = Vec::new();
