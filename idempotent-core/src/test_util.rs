@@ -69,6 +69,11 @@ tokio::task_local! {
 struct Switch {
     idempotency: &'static Idempotency,
     /// `false` under [`without_deduplication`]: transactional functions record nothing either.
+    /// Read only where a SQL store (and so transactional mode) is built.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
+        allow(dead_code)
+    )]
     deduplicates: bool,
 }
 
