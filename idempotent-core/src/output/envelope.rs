@@ -2,7 +2,7 @@
 //! `Err`, then the value in the [output encoding](crate::output). A store receives exactly
 //! these bytes.
 //!
-//! The time comes first: [`MARK_RECORDED`], then milliseconds since the Unix epoch in 6 bytes,
+//! The time comes first: the mark `0xB3`, then milliseconds since the Unix epoch in 6 bytes,
 //! little-endian (until the year 10889), by the clock of the process that encoded the output.
 //! Records written by 0.1 start with the `Ok`/`Err` mark and read the same, without a time.
 //!
