@@ -100,8 +100,14 @@ pub use idempotent_core::{
     doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite")))
 )]
 pub use idempotent_core::{
-    SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, sqlx, transaction,
+    SqlConfigError, SqlDialect, SqlStore, SqlStoreBuilder, outbox, sqlx, transaction,
 };
+
+/// Publishing to a broker with its own deduplication (the outbox relay's [`Publisher`]s;
+/// feature `nats`: JetStream).
+///
+/// [`Publisher`]: broker::Publisher
+pub use idempotent_core::broker;
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -294,7 +294,7 @@ impl<'s, DB: SqlDialect, M> InTransaction<'s, DB, M> {
             Ok(Claimed::Owned(owner)) => owner,
             Err(error) => return Err(error.into()),
         };
-        let result = body(&mut *tx).await;
+        let result = owner.scope(body(&mut *tx)).await;
         owner.finish(tx, result).await
     }
 }
@@ -308,6 +308,14 @@ impl<DB: SqlDialect, M> Owner<'_, DB, M> {
     /// The claim's token.
     pub fn token(&self) -> &Token {
         &self.token
+    }
+
+    /// Runs `body` as this call: the messages it adds to an
+    /// [`Outbox`](crate::outbox::Outbox) get ids derived from the key (`{key}/0`, `{key}/1`,
+    /// …), the same on every run of the body. [`run`](InTransaction::run) and
+    /// `#[idempotent(transaction = …)]` run their body so.
+    pub async fn scope<F: std::future::Future>(&self, body: F) -> F::Output {
+        crate::outbox::lineage::scope(&self.key, body).await
     }
 
     /// Records the body's `result` in `tx` (one statement) and returns it: `Ok` outputs are

@@ -317,10 +317,10 @@ fn in_transaction(
                 return ::core::result::Result::Err(::core::convert::From::from(__idempotency_error));
             }
         };
-        let __idempotency_output: #output = async {
+        let __idempotency_output: #output = __idempotency_owner.scope(async {
             let __idempotency_output: #output = #block;
             __idempotency_output
-        }
+        })
         .await;
         __idempotency_owner.finish(&mut *#transaction, __idempotency_output).await
     }

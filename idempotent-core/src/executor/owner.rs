@@ -70,6 +70,9 @@ impl Inner {
         let timed = &key;
         let body =
             AssertUnwindSafe(async move { metrics::body(timed, body.run()).await }).catch_unwind();
+        // Messages the body adds to an outbox get ids derived from the key, the same on a rerun.
+        #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+        let body = crate::outbox::lineage::scope(&key, body);
         let result = match renewal.around(body).await {
             Ok(result) => result,
             Err(panic) => {

@@ -34,6 +34,8 @@ pub trait Dialect: Database {
     /// insert keeps a shared lock on the row and SQLite's the write lock until the transaction
     /// ends, so there the claim answers in progress at once (the default, `false`).
     const WAITS_IN_TRANSACTION: bool = false;
+    /// Which database it is, for statements written apart from the store's (the outbox's).
+    const SYNTAX: Syntax;
 
     /// The statements a claim runs (one, or a read and two writes), which run it.
     type ClaimStatements: ClaimStatements<Self>;
@@ -204,6 +206,18 @@ macro_rules! sqlx_calls {
     };
 }
 pub(crate) use sqlx_calls;
+
+/// Which database a [`Dialect`] is: for code that writes its own statements per database
+/// (the outbox) instead of the store's [`Statements`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// PostgreSQL: `$n` placeholders, `RETURNING`, `FOR UPDATE SKIP LOCKED`.
+    Postgres,
+    /// MySQL 8 / MariaDB 10.6+: `?` placeholders, `FOR UPDATE SKIP LOCKED`, no `UPDATE … RETURNING`.
+    MySql,
+    /// SQLite: `?` placeholders, `RETURNING`, one writer at a time.
+    Sqlite,
+}
 
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

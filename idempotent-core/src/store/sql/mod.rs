@@ -25,7 +25,7 @@ mod listing;
 mod mark;
 mod record;
 mod sweeper;
-mod time;
+pub(crate) mod time;
 
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]

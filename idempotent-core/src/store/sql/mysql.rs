@@ -154,6 +154,7 @@ WHERE id = ? AND output = ? AND completed AND expires_at > {NOW}"
 }
 
 impl Dialect for MySql {
+    const SYNTAX: super::dialect::Syntax = super::dialect::Syntax::MySql;
     const QUOTE: char = '`';
 
     type ClaimStatements = ReadThenInsert;

@@ -325,6 +325,7 @@ impl ClaimStatements<Postgres> for ReadOrUpsert {
 }
 
 impl Dialect for Postgres {
+    const SYNTAX: super::dialect::Syntax = super::dialect::Syntax::Postgres;
     const WAITS_IN_TRANSACTION: bool = true;
 
     type ClaimStatements = ReadOrUpsert;

@@ -151,6 +151,7 @@ WHERE id = ?1 AND output = ?4 AND completed AND expires_at > ?5"
 }
 
 impl Dialect for Sqlite {
+    const SYNTAX: super::dialect::Syntax = super::dialect::Syntax::Sqlite;
     const CLOCK: Clock = Clock::Process;
 
     type ClaimStatements = ReadThenInsert;

@@ -1,0 +1,324 @@
+//! The relay: takes batches of unpublished rows under a lease, publishes them, waits for the
+//! broker's confirmations, and marks them published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sqlx::QueryBuilder;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Outbox, OutboxError, bind, database, micros, now};
+use crate::broker::{Message, Publisher};
+use crate::retry::RetryPolicy;
+use crate::store::sql::SqlDialect;
+use crate::store::sql::dialect::Value;
+use crate::trace::event;
+
+/// Publishes an [`Outbox`]'s messages through a [`Publisher`]: in batches, each row taken
+/// under a lease, marked published only after the broker confirmed it.
+///
+/// Several relays may run on one table (PostgreSQL and MySQL take disjoint batches with
+/// `FOR UPDATE SKIP LOCKED`; SQLite takes each batch in one statement). A relay that dies
+/// mid-batch leaves its rows to be taken again when their [`lease`](Self::lease) passes; they
+/// are published again with the same ids, which the broker drops. A failed publish gives its
+/// row back with the error (`last_error`) and a backoff; a pass in which every publish
+/// failed (the broker is down) makes the relay back off too, up to the
+/// [`backoff`](Self::backoff) policy's longest sleep.
+///
+/// [`run_once`](Self::run_once) runs one pass; [`spawn`](Self::spawn) runs passes in a task
+/// until [`RelayHandle::shutdown`], and purges published rows older than the
+/// [`retention`](Self::retention).
+#[derive(Debug)]
+pub struct Relay<DB: SqlDialect, P> {
+    outbox: Outbox<DB>,
+    publisher: Arc<P>,
+    batch: usize,
+    idle: Duration,
+    lease: Duration,
+    retention: Duration,
+    per_second: Option<u32>,
+    backoff: RetryPolicy,
+}
+
+/// What one pass of a relay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayPass {
+    /// Messages published and marked.
+    pub published: usize,
+    /// Messages whose publish failed, with the error: given back to be published later.
+    pub failed: Vec<(String, String)>,
+}
+
+impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
+    pub(super) fn new(outbox: Outbox<DB>, publisher: P) -> Relay<DB, P> {
+        Relay {
+            outbox,
+            publisher: Arc::new(publisher),
+            batch: 100,
+            idle: Duration::from_millis(200),
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 60 * 60),
+            per_second: None,
+            backoff: RetryPolicy::new()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_secs(30))
+                .no_max_elapsed(),
+        }
+    }
+
+    /// Rows taken per pass (default 100, at least 1).
+    pub fn batch(mut self, rows: usize) -> Self {
+        self.batch = rows.max(1);
+        self
+    }
+
+    /// How long a relay that found nothing to publish waits before it looks again (default
+    /// 200 ms).
+    pub fn idle(mut self, wait: Duration) -> Self {
+        self.idle = wait;
+        self
+    }
+
+    /// How long a taken row is left to its relay before another may take it (default 30 s):
+    /// longer than a batch takes to publish, and shorter than the broker's deduplication
+    /// window minus the longest backoff.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long published rows are kept before [`purge`](Self::purge) deletes them (default
+    /// 24 h).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// At most `messages` published per second by this relay (default: no limit).
+    pub fn max_rate(mut self, messages: u32) -> Self {
+        self.per_second = Some(messages.max(1));
+        self
+    }
+
+    /// The backoff after a pass in which every publish failed, and for each failed row
+    /// (default: from 100 ms, doubling, up to 30 s, with full jitter).
+    pub fn backoff(mut self, policy: RetryPolicy) -> Self {
+        self.backoff = policy;
+        self
+    }
+
+    /// Takes one batch, publishes it and marks what the broker confirmed.
+    pub async fn run_once(&self) -> Result<RelayPass, OutboxError> {
+        let relay = rand::random::<i64>() & i64::MAX;
+        let messages = self.take(relay).await?;
+        if messages.is_empty() {
+            return Ok(RelayPass::default());
+        }
+        let sent = join_all(
+            messages
+                .iter()
+                .map(|(_, _, message)| self.publisher.publish(message)),
+        )
+        .await;
+        let mut pass = RelayPass::default();
+        let mut conn = self.outbox.acquire("connect").await?;
+        let sql = &self.outbox.inner.sql;
+        for ((seq, attempts, message), sent) in messages.iter().zip(sent) {
+            match sent {
+                Ok(()) => pass.published += 1,
+                Err(error) => {
+                    let error = error.to_string();
+                    event!(warn, id = %message.id, error = %error, "outbox: publish failed; the message is given back");
+                    let attempts = u32::try_from(*attempts).unwrap_or(u32::MAX);
+                    let wait = self.backoff.delay_bound(attempts).max(self.idle);
+                    let again = now().saturating_add(micros(wait));
+                    let query = bind::<DB>(
+                        &sql.failed,
+                        &[
+                            Value::Int(again),
+                            Value::Text(&error),
+                            Value::Int(*seq),
+                            Value::Int(relay),
+                        ],
+                    );
+                    DB::execute(&mut conn, query)
+                        .await
+                        .map_err(database("give a message back"))?;
+                    pass.failed.push((message.id.clone(), error));
+                }
+            }
+        }
+        if pass.published > 0 {
+            let query = bind::<DB>(&sql.published, &[Value::Int(now()), Value::Int(relay)]);
+            DB::execute(&mut conn, query)
+                .await
+                .map_err(database("mark messages published"))?;
+        }
+        Ok(pass)
+    }
+
+    /// The next batch, taken under a lease by `relay`, in the order it was added: each row's
+    /// number, its publish attempts (this one included) and its message.
+    async fn take(&self, relay: i64) -> Result<Vec<(i64, i64, Message)>, OutboxError> {
+        let sql = &self.outbox.inner.sql;
+        let until = now().saturating_add(micros(self.lease));
+        let limit = i64::try_from(self.batch).unwrap_or(i64::MAX);
+        let rows = match &sql.take {
+            // PostgreSQL, SQLite: one statement takes the batch and returns it.
+            None => {
+                let mut conn = self.outbox.acquire("connect").await?;
+                let query = bind::<DB>(
+                    &sql.claim,
+                    &[
+                        Value::Int(until),
+                        Value::Int(relay),
+                        Value::Int(now()),
+                        Value::Int(limit),
+                    ],
+                );
+                DB::fetch_all(&mut conn, query)
+                    .await
+                    .map_err(database("take a batch"))?
+            }
+            // MySQL: select the batch, skipping rows another relay is taking, then take it.
+            Some((set_lease, set_relay, where_seq)) => {
+                let mut tx = self
+                    .outbox
+                    .inner
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(database("connect"))?;
+                let query = bind::<DB>(&sql.claim, &[Value::Int(now()), Value::Int(limit)]);
+                let rows = DB::fetch_all(&mut tx, query)
+                    .await
+                    .map_err(database("take a batch"))?;
+                if !rows.is_empty() {
+                    let mut update = QueryBuilder::<DB>::new(set_lease.as_str());
+                    DB::push_int(&mut update, until);
+                    update.push(set_relay.as_str());
+                    DB::push_int(&mut update, relay);
+                    update.push(where_seq.as_str());
+                    for (index, row) in rows.iter().enumerate() {
+                        if index > 0 {
+                            update.push(", ");
+                        }
+                        DB::push_int(
+                            &mut update,
+                            DB::int(row, 0).map_err(database("take a batch"))?,
+                        );
+                    }
+                    update.push(")");
+                    DB::execute(&mut tx, update.build())
+                        .await
+                        .map_err(database("take a batch"))?;
+                }
+                tx.commit().await.map_err(database("take a batch"))?;
+                rows
+            }
+        };
+        let mut messages = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    DB::int(row, 0)?,
+                    DB::int(row, 4)?,
+                    Message {
+                        id: DB::maybe_text(row, 1)?.unwrap_or_default(),
+                        topic: DB::maybe_text(row, 2)?.unwrap_or_default(),
+                        payload: DB::bytes(row, 3)?.into(),
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(database("read a batch"))?;
+        messages.sort_unstable_by_key(|(seq, _, _)| *seq);
+        Ok(messages)
+    }
+
+    /// Deletes up to 1,000 rows published longer than the [`retention`](Self::retention) ago;
+    /// how many it deleted.
+    pub async fn purge(&self) -> Result<u64, OutboxError> {
+        let before = now().saturating_sub(micros(self.retention));
+        let query = bind::<DB>(
+            &self.outbox.inner.sql.purge,
+            &[Value::Int(before), Value::Int(1_000)],
+        );
+        let mut conn = self.outbox.acquire("connect").await?;
+        DB::execute(&mut conn, query)
+            .await
+            .map_err(database("purge published messages"))
+    }
+
+    /// Runs passes in a spawned task until [`RelayHandle::shutdown`]: at once while batches
+    /// come back full, after [`idle`](Self::idle) when there was nothing to publish, after a
+    /// backoff when every publish (or the database) failed; and a purge every minute.
+    pub fn spawn(self) -> RelayHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut failures = 0u32;
+            let mut purged_at = Instant::now();
+            while !*stopped.borrow() {
+                let started = Instant::now();
+                let wait = match self.run_once().await {
+                    Ok(pass) if pass.published == 0 && !pass.failed.is_empty() => {
+                        failures = failures.saturating_add(1);
+                        self.backoff.delay(failures)
+                    }
+                    Ok(pass) => {
+                        failures = 0;
+                        let taken = pass.published + pass.failed.len();
+                        let paced = self.per_second.map_or(Duration::ZERO, |rate| {
+                            Duration::from_secs_f64(taken as f64 / f64::from(rate))
+                                .saturating_sub(started.elapsed())
+                        });
+                        if taken < self.batch {
+                            paced.max(self.idle)
+                        } else {
+                            paced
+                        }
+                    }
+                    Err(error) => {
+                        event!(warn, error = %error, "outbox relay: a pass failed; backing off");
+                        let _ = error;
+                        failures = failures.saturating_add(1);
+                        self.backoff.delay(failures).max(self.idle)
+                    }
+                };
+                if purged_at.elapsed() >= Duration::from_secs(60) {
+                    purged_at = Instant::now();
+                    if let Err(error) = self.purge().await {
+                        event!(warn, error = %error, "outbox relay: purge failed");
+                        let _ = error;
+                    }
+                }
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            }
+        });
+        RelayHandle { stop, task }
+    }
+}
+
+/// A relay running in a task (see [`Relay::spawn`]).
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Stops the relay after its current pass (a batch being published is published and
+    /// marked first) and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
