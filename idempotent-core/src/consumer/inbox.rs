@@ -170,7 +170,8 @@ impl<DB: SqlDialect> Inbox<DB> {
             Received::Duplicate(output) => return Ok(Outcome::Duplicate(output)),
             Received::New(owner) => owner,
         };
-        let result = handler(&mut *tx).await;
+        // Outbox messages the handler adds get ids derived from the message's key.
+        let result = owner.scope(handler(&mut *tx)).await;
         owner.finish(tx, result).await.map(Outcome::Processed)
     }
 }
