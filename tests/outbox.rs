@@ -396,6 +396,37 @@ macro_rules! outbox_suite {
             }
 
             #[tokio::test]
+            async fn a_spawned_relay_keeps_to_its_rate() {
+                let Some(setup) = setup().await else { return };
+                for n in 0..10 {
+                    place_committed(&setup, &format!("{}-{n}", unique("o"))).await;
+                }
+                let recorder = Recorder::default();
+                let started = Instant::now();
+                let handle = setup
+                    .outbox
+                    .relay(recorder.clone())
+                    .batch(5)
+                    .max_rate(50)
+                    .idle(Duration::from_millis(10))
+                    .spawn();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while setup.outbox.pending().await.expect("pending") > 0
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let took = started.elapsed();
+                handle.shutdown().await;
+                assert_eq!(recorder.published().len(), 20);
+                // 4 passes of 5 at 50 a second: the last starts 300 ms after the first.
+                assert!(
+                    took >= Duration::from_millis(300),
+                    "20 messages at 50/s in {took:?}"
+                );
+            }
+
+            #[tokio::test]
             async fn published_rows_are_purged_after_the_retention_and_a_spawned_relay_stops() {
                 let Some(setup) = setup().await else { return };
                 for n in 0..3 {
