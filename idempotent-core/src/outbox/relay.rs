@@ -152,7 +152,18 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
             }
         }
         if pass.published > 0 {
-            let query = bind::<DB>(&sql.published, &[Value::Int(now()), Value::Int(relay)]);
+            // The batch is sorted: its first and last row numbers bound the mark's range.
+            let first = messages.first().map_or(0, |(seq, _, _)| *seq);
+            let last = messages.last().map_or(0, |(seq, _, _)| *seq);
+            let query = bind::<DB>(
+                &sql.published,
+                &[
+                    Value::Int(now()),
+                    Value::Int(relay),
+                    Value::Int(first),
+                    Value::Int(last),
+                ],
+            );
             DB::execute(&mut conn, query)
                 .await
                 .map_err(database("mark messages published"))?;

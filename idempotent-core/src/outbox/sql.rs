@@ -19,7 +19,8 @@ pub(crate) struct OutboxSql {
     /// MySQL: the start of the `UPDATE` that takes the selected rows (the lease end, the relay
     /// and the row numbers are pushed after it).
     pub(crate) take: Option<(String, String, String)>,
-    /// Binds now, relay: marks the relay's rows published.
+    /// Binds now, relay, first and last row number of the batch: marks the relay's rows
+    /// published (found by primary key range, not by a scan of every pending row).
     pub(crate) published: String,
     /// Binds lease end, error, seq, relay: gives a row back to be published again later.
     pub(crate) failed: String,
@@ -78,7 +79,8 @@ RETURNING {COLUMNS}"
         ),
         take: None,
         published: format!(
-            "UPDATE {t} SET published_at = $1, relay = NULL WHERE relay = $2 AND published_at IS NULL"
+            "UPDATE {t} SET published_at = $1, relay = NULL
+WHERE seq BETWEEN $3 AND $4 AND relay = $2 AND published_at IS NULL"
         ),
         failed: format!(
             "UPDATE {t} SET lease_until = $1, last_error = $2, relay = NULL WHERE seq = $3 AND relay = $4"
@@ -126,7 +128,8 @@ ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
             " WHERE seq IN (".to_owned(),
         )),
         published: format!(
-            "UPDATE {t} SET published_at = ?, relay = NULL WHERE relay = ? AND published_at IS NULL"
+            "UPDATE {t} SET published_at = ?, relay = NULL
+WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
         ),
         failed: format!(
             "UPDATE {t} SET lease_until = ?, last_error = ?, relay = NULL WHERE seq = ? AND relay = ?"
@@ -179,7 +182,8 @@ RETURNING {COLUMNS}"
         ),
         take: None,
         published: format!(
-            "UPDATE {t} SET published_at = ?, relay = NULL WHERE relay = ? AND published_at IS NULL"
+            "UPDATE {t} SET published_at = ?, relay = NULL
+WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
         ),
         failed: format!(
             "UPDATE {t} SET lease_until = ?, last_error = ?, relay = NULL WHERE seq = ? AND relay = ?"
