@@ -17,7 +17,12 @@
 //! stream; 200 shipment rows, one per order. PostgreSQL from `POSTGRES_URL`, NATS from
 //! `NATS_URL` (loopback defaults); tables and the stream are the run's own and are dropped.
 
-#![cfg(all(feature = "postgres", feature = "nats", feature = "http"))]
+#![cfg(all(
+    feature = "postgres",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "http"
+))]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +39,13 @@ fn pg_url() -> String {
     service_url("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 }
 
+fn amqp_url() -> String {
+    service_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// Runs whose tag starts with this use RabbitMQ; the others JetStream.
+const RABBITMQ: &str = "rabbitmq";
+
 fn nats_url() -> String {
     service_url("NATS_URL", "nats://127.0.0.1:4222")
 }
@@ -46,6 +58,7 @@ struct Names {
     inbox: String,
     stream: String,
     subject: String,
+    queue: String,
 }
 
 fn names(tag: &str) -> Names {
@@ -57,6 +70,7 @@ fn names(tag: &str) -> Names {
         inbox: format!("kp_inbox_{tag}"),
         stream: format!("KP_{tag}"),
         subject: format!("kp.{tag}"),
+        queue: format!("kp_{tag}"),
     }
 }
 
@@ -94,7 +108,7 @@ fn child_role() {
     runtime.block_on(async move {
         match role.as_str() {
             "service" => roles::service(&tag).await,
-            "relay" => roles::relay(&tag).await,
+            "relay" => roles::relay_role(&tag).await,
             "consumer" => roles::consumer(&tag).await,
             other => panic!("unknown role {other}"),
         }
@@ -110,14 +124,15 @@ mod roles {
     use axum::routing::post;
     use futures::StreamExt as _;
     use idempotency::broker::nats::{JetStreamPublisher, async_nats, message_id};
+    use idempotency::broker::rabbitmq::{RabbitMqPublisher, lapin};
     use idempotency::broker::{Message, Publisher};
     use idempotency::consumer::inbox::Inbox;
     use idempotency::http::{ClientScope, IdempotencyLayer};
-    use idempotency::outbox::Outbox;
+    use idempotency::outbox::{Outbox, RelayHandle};
     use idempotency::sqlx::{self, PgPool, Postgres, Transaction};
     use idempotency::{BoxError, Idempotency, PostgresStore, SqlStore, async_trait, idempotent};
 
-    use super::{PORT, maybe_die, names, nats_url, pg_url};
+    use super::{PORT, RABBITMQ, amqp_url, maybe_die, names, nats_url, pg_url};
 
     #[derive(Clone)]
     struct Service {
@@ -206,18 +221,50 @@ mod roles {
         }
     }
 
-    pub(super) async fn relay(tag: &str) {
-        let names = names(tag);
-        let pool = PgPool::connect(&pg_url()).await.expect("postgres");
-        let outbox = Outbox::with_table(pool, &names.outbox).expect("outbox");
-        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
-        let publisher = JetStreamPublisher::new(js).subject_prefix(format!("{}.", names.subject));
-        let _relay = outbox
-            .relay(Dying(publisher))
+    /// Publishes every topic to the run's queue (RabbitMQ's default exchange routes by queue
+    /// name), dying as `Dying` does.
+    struct DyingRabbit(RabbitMqPublisher, String);
+
+    #[async_trait]
+    impl Publisher for DyingRabbit {
+        async fn publish(&self, message: &Message) -> Result<(), BoxError> {
+            let mut routed = message.clone();
+            routed.topic = self.1.clone();
+            self.0.publish(&routed).await?;
+            maybe_die(8); // confirmed, not marked
+            Ok(())
+        }
+    }
+
+    fn relay<P: Publisher>(relay: idempotency::outbox::Relay<Postgres, P>) -> RelayHandle {
+        relay
             .batch(10)
             .idle(Duration::from_millis(20))
             .lease(Duration::from_millis(500))
-            .spawn();
+            .spawn()
+    }
+
+    pub(super) async fn relay_role(tag: &str) {
+        let names = names(tag);
+        let pool = PgPool::connect(&pg_url()).await.expect("postgres");
+        let outbox = Outbox::with_table(pool, &names.outbox).expect("outbox");
+        let _relay = if tag.starts_with(RABBITMQ) {
+            let connection =
+                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                    .await
+                    .expect("rabbitmq");
+            let channel = connection.create_channel().await.expect("a channel");
+            let publisher = RabbitMqPublisher::new(channel).await.expect("confirm mode");
+            let handle = relay(outbox.relay(DyingRabbit(publisher, names.queue.clone())));
+            std::mem::forget(connection);
+            handle
+        } else {
+            let js =
+                async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+            let publisher =
+                JetStreamPublisher::new(js).subject_prefix(format!("{}.", names.subject));
+            relay(outbox.relay(Dying(publisher)))
+        };
         println!("ready");
         std::future::pending::<()>().await;
     }
@@ -230,6 +277,68 @@ mod roles {
             .build()
             .expect("store");
         let inbox = Inbox::new(store, "kp.shipping").lease(Duration::from_secs(2));
+        let insert = format!("INSERT INTO {} (order_id) VALUES ($1)", names.shipments);
+        // The shipment and the inbox's mark in one commit; `true` when committed.
+        let apply = |id: String, payload: Vec<u8>| {
+            let (pool, inbox, insert) = (&pool, &inbox, insert.as_str());
+            async move {
+                let order: i64 = std::str::from_utf8(&payload)
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .expect("an order id");
+                let Ok(mut tx) = pool.begin().await else {
+                    return false;
+                };
+                let applied = inbox
+                    .handle(&mut tx, &id, |tx| {
+                        Box::pin(async move {
+                            sqlx::query(insert)
+                                .bind(order)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err(BoxError::from)?;
+                            Ok::<_, BoxError>(())
+                        })
+                    })
+                    .await;
+                applied.is_ok() && tx.commit().await.is_ok()
+            }
+        };
+        if tag.starts_with(RABBITMQ) {
+            let connection =
+                lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                    .await
+                    .expect("rabbitmq");
+            let channel = connection.create_channel().await.expect("a channel");
+            channel
+                .basic_qos(16, lapin::options::BasicQosOptions::default())
+                .await
+                .expect("qos");
+            let mut deliveries = channel
+                .basic_consume(
+                    names.queue.as_str().into(),
+                    "shipping".into(),
+                    lapin::options::BasicConsumeOptions::default(),
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("consume");
+            println!("ready");
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let Some(id) = idempotency::broker::rabbitmq::message_id(&delivery.properties)
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                if apply(id, delivery.data.clone()).await {
+                    maybe_die(8); // applied, not acked
+                    let _ = delivery
+                        .ack(lapin::options::BasicAckOptions::default())
+                        .await;
+                }
+            }
+            return;
+        }
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
         let consumer = js
             .get_stream(&names.stream)
@@ -247,7 +356,6 @@ mod roles {
             .await
             .expect("a consumer");
         println!("ready");
-        let insert = format!("INSERT INTO {} (order_id) VALUES ($1)", names.shipments);
         loop {
             let Ok(mut batch) = consumer
                 .fetch()
@@ -262,27 +370,7 @@ mod roles {
                 let Some(id) = message_id(&message.headers).map(str::to_owned) else {
                     continue;
                 };
-                let order: i64 = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|p| p.parse().ok())
-                    .expect("an order id");
-                let Ok(mut tx) = pool.begin().await else {
-                    continue;
-                };
-                let insert = insert.as_str();
-                let applied = inbox
-                    .handle(&mut tx, &id, |tx| {
-                        Box::pin(async move {
-                            sqlx::query(insert)
-                                .bind(order)
-                                .execute(&mut **tx)
-                                .await
-                                .map_err(BoxError::from)?;
-                            Ok::<_, BoxError>(())
-                        })
-                    })
-                    .await;
-                if applied.is_ok() && tx.commit().await.is_ok() {
+                if apply(id, message.payload.to_vec()).await {
                     maybe_die(8); // applied, not acked
                     let _ = message.ack().await;
                 }
@@ -354,8 +442,26 @@ impl Drop for Role {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_order_has_one_row_one_event_and_one_shipment_with_every_process_killed() {
+async fn on_jetstream_every_order_has_one_row_one_event_and_one_shipment_with_every_process_killed()
+{
+    pipeline("nats").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rabbitmq_every_order_has_one_row_one_event_and_one_shipment_with_every_process_killed()
+{
+    pipeline(RABBITMQ).await;
+}
+
+/// Where the relay publishes and the consumer reads.
+enum Broker {
+    JetStream(idempotency::broker::nats::async_nats::jetstream::Context),
+    Rabbit(idempotency::broker::rabbitmq::lapin::Channel),
+}
+
+async fn pipeline(broker: &str) {
     use idempotency::broker::nats::async_nats;
+    use idempotency::broker::rabbitmq::lapin;
     use idempotency::sqlx::{self, PgPool};
 
     if std::env::var(ROLE).is_ok() {
@@ -365,25 +471,49 @@ async fn every_order_has_one_row_one_event_and_one_shipment_with_every_process_k
         Ok(pool) => pool,
         Err(error) => return unreachable("outbox processes (postgres)", &pg_url(), &error),
     };
-    let client = match async_nats::connect(nats_url()).await {
-        Ok(client) => client,
-        Err(error) => return unreachable("outbox processes (nats)", &nats_url(), &error),
-    };
     let tag = format!(
-        "{}_{}",
+        "{broker}_{}_{}",
         std::process::id(),
         &idempotency::Token::random().to_string()[..8]
     );
     let names = names(&tag);
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![format!("{}.>", names.subject)],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("a stream");
+    let client = if broker == RABBITMQ {
+        let connection =
+            match lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                .await
+            {
+                Ok(connection) => connection,
+                Err(error) => {
+                    return unreachable("outbox processes (rabbitmq)", &amqp_url(), &error);
+                }
+            };
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .queue_declare(
+                names.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("a queue");
+        std::mem::forget(connection);
+        Broker::Rabbit(channel)
+    } else {
+        let client = match async_nats::connect(nats_url()).await {
+            Ok(client) => client,
+            Err(error) => return unreachable("outbox processes (nats)", &nats_url(), &error),
+        };
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![format!("{}.>", names.subject)],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .expect("a stream");
+        Broker::JetStream(js)
+    };
     for sql in [
         format!(
             "CREATE TABLE {} (id BIGSERIAL PRIMARY KEY, client_key TEXT NOT NULL)",
@@ -540,18 +670,36 @@ async fn every_order_has_one_row_one_event_and_one_shipment_with_every_process_k
         names.shipments
     ))
     .await;
-    let stored = js
-        .get_stream(&names.stream)
-        .await
-        .expect("the stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .messages;
+    // The stream holds one message per order (JetStream drops the relay's repeats); RabbitMQ
+    // keeps none of its own, and the inbox drops them.
+    let stored = match &client {
+        Broker::JetStream(js) => {
+            js.get_stream(&names.stream)
+                .await
+                .expect("the stream")
+                .info()
+                .await
+                .expect("info")
+                .state
+                .messages
+        }
+        Broker::Rabbit(_) => ORDERS as u64,
+    };
     let answered = answers.iter().filter(|answer| answer.is_some()).count();
 
-    let _ = js.delete_stream(&names.stream).await;
+    match &client {
+        Broker::JetStream(js) => {
+            let _ = js.delete_stream(&names.stream).await;
+        }
+        Broker::Rabbit(channel) => {
+            let _ = channel
+                .queue_delete(
+                    names.queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
     for table in [
         &names.orders,
         &names.shipments,
