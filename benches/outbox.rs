@@ -160,7 +160,9 @@ async fn latency(
                 else {
                     break;
                 };
-                let id = message_id(&message.headers).unwrap_or_default().to_owned();
+                let id = message_id(message.headers.as_ref())
+                    .unwrap_or_default()
+                    .to_owned();
                 let committed: u64 = std::str::from_utf8(&message.payload)
                     .ok()
                     .and_then(|s| s.parse().ok())

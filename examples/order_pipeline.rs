@@ -441,7 +441,7 @@ async fn consume(
                 while let Some(message) = batch.next().await {
                     let message = message?;
                     deliveries += 1;
-                    let id = idempotency::broker::nats::message_id(&message.headers)
+                    let id = idempotency::broker::nats::message_id(message.headers.as_ref())
                         .ok_or("no Nats-Msg-Id")?
                         .to_owned();
                     apply(id, message.payload.to_vec()).await?;

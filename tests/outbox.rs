@@ -56,7 +56,7 @@ impl Publisher for Recorder {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&message.id)
         {
-            return Err("the broker refused it (test)".into());
+            return Err("the broker refused it (test): ünïcødé ✓".into());
         }
         self.published
             .lock()
@@ -248,12 +248,13 @@ macro_rules! outbox_suite {
                     .await
                     .expect("add");
                 assert_eq!(named, "only-once");
-                let again = setup
-                    .outbox
-                    .add_named(&mut tx, "only-once", "t", b"d")
-                    .await
-                    .expect("add");
-                assert_eq!(again, "only-once", "a repeated id adds nothing");
+                let again = setup.outbox.add_named(&mut tx, "only-once", "t", b"c").await.expect("add");
+                assert_eq!(again, "only-once", "the same message again adds nothing");
+                let other = setup.outbox.add_named(&mut tx, "only-once", "t", b"d").await;
+                assert!(
+                    matches!(&other, Err(OutboxError::Conflict { id }) if id == "only-once"),
+                    "another message under a taken id is refused, not dropped: {other:?}"
+                );
                 for topic in ["", "has space", "tab\there"] {
                     let refused = setup.outbox.add(&mut tx, topic, b"x").await;
                     assert!(
@@ -276,7 +277,7 @@ macro_rules! outbox_suite {
             }
 
             #[tokio::test]
-            async fn parallel_relays_publish_each_message_once_in_order_per_batch() {
+            async fn parallel_relays_publish_each_message_once() {
                 let Some(setup) = setup().await else { return };
                 const MESSAGES: usize = 300;
                 let mut expected = Vec::new();
@@ -370,8 +371,8 @@ macro_rules! outbox_suite {
                 let pass = relay.run_once().await.expect("a pass");
                 assert_eq!(pass.published, 1);
                 assert_eq!(pass.failed.len(), 1);
-                assert_eq!(pass.failed[0].0, ids[1]);
-                assert!(pass.failed[0].1.contains("refused"), "{pass:?}");
+                assert_eq!(pass.failed[0].id, ids[1]);
+                assert!(pass.failed[0].error.contains("refused"), "{pass:?}");
                 assert_eq!(setup.outbox.pending().await.expect("pending"), 1);
                 let error: Option<String> = sqlx::query_scalar(&format!(
                     "SELECT last_error FROM {} WHERE published_at IS NULL",
@@ -424,6 +425,34 @@ macro_rules! outbox_suite {
                     took >= Duration::from_millis(300),
                     "20 messages at 50/s in {took:?}"
                 );
+            }
+
+            #[tokio::test]
+            async fn a_message_that_keeps_failing_is_parked_and_a_dropped_handle_stops_the_relay() {
+                let Some(setup) = setup().await else { return };
+                let ids = place_committed(&setup, &unique("order")).await;
+                let recorder = Recorder::default();
+                recorder.refuse.lock().unwrap_or_else(|e| e.into_inner()).insert(ids[0].clone());
+                let relay = setup
+                    .outbox
+                    .relay(recorder.clone())
+                    .idle(Duration::ZERO)
+                    .max_attempts(2)
+                    .backoff(idempotency::RetryPolicy::new().initial_delay(Duration::ZERO).max_delay(Duration::ZERO));
+                assert_eq!(relay.run_once().await.expect("a pass").failed.len(), 1);
+                assert_eq!(relay.run_once().await.expect("a pass").failed.len(), 1, "its second attempt");
+                recorder.refuse.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let after = relay.run_once().await.expect("a pass");
+                assert_eq!(after, idempotency::outbox::RelayPass::default(), "parked: not taken again");
+                assert_eq!(setup.outbox.pending().await.expect("pending"), 1);
+                assert_eq!(recorder.published(), vec![ids[1].clone()]);
+
+                let handle = setup.outbox.relay(recorder.clone()).idle(Duration::from_millis(10)).spawn();
+                drop(handle);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                place_committed(&setup, &unique("order")).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(setup.outbox.pending().await.expect("pending"), 3, "the dropped relay publishes nothing more");
             }
 
             #[tokio::test]
@@ -746,7 +775,7 @@ mod jetstream {
             .expect("fetch");
         while let Some(message) = messages.next().await {
             let message = message.expect("a message");
-            let id = message_id(&message.headers)
+            let id = message_id(message.headers.as_ref())
                 .expect("the id header")
                 .to_owned();
             let outcome = dedup
@@ -1009,7 +1038,7 @@ mod rabbitmq {
         assert!(
             unroutable
                 .iter()
-                .any(|(_, error)| error.contains("no queue is bound")),
+                .any(|failed| failed.error.contains("no queue is bound")),
             "{unroutable:?}"
         );
 

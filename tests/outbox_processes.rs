@@ -367,7 +367,7 @@ mod roles {
                 continue;
             };
             while let Some(Ok(message)) = batch.next().await {
-                let Some(id) = message_id(&message.headers).map(str::to_owned) else {
+                let Some(id) = message_id(message.headers.as_ref()).map(str::to_owned) else {
                     continue;
                 };
                 if apply(id, message.payload.to_vec()).await {

@@ -82,10 +82,7 @@ impl Publisher for JetStreamPublisher {
 }
 
 /// The message id a relay published with (the `Nats-Msg-Id` header), to deduplicate by:
-/// `consumer.handle(message_id(&message.headers)?, …)`.
-pub fn message_id(headers: &Option<HeaderMap>) -> Option<&str> {
-    headers
-        .as_ref()?
-        .get(MESSAGE_ID_HEADER)
-        .map(|value| value.as_str())
+/// `message_id(message.headers.as_ref())`, then `consumer.handle(id, …)`.
+pub fn message_id(headers: Option<&HeaderMap>) -> Option<&str> {
+    headers?.get(MESSAGE_ID_HEADER).map(|value| value.as_str())
 }

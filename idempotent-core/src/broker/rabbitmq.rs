@@ -2,6 +2,9 @@
 //! as the AMQP `message-id` property, persistent and `mandatory`, and waits for the publisher
 //! confirm; and [`message_id`], which reads it back on the consumer's side.
 //!
+//! A channel the broker closed (after publishing to an exchange that does not exist, for
+//! instance) fails every later publish: build the publisher again on a new channel.
+//!
 //! RabbitMQ keeps no deduplication of its own: a message published again after a relay's
 //! crash between the confirm and its mark arrives twice. Deduplicate on the consumer's side
 //! by [`message_id`] with a [`Consumer`](crate::consumer::Consumer) or an `Inbox`: the effect
@@ -106,7 +109,7 @@ impl Publisher for RabbitMqPublisher {
 }
 
 /// The message id a relay published with (the AMQP `message-id` property), to deduplicate
-/// by: `consumer.handle(message_id(&delivery.properties)?, …)`.
+/// by: `message_id(&delivery.properties)`, then `consumer.handle(id, …)`.
 pub fn message_id(properties: &BasicProperties) -> Option<&str> {
     properties.message_id().as_ref().map(|id| id.as_str())
 }

@@ -12,7 +12,7 @@ tokio::task_local! {
 }
 
 struct Lineage {
-    key: String,
+    key: Key,
     added: Cell<u32>,
 }
 
@@ -20,7 +20,7 @@ struct Lineage {
 /// message ids from `key`.
 pub(crate) async fn scope<F: Future>(key: &Key, body: F) -> F::Output {
     let lineage = Lineage {
-        key: key.to_string(),
+        key: key.clone(),
         added: Cell::new(0),
     };
     CALL.scope(lineage, body).await

@@ -27,8 +27,14 @@
 //!    [`Inbox`](crate::consumer::inbox::Inbox): one key lineage from the request to the
 //!    consumer's effect.
 //!
-//! Messages of one topic are published in the order they were added by one relay; several
-//! relays, or a message given back after a failed publish, may reorder them.
+//! One relay publishes a batch's messages at once, in the order of their row numbers (the
+//! order the inserts ran, not the order of the commits), and marks them after every
+//! confirmation: a consumer may see them out of order, and several relays or a message given
+//! back after a failed publish reorder them further. Carry a sequence in the payload where
+//! order matters.
+//!
+//! Message ids come from a task-local scope: a task spawned inside the body does not see it,
+//! and its messages get UUIDs (different on every rerun). Add messages in the body's own task.
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]
@@ -81,7 +87,7 @@ pub(crate) mod lineage;
 mod relay;
 mod sql;
 
-pub use relay::{Relay, RelayHandle, RelayPass};
+pub use relay::{Failed, Relay, RelayHandle, RelayPass};
 
 use sql::OutboxSql;
 
@@ -110,12 +116,23 @@ pub enum OutboxError {
     /// A topic or a message name that cannot be stored or published.
     #[error("{what} {value:?} is not valid: {problem}")]
     Invalid {
-        /// `"the topic"` or `"the message name"`.
+        /// `"the topic"`, `"the message name"` or `"the message id"`.
         what: &'static str,
         /// The value given.
         value: String,
         /// What is wrong with it, and what to do.
         problem: &'static str,
+    },
+    /// A message with this id is in the table with another topic or payload: the call's
+    /// key was used again after its record expired while the earlier message was still kept
+    /// (keep the relay's `retention` shorter than the calls' `ttl`), or the body added other
+    /// messages at the same positions on a rerun (name them: [`Outbox::add_named`]).
+    #[error(
+        "a different message with id {id:?} is already in the outbox; keep the relay's retention shorter than the calls' ttl, or name messages whose order can change (`add_named`)"
+    )]
+    Conflict {
+        /// The id.
+        id: String,
     },
     /// A message id over [`MAX_TOPIC`] bytes (a call's key with a long namespace): shorten the
     /// function's name or the message's name.
@@ -244,18 +261,38 @@ impl<DB: SqlDialect> Outbox<DB> {
         if id.len() > MAX_TOPIC {
             return Err(OutboxError::IdTooLong { id });
         }
+        check("the message id", &id)?;
+        let digest = digest(topic, payload);
         let query = bind::<DB>(
             &self.inner.sql.insert,
             &[
                 Value::Text(&id),
                 Value::Text(topic),
                 Value::Bytes(payload),
+                Value::Bytes(&digest),
                 Value::Int(now()),
             ],
         );
-        DB::execute(&mut **tx, query)
-            .await
-            .map_err(database("add a message"))?;
+        let added = match DB::execute(&mut **tx, query).await {
+            Ok(rows) => rows > 0,
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => false,
+            Err(error) => return Err(database("add a message")(error)),
+        };
+        if !added {
+            // The id is there: the same message again (a rerun of the body) adds nothing;
+            // another message under its id would be lost, so it is refused.
+            let query = bind::<DB>(&self.inner.sql.digest, &[Value::Text(&id)]);
+            let row = DB::fetch_optional(&mut **tx, query)
+                .await
+                .map_err(database("compare a repeated message"))?;
+            let there = match row {
+                Some(row) => DB::bytes(&row, 0).map_err(database("compare a repeated message"))?,
+                None => Vec::new(),
+            };
+            if there != digest {
+                return Err(OutboxError::Conflict { id });
+            }
+        }
         Ok(id)
     }
 
@@ -302,6 +339,16 @@ fn check(what: &'static str, value: &str) -> Result<(), OutboxError> {
         value: value.to_owned(),
         problem,
     })
+}
+
+/// What identifies a message's content: SHA-256 of its topic (length-prefixed) and payload.
+fn digest(topic: &str, payload: &[u8]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((topic.len() as u64).to_le_bytes());
+    hasher.update(topic.as_bytes());
+    hasher.update(payload);
+    hasher.finalize().into()
 }
 
 /// `sql` with `values` bound in order.

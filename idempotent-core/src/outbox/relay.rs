@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use sqlx::QueryBuilder;
 use tokio::sync::watch;
@@ -12,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{Outbox, OutboxError, bind, database, micros, now};
 use crate::broker::{Message, Publisher};
+use crate::error::BoxError;
 use crate::retry::RetryPolicy;
 use crate::store::sql::SqlDialect;
 use crate::store::sql::dialect::Value;
@@ -40,16 +44,59 @@ pub struct Relay<DB: SqlDialect, P> {
     lease: Duration,
     retention: Duration,
     per_second: Option<u32>,
+    max_attempts: Option<u32>,
     backoff: RetryPolicy,
 }
 
 /// What one pass of a relay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayPass {
-    /// Messages published and marked.
+    /// Messages published and marked by this pass (a message whose lease passed and that
+    /// another relay took is published but left to that relay to mark).
     pub published: usize,
-    /// Messages whose publish failed, with the error: given back to be published later.
-    pub failed: Vec<(String, String)>,
+    /// Messages whose publish failed: given back to be published later (or parked after
+    /// [`max_attempts`](Relay::max_attempts)).
+    pub failed: Vec<Failed>,
+}
+
+/// A message whose publish failed in a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The message's id.
+    pub id: String,
+    /// The publisher's error (at most 1 KiB of it, as stored in `last_error`).
+    pub error: String,
+}
+
+/// A parked row's lease: it is never taken again until an operator sets `lease_until` back
+/// to 0.
+const PARKED: i64 = i64::MAX;
+
+/// Rows deleted per purge statement.
+const PURGE_BATCH: u64 = 1_000;
+
+/// Publishes `message`; a publisher that panics fails the message, not the relay.
+async fn publish_caught<P: Publisher>(publisher: &P, message: &Message) -> Result<(), BoxError> {
+    match AssertUnwindSafe(publisher.publish(message))
+        .catch_unwind()
+        .await
+    {
+        Ok(sent) => sent,
+        Err(_) => Err("the publisher panicked".into()),
+    }
+}
+
+/// `error` cut to at most 1 KiB, on a character boundary.
+fn shortened(mut error: String) -> String {
+    const MAX: usize = 1024;
+    if error.len() > MAX {
+        let mut end = MAX;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+    }
+    error
 }
 
 impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
@@ -60,8 +107,9 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
             batch: 100,
             idle: Duration::from_millis(200),
             lease: Duration::from_secs(30),
-            retention: Duration::from_secs(24 * 60 * 60),
+            retention: Duration::from_secs(60 * 60),
             per_second: None,
+            max_attempts: None,
             backoff: RetryPolicy::new()
                 .initial_delay(Duration::from_millis(100))
                 .max_delay(Duration::from_secs(30))
@@ -91,7 +139,9 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
     }
 
     /// How long published rows are kept before [`purge`](Self::purge) deletes them (default
-    /// 24 h).
+    /// 1 h). Keep it shorter than the `ttl` of the calls that add messages: a key used again
+    /// after its record expired derives the same ids, and a row still there refuses them
+    /// ([`OutboxError::Conflict`](super::OutboxError::Conflict)) when their content differs.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
         self
@@ -100,6 +150,15 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
     /// At most `messages` published per second by this relay (default: no limit).
     pub fn max_rate(mut self, messages: u32) -> Self {
         self.per_second = Some(messages.max(1));
+        self
+    }
+
+    /// Parks a message whose publish failed `attempts` times (default: never): it stays in the
+    /// table with its `last_error`, unpublished, and is not taken again until an operator sets
+    /// its `lease_until` back to 0. For messages the broker will never take (no route, too
+    /// large), which would otherwise be retried forever.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts.max(1));
         self
     }
 
@@ -117,56 +176,79 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
         if messages.is_empty() {
             return Ok(RelayPass::default());
         }
+        // A publisher that panics fails its message, not the relay.
         let sent = join_all(
             messages
                 .iter()
-                .map(|(_, _, message)| self.publisher.publish(message)),
+                .map(|(_, _, message)| publish_caught(&*self.publisher, message)),
         )
         .await;
-        let mut pass = RelayPass::default();
-        let mut conn = self.outbox.acquire("connect").await?;
-        let sql = &self.outbox.inner.sql;
+        let (mut confirmed, mut failed) = (Vec::new(), Vec::new());
         for ((seq, attempts, message), sent) in messages.iter().zip(sent) {
             match sent {
-                Ok(()) => pass.published += 1,
-                Err(error) => {
-                    let error = error.to_string();
-                    event!(warn, id = %message.id, error = %error, "outbox: publish failed; the message is given back");
-                    let attempts = u32::try_from(*attempts).unwrap_or(u32::MAX);
-                    let wait = self.backoff.delay_bound(attempts).max(self.idle);
-                    let again = now().saturating_add(micros(wait));
-                    let query = bind::<DB>(
-                        &sql.failed,
-                        &[
-                            Value::Int(again),
-                            Value::Text(&error),
-                            Value::Int(*seq),
-                            Value::Int(relay),
-                        ],
-                    );
-                    DB::execute(&mut conn, query)
-                        .await
-                        .map_err(database("give a message back"))?;
-                    pass.failed.push((message.id.clone(), error));
-                }
+                Ok(()) => confirmed.push(*seq),
+                Err(error) => failed.push((*seq, *attempts, message, error.to_string())),
             }
         }
-        if pass.published > 0 {
-            // The batch is sorted: its first and last row numbers bound the mark's range.
-            let first = messages.first().map_or(0, |(seq, _, _)| *seq);
-            let last = messages.last().map_or(0, |(seq, _, _)| *seq);
+        let mut conn = self.outbox.acquire("connect").await?;
+        // The confirmed rows first, by number and fenced by this pass's token: a row whose
+        // lease passed and that another relay took is left to that relay.
+        let marked = if confirmed.is_empty() {
+            0
+        } else {
+            let (set, fence, rows) = &self.outbox.inner.sql.published;
+            let mut mark = QueryBuilder::<DB>::new(set.as_str());
+            DB::push_int(&mut mark, now());
+            mark.push(fence.as_str());
+            DB::push_int(&mut mark, relay);
+            mark.push(rows.as_str());
+            for (index, seq) in confirmed.iter().enumerate() {
+                if index > 0 {
+                    mark.push(", ");
+                }
+                DB::push_int(&mut mark, *seq);
+            }
+            mark.push(")");
+            DB::execute(&mut conn, mark.build())
+                .await
+                .map_err(database("mark messages published"))?
+        };
+        let mut pass = RelayPass {
+            published: usize::try_from(marked).unwrap_or(usize::MAX),
+            failed: Vec::new(),
+        };
+        // Then the failed ones, given back with their error and a backoff; best effort: a
+        // row that cannot be given back is taken again when its lease passes.
+        for (seq, attempts, message, error) in failed {
+            let error = shortened(error);
+            event!(warn, id = %message.id, error = %error, "outbox: publish failed; the message is given back");
+            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+            let again = match self.max_attempts {
+                Some(max) if attempts >= max => {
+                    event!(error, id = %message.id, attempts = attempts, "outbox: message parked after its last attempt");
+                    PARKED
+                }
+                _ => {
+                    now().saturating_add(micros(self.backoff.delay_bound(attempts).max(self.idle)))
+                }
+            };
             let query = bind::<DB>(
-                &sql.published,
+                &self.outbox.inner.sql.failed,
                 &[
-                    Value::Int(now()),
+                    Value::Int(again),
+                    Value::Text(&error),
+                    Value::Int(seq),
                     Value::Int(relay),
-                    Value::Int(first),
-                    Value::Int(last),
                 ],
             );
-            DB::execute(&mut conn, query)
-                .await
-                .map_err(database("mark messages published"))?;
+            if let Err(giving_back) = DB::execute(&mut conn, query).await {
+                event!(warn, id = %message.id, error = %giving_back, "outbox: could not give the message back; it is taken again after its lease");
+                let _ = giving_back;
+            }
+            pass.failed.push(Failed {
+                id: message.id.clone(),
+                error,
+            });
         }
         Ok(pass)
     }
@@ -238,8 +320,10 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
                     DB::int(row, 0)?,
                     DB::int(row, 4)?,
                     Message {
-                        id: DB::maybe_text(row, 1)?.unwrap_or_default(),
-                        topic: DB::maybe_text(row, 2)?.unwrap_or_default(),
+                        id: DB::maybe_text(row, 1)?
+                            .ok_or(sqlx::Error::ColumnNotFound("id".into()))?,
+                        topic: DB::maybe_text(row, 2)?
+                            .ok_or(sqlx::Error::ColumnNotFound("topic".into()))?,
                         payload: DB::bytes(row, 3)?.into(),
                     },
                 ))
@@ -253,10 +337,11 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
     /// Deletes up to 1,000 rows published longer than the [`retention`](Self::retention) ago;
     /// how many it deleted.
     pub async fn purge(&self) -> Result<u64, OutboxError> {
+        const _: () = assert!(PURGE_BATCH <= i64::MAX as u64);
         let before = now().saturating_sub(micros(self.retention));
         let query = bind::<DB>(
             &self.outbox.inner.sql.purge,
-            &[Value::Int(before), Value::Int(1_000)],
+            &[Value::Int(before), Value::Int(PURGE_BATCH as i64)],
         );
         let mut conn = self.outbox.acquire("connect").await?;
         DB::execute(&mut conn, query)
@@ -272,7 +357,8 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
         let task = tokio::spawn(async move {
             let mut failures = 0u32;
             let mut purged_at = Instant::now();
-            while !*stopped.borrow() {
+            // A dropped handle stops the relay too.
+            while !*stopped.borrow() && stopped.has_changed().is_ok() {
                 let started = Instant::now();
                 let wait = match self.run_once().await {
                     Ok(pass) if pass.published == 0 && !pass.failed.is_empty() => {
@@ -301,15 +387,23 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
                 };
                 if purged_at.elapsed() >= Duration::from_secs(60) {
                     purged_at = Instant::now();
-                    if let Err(error) = self.purge().await {
-                        event!(warn, error = %error, "outbox relay: purge failed");
-                        let _ = error;
+                    // Batches of 1,000 until the old rows are gone (at most 100 a minute).
+                    for _ in 0..100 {
+                        match self.purge().await {
+                            Ok(PURGE_BATCH) => {}
+                            Ok(_) => break,
+                            Err(error) => {
+                                event!(warn, error = %error, "outbox relay: purge failed");
+                                let _ = error;
+                                break;
+                            }
+                        }
                     }
                 }
                 if !wait.is_zero() {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stopped.changed() => {}
+                        changed = stopped.changed() => if changed.is_err() { break },
                     }
                 }
             }
@@ -318,8 +412,10 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
     }
 }
 
-/// A relay running in a task (see [`Relay::spawn`]).
+/// A relay running in a task (see [`Relay::spawn`]). Dropping it stops the relay after its
+/// current pass, as [`shutdown`](Self::shutdown) does without waiting.
 #[derive(Debug)]
+#[must_use = "dropping the handle stops the relay"]
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,

@@ -10,8 +10,11 @@ use crate::store::sql::dialect::Syntax;
 pub(crate) struct OutboxSql {
     /// `migrate`.
     pub(crate) create: Vec<String>,
-    /// Binds id, topic, payload, created at; adds nothing when the id is there.
+    /// Binds id, topic, payload, digest, created at; adds nothing when the id is there
+    /// (PostgreSQL, SQLite: no row changed; MySQL: a duplicate-key error).
     pub(crate) insert: String,
+    /// Binds id: the digest of the message already there.
+    pub(crate) digest: String,
     /// PostgreSQL, SQLite: binds lease end, relay, now, batch size; takes the batch and returns
     /// its rows (`seq, id, topic, payload, attempts`). MySQL: binds now, batch size; selects the batch
     /// `FOR UPDATE SKIP LOCKED` in a transaction, and [`take`](Self::take) then takes it.
@@ -19,9 +22,8 @@ pub(crate) struct OutboxSql {
     /// MySQL: the start of the `UPDATE` that takes the selected rows (the lease end, the relay
     /// and the row numbers are pushed after it).
     pub(crate) take: Option<(String, String, String)>,
-    /// Binds now, relay, first and last row number of the batch: marks the relay's rows
-    /// published (found by primary key range, not by a scan of every pending row).
-    pub(crate) published: String,
+    /// Marks rows published: `{0}` now `{1}` this pass's token `{2}` the row numbers `)`.
+    pub(crate) published: (String, String, String),
     /// Binds lease end, error, seq, relay: gives a row back to be published again later.
     pub(crate) failed: String,
     /// Binds published before, batch size: deletes published rows.
@@ -53,6 +55,7 @@ fn postgres(table: &TableName) -> OutboxSql {
     id           TEXT NOT NULL UNIQUE,
     topic        TEXT NOT NULL,
     payload      BYTEA NOT NULL,
+    digest       BYTEA NOT NULL,
     created_at   BIGINT NOT NULL,
     lease_until  BIGINT NOT NULL DEFAULT 0,
     relay        BIGINT NULL,
@@ -69,7 +72,7 @@ fn postgres(table: &TableName) -> OutboxSql {
             ),
         ],
         insert: format!(
-            "INSERT INTO {t} (id, topic, payload, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {t} (id, topic, payload, digest, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING"
         ),
         claim: format!(
             "UPDATE {t} SET lease_until = $1, relay = $2, attempts = attempts + 1
@@ -78,10 +81,7 @@ WHERE seq IN (SELECT seq FROM {t} WHERE published_at IS NULL AND lease_until <= 
 RETURNING {COLUMNS}"
         ),
         take: None,
-        published: format!(
-            "UPDATE {t} SET published_at = $1, relay = NULL
-WHERE seq BETWEEN $3 AND $4 AND relay = $2 AND published_at IS NULL"
-        ),
+        published: mark(&t),
         failed: format!(
             "UPDATE {t} SET lease_until = $1, last_error = $2, relay = NULL WHERE seq = $3 AND relay = $4"
         ),
@@ -89,6 +89,7 @@ WHERE seq BETWEEN $3 AND $4 AND relay = $2 AND published_at IS NULL"
             "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at <= $1 ORDER BY seq LIMIT $2)"
         ),
         pending: format!("SELECT COUNT(*) FROM {t} WHERE published_at IS NULL"),
+        digest: format!("SELECT digest FROM {t} WHERE id = $1"),
     }
 }
 
@@ -102,6 +103,7 @@ fn mysql(table: &TableName) -> OutboxSql {
     id           VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     topic        VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     payload      LONGBLOB NOT NULL,
+    digest       BINARY(32) NOT NULL,
     created_at   BIGINT NOT NULL,
     lease_until  BIGINT NOT NULL DEFAULT 0,
     relay        BIGINT NULL,
@@ -110,12 +112,12 @@ fn mysql(table: &TableName) -> OutboxSql {
     published_at BIGINT NULL,
     UNIQUE KEY `{name}_id` (id),
     KEY `{name}_pending` (published_at, seq)
-) ENGINE=InnoDB"
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
         )],
-        // `id = id` changes nothing: a repeat is a no-op, and other errors still fail (unlike
-        // `INSERT IGNORE`).
+        // A plain insert: a repeated id fails with a duplicate-key error, which ends only the
+        // statement in InnoDB, not the transaction; the outbox then compares the digests.
         insert: format!(
-            "INSERT INTO {t} (id, topic, payload, created_at) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = id"
+            "INSERT INTO {t} (id, topic, payload, digest, created_at) VALUES (?, ?, ?, ?, ?)"
         ),
         // The columns' binary collation reads as bytes; converted, they read as text.
         claim: format!(
@@ -127,10 +129,7 @@ ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED"
             ", relay = ".to_owned(),
             " WHERE seq IN (".to_owned(),
         )),
-        published: format!(
-            "UPDATE {t} SET published_at = ?, relay = NULL
-WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
-        ),
+        published: mark(&t),
         failed: format!(
             "UPDATE {t} SET lease_until = ?, last_error = ?, relay = NULL WHERE seq = ? AND relay = ?"
         ),
@@ -138,6 +137,7 @@ WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
             "DELETE FROM {t} WHERE published_at IS NOT NULL AND published_at <= ? ORDER BY seq LIMIT ?"
         ),
         pending: format!("SELECT COUNT(*) FROM {t} WHERE published_at IS NULL"),
+        digest: format!("SELECT digest FROM {t} WHERE id = ?"),
     }
 }
 
@@ -154,6 +154,7 @@ fn sqlite(table: &TableName) -> OutboxSql {
     id           TEXT NOT NULL UNIQUE,
     topic        TEXT NOT NULL,
     payload      BLOB NOT NULL,
+    digest       BLOB NOT NULL,
     created_at   INTEGER NOT NULL,
     lease_until  INTEGER NOT NULL DEFAULT 0,
     relay        INTEGER NULL,
@@ -172,7 +173,7 @@ fn sqlite(table: &TableName) -> OutboxSql {
             ),
         ],
         insert: format!(
-            "INSERT INTO {t} (id, topic, payload, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {t} (id, topic, payload, digest, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
         ),
         // One statement: SQLite runs one writer at a time, so the batch is taken atomically.
         claim: format!(
@@ -181,10 +182,7 @@ WHERE seq IN (SELECT seq FROM {t} WHERE published_at IS NULL AND lease_until <= 
 RETURNING {COLUMNS}"
         ),
         take: None,
-        published: format!(
-            "UPDATE {t} SET published_at = ?, relay = NULL
-WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
-        ),
+        published: mark(&t),
         failed: format!(
             "UPDATE {t} SET lease_until = ?, last_error = ?, relay = NULL WHERE seq = ? AND relay = ?"
         ),
@@ -192,7 +190,17 @@ WHERE relay = ? AND seq BETWEEN ? AND ? AND published_at IS NULL"
             "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE published_at <= ? ORDER BY seq LIMIT ?)"
         ),
         pending: format!("SELECT COUNT(*) FROM {t} WHERE published_at IS NULL"),
+        digest: format!("SELECT digest FROM {t} WHERE id = ?"),
     }
+}
+
+/// The mark's fragments (the values are pushed between them).
+fn mark(t: &str) -> (String, String, String) {
+    (
+        format!("UPDATE {t} SET published_at = "),
+        ", relay = NULL WHERE published_at IS NULL AND relay = ".to_owned(),
+        " AND seq IN (".to_owned(),
+    )
 }
 
 /// The table's own name, quoted, for SQLite's `CREATE INDEX schema.index ON table`.
