@@ -12,6 +12,7 @@
 //! ```sh
 //! cargo bench --bench outbox --features postgres,nats
 //! OUTBOX_BENCH_BATCH=500 cargo bench --bench outbox --features postgres,nats
+//! OUTBOX_BENCH_RELAYS=2 cargo bench --bench outbox --features postgres,nats   # relays passing at once
 //! ```
 //!
 //! A plain program (no criterion): both measures are of a whole pipeline, not of a call.
@@ -98,6 +99,15 @@ async fn bare(js: &jetstream::Context, subject: &str, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// Relays running at once in the throughput measure (`OUTBOX_BENCH_RELAYS`, default 1).
+fn relays() -> usize {
+    std::env::var("OUTBOX_BENCH_RELAYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Drains the outbox with `relays()` relays passing at once, each until a pass finds nothing.
 async fn relay_drain(
     outbox: &Outbox<Postgres>,
     js: &jetstream::Context,
@@ -107,13 +117,16 @@ async fn relay_drain(
         .relay(JetStreamPublisher::new(js.clone()).subject_prefix(format!("{subject}.")))
         .batch(batch());
     let started = Instant::now();
-    loop {
-        let pass = relay.run_once().await.expect("a pass");
-        assert!(pass.failed.is_empty(), "{pass:?}");
-        if pass.published == 0 {
-            break;
+    let drain = || async {
+        loop {
+            let pass = relay.run_once().await.expect("a pass");
+            assert!(pass.failed.is_empty(), "{pass:?}");
+            if pass.published == 0 {
+                break;
+            }
         }
-    }
+    };
+    futures::future::join_all((0..relays()).map(|_| drain())).await;
     started.elapsed()
 }
 
@@ -245,8 +258,9 @@ async fn run() {
     };
     let (bare_rate, relay_rate) = (median(&mut bare_rates), median(&mut relay_rates));
     println!(
-        "throughput, {MESSAGES} messages, batches of {} (median of 3 alternating rounds):",
-        batch()
+        "throughput, {MESSAGES} messages, batches of {}, {} relay(s) (median of 3 alternating rounds):",
+        batch(),
+        relays()
     );
     println!("  bare publish loop  {bare_rate:>10.0} msg/s");
     println!(

@@ -106,8 +106,8 @@ macro_rules! outbox_suite {
             }
 
             async fn setup() -> Option<Setup> {
-                let pool = harness::connect().await?;
                 let (records, events) = (unique("ob_records"), unique("ob_events"));
+                let pool = harness::connect(&events).await?;
                 let store = SqlStore::builder(pool.clone())
                     .table(&records)
                     .build()
@@ -492,94 +492,77 @@ macro_rules! outbox_suite {
 }
 
 mod harness_for {
-    pub(crate) mod pg {
-        use idempotency::sqlx::{PgPool, postgres::PgPoolOptions};
-        use idempotency::testing::{service_url, unreachable};
+    /// A server database's harness: a pool from `$variable` (or `$default`), and tables
+    /// dropped afterwards (PostgreSQL: with the store's claim function).
+    macro_rules! server {
+        ($module:ident, $pool:ty, $options:ty, $variable:literal, $default:literal, $suite:literal) => {
+            pub(crate) mod $module {
+                use idempotency::testing::{service_url, unreachable};
 
-        fn url() -> String {
-            service_url("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-        }
+                fn url() -> String {
+                    service_url($variable, $default)
+                }
 
-        pub(crate) async fn connect() -> Option<PgPool> {
-            match PgPoolOptions::new()
-                .max_connections(8)
-                .connect(&url())
-                .await
-            {
-                Ok(pool) => Some(pool),
-                Err(error) => {
-                    unreachable("outbox (postgres)", &url(), &error);
-                    None
+                pub(crate) async fn connect(_name: &str) -> Option<$pool> {
+                    match <$options>::new().max_connections(8).connect(&url()).await {
+                        Ok(pool) => Some(pool),
+                        Err(error) => {
+                            unreachable($suite, &url(), &error);
+                            None
+                        }
+                    }
+                }
+
+                pub(crate) fn cleanup(tables: Vec<String>) {
+                    super::drop_tables(tables, |tables| async move {
+                        let pool = <$pool>::connect(&url()).await?;
+                        for table in tables {
+                            idempotency::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                                .execute(&pool)
+                                .await?;
+                            if $variable == "POSTGRES_URL" {
+                                let function =
+                                    format!("DROP FUNCTION IF EXISTS {table}_claim CASCADE");
+                                idempotency::sqlx::query(&function).execute(&pool).await?;
+                            }
+                        }
+                        Ok(())
+                    });
                 }
             }
-        }
-
-        pub(crate) fn cleanup(tables: Vec<String>) {
-            super::drop_tables(tables, |tables| async move {
-                let pool = PgPool::connect(&url()).await?;
-                for table in tables {
-                    sqlx_query(&pool, &format!("DROP TABLE IF EXISTS {table}")).await?;
-                    sqlx_query(
-                        &pool,
-                        &format!("DROP FUNCTION IF EXISTS {table}_claim CASCADE"),
-                    )
-                    .await?;
-                }
-                Ok(())
-            });
-        }
-
-        async fn sqlx_query(pool: &PgPool, sql: &str) -> Result<(), idempotency::BoxError> {
-            idempotency::sqlx::query(sql).execute(pool).await?;
-            Ok(())
-        }
+        };
     }
 
-    pub(crate) mod my {
-        use idempotency::sqlx::{MySqlPool, mysql::MySqlPoolOptions};
-        use idempotency::testing::{service_url, unreachable};
-
-        fn url() -> String {
-            service_url("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
-        }
-
-        pub(crate) async fn connect() -> Option<MySqlPool> {
-            match MySqlPoolOptions::new()
-                .max_connections(8)
-                .connect(&url())
-                .await
-            {
-                Ok(pool) => Some(pool),
-                Err(error) => {
-                    unreachable("outbox (mysql)", &url(), &error);
-                    None
-                }
-            }
-        }
-
-        pub(crate) fn cleanup(tables: Vec<String>) {
-            super::drop_tables(tables, |tables| async move {
-                let pool = MySqlPool::connect(&url()).await?;
-                for table in tables {
-                    idempotency::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                        .execute(&pool)
-                        .await?;
-                }
-                Ok(())
-            });
-        }
-    }
+    server!(
+        pg,
+        idempotency::sqlx::PgPool,
+        idempotency::sqlx::postgres::PgPoolOptions,
+        "POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        "outbox (postgres)"
+    );
+    server!(
+        my,
+        idempotency::sqlx::MySqlPool,
+        idempotency::sqlx::mysql::MySqlPoolOptions,
+        "MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+        "outbox (mysql)"
+    );
 
     pub(crate) mod lite {
         use idempotency::sqlx::SqlitePool;
         use idempotency::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-        /// A fresh database file: connections of one pool share it (an in-memory database
-        /// would be one per connection).
-        pub(crate) async fn connect() -> Option<SqlitePool> {
-            let path = std::env::temp_dir().join(format!("{}.db", super::super::unique("outbox")));
+        fn path(name: &str) -> std::path::PathBuf {
+            std::env::temp_dir().join(format!("{name}.db"))
+        }
+
+        /// A fresh database file named after the outbox table: connections of one pool
+        /// share it (an in-memory database would be one per connection).
+        pub(crate) async fn connect(name: &str) -> Option<SqlitePool> {
             let options = SqliteConnectOptions::new()
-                .filename(path)
+                .filename(path(name))
                 .create_if_missing(true);
             Some(
                 SqlitePoolOptions::new()
@@ -590,7 +573,17 @@ mod harness_for {
             )
         }
 
-        pub(crate) fn cleanup(_tables: Vec<String>) {}
+        /// Removes the file (the tables are `[records, outbox]`).
+        pub(crate) fn cleanup(tables: Vec<String>) {
+            if let Some(outbox) = tables.get(1) {
+                let file = path(outbox);
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut name = file.clone().into_os_string();
+                    name.push(suffix);
+                    let _ = std::fs::remove_file(name);
+                }
+            }
+        }
     }
 
     use std::time::Duration;
