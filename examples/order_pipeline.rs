@@ -120,13 +120,13 @@ async fn create_order(
 /// Where the relay publishes, and where the consumer reads.
 enum Broker {
     JetStream {
-        js: async_nats::jetstream::Context,
+        js: Box<async_nats::jetstream::Context>,
         stream: String,
         subject: String,
     },
     #[cfg(feature = "rabbitmq")]
     Rabbit {
-        connection: lapin::Connection,
+        connection: std::sync::Arc<lapin::Connection>,
         queue: String,
     },
 }
@@ -271,17 +271,17 @@ async fn run(
     let relay = match &broker {
         Broker::JetStream { js, subject, .. } => outbox
             .relay(
-                idempotency::broker::nats::JetStreamPublisher::new(js.clone())
+                idempotency::broker::nats::JetStreamPublisher::new((**js).clone())
                     .subject_prefix(format!("{subject}.")),
             )
             .idle(Duration::from_millis(20))
             .spawn(),
         #[cfg(feature = "rabbitmq")]
         Broker::Rabbit { connection, queue } => {
-            let publisher = idempotency::broker::rabbitmq::RabbitMqPublisher::new(
-                connection.create_channel().await?,
-            )
-            .await?;
+            // On the connection: a channel the broker closes is opened again.
+            let publisher =
+                idempotency::broker::rabbitmq::RabbitMqPublisher::on_connection(connection.clone())
+                    .await?;
             // The default exchange routes by queue name: every event goes to the run's queue.
             outbox
                 .relay(QueueNamed {
@@ -364,7 +364,10 @@ async fn broker(tag: &str, rabbit: bool) -> Result<Broker, BoxError> {
                     lapin::types::FieldTable::default(),
                 )
                 .await?;
-            return Ok(Broker::Rabbit { connection, queue });
+            return Ok(Broker::Rabbit {
+                connection: std::sync::Arc::new(connection),
+                queue,
+            });
         }
         #[cfg(not(feature = "rabbitmq"))]
         return Err("--rabbitmq needs the `rabbitmq` feature".into());
@@ -380,7 +383,7 @@ async fn broker(tag: &str, rabbit: bool) -> Result<Broker, BoxError> {
     })
     .await?;
     Ok(Broker::JetStream {
-        js,
+        js: Box::new(js),
         stream,
         subject,
     })

@@ -950,6 +950,64 @@ mod rabbitmq {
     }
 
     #[tokio::test]
+    async fn a_publisher_on_a_connection_opens_a_new_channel_after_the_broker_closed_one() {
+        let url = service_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let connection =
+            match lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+                Ok(connection) => std::sync::Arc::new(connection),
+                Err(error) => return unreachable("outbox (rabbitmq)", &url, &error),
+            };
+        let queue = unique("outbox_reopen");
+        let admin = connection.create_channel().await.expect("a channel");
+        admin
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the queue");
+        let message = |n: u32| Message {
+            id: format!("{queue}/{n}"),
+            topic: queue.clone(),
+            payload: format!("{n}").into_bytes().into(),
+        };
+
+        let recovering = RabbitMqPublisher::on_connection(connection.clone())
+            .await
+            .expect("confirm mode");
+        recovering.publish(&message(0)).await.expect("published");
+        recovering
+            .channel()
+            .await
+            .close(200, "closed by the test".into())
+            .await
+            .expect("close");
+        recovering
+            .publish(&message(1))
+            .await
+            .expect("published on a new channel");
+
+        let fixed = RabbitMqPublisher::new(connection.create_channel().await.expect("a channel"))
+            .await
+            .expect("confirm mode");
+        fixed
+            .channel()
+            .await
+            .close(200, "closed by the test".into())
+            .await
+            .expect("close");
+        assert!(
+            fixed.publish(&message(2)).await.is_err(),
+            "a publisher on one channel cannot reopen it"
+        );
+
+        let _ = admin
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+
+    #[tokio::test]
     async fn a_republish_arrives_twice_and_the_consumer_applies_each_id_once() {
         let url = service_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         let connection =

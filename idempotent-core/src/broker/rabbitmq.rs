@@ -2,31 +2,37 @@
 //! as the AMQP `message-id` property, persistent and `mandatory`, and waits for the publisher
 //! confirm; and [`message_id`], which reads it back on the consumer's side.
 //!
-//! A channel the broker closed (after publishing to an exchange that does not exist, for
-//! instance) fails every later publish: build the publisher again on a new channel.
+//! The broker closes a channel on some errors (publishing to an exchange that does not
+//! exist, for instance). A publisher built [`on_connection`](RabbitMqPublisher::on_connection)
+//! opens a new channel then; one built on a channel ([`new`](RabbitMqPublisher::new)) fails
+//! every later publish.
 //!
 //! RabbitMQ keeps no deduplication of its own: a message published again after a relay's
 //! crash between the confirm and its mark arrives twice. Deduplicate on the consumer's side
 //! by [`message_id`] with a [`Consumer`](crate::consumer::Consumer) or an `Inbox`: the effect
 //! then happens once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel};
+
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::Mutex;
 
 use super::{Message, Publisher};
 use crate::error::BoxError;
 
 pub use lapin;
 
-/// Publishes to RabbitMQ through one channel in confirm mode: the exchange is fixed (the
+/// Publishes to RabbitMQ through a channel in confirm mode: the exchange is fixed (the
 /// default exchange `""` unless set), the routing key is the message's topic.
 #[derive(Debug, Clone)]
 pub struct RabbitMqPublisher {
-    channel: Channel,
+    channel: Arc<Mutex<Channel>>,
+    connection: Option<Arc<Connection>>,
     exchange: String,
     confirm_timeout: Duration,
 }
@@ -39,10 +45,42 @@ impl RabbitMqPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(RabbitMqPublisher {
-            channel,
+            channel: Arc::new(Mutex::new(channel)),
+            connection: None,
             exchange: String::new(),
             confirm_timeout: Duration::from_secs(5),
         })
+    }
+
+    /// Opens a channel in confirm mode on `connection`, and a new one whenever the broker has
+    /// closed it.
+    pub async fn on_connection(
+        connection: Arc<Connection>,
+    ) -> Result<RabbitMqPublisher, lapin::Error> {
+        let mut publisher = RabbitMqPublisher::new(connection.create_channel().await?).await?;
+        publisher.connection = Some(connection);
+        Ok(publisher)
+    }
+
+    /// The channel it publishes on now.
+    pub async fn channel(&self) -> Channel {
+        self.channel.lock().await.clone()
+    }
+
+    /// The channel to publish on: a new one when the broker closed it and the connection is
+    /// known.
+    async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        let mut channel = self.channel.lock().await;
+        if let Some(connection) = &self.connection
+            && !channel.status().connected()
+        {
+            let fresh = connection.create_channel().await?;
+            fresh
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            *channel = fresh;
+        }
+        Ok(channel.clone())
     }
 
     /// Publishes to `exchange` instead of the default exchange.
@@ -71,7 +109,8 @@ impl Publisher for RabbitMqPublisher {
         };
         let sent = async {
             let confirm = self
-                .channel
+                .open_channel()
+                .await?
                 .basic_publish(
                     self.exchange.as_str().into(),
                     message.topic.as_str().into(),

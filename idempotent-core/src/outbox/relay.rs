@@ -276,15 +276,20 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
                     .await
                     .map_err(database("take a batch"))?
             }
-            // MySQL: select the batch, skipping rows another relay is taking, then take it.
+            // MySQL: select the batch, skipping rows another relay is taking, then take it; at
+            // READ COMMITTED, so that the locking read locks the rows it returns and no gaps
+            // (REPEATABLE READ's gap locks would hold up the application's inserts).
             Some((set_lease, set_relay, where_seq)) => {
-                let mut tx = self
-                    .outbox
-                    .inner
-                    .pool
-                    .begin()
+                let mut conn = self.outbox.acquire("connect").await?;
+                DB::execute(
+                    &mut conn,
+                    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
+                )
+                .await
+                .map_err(database("take a batch"))?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
-                    .map_err(database("connect"))?;
+                    .map_err(database("take a batch"))?;
                 let query = bind::<DB>(&sql.claim, &[Value::Int(now()), Value::Int(limit)]);
                 let rows = DB::fetch_all(&mut tx, query)
                     .await
