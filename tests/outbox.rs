@@ -69,6 +69,24 @@ impl Publisher for Recorder {
     }
 }
 
+/// Publishes through `inner`; with `hang` set, never answers after the broker's confirmation
+/// (a relay that dies between the confirmation and its mark).
+struct Dying<P> {
+    inner: P,
+    hang: bool,
+}
+
+#[async_trait]
+impl<P: Publisher> Publisher for Dying<P> {
+    async fn publish(&self, message: &Message) -> Result<(), BoxError> {
+        self.inner.publish(message).await?;
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
 /// How many times each id was published.
 fn counts(ids: &[String]) -> HashMap<&str, usize> {
     let mut counts = HashMap::new();
@@ -619,31 +637,13 @@ mod jetstream {
     use async_nats::jetstream::{self, consumer::pull, stream};
     use futures::StreamExt as _;
     use idempotency::broker::nats::{JetStreamPublisher, async_nats, message_id};
-    use idempotency::broker::{Message, Publisher};
     use idempotency::consumer::Consumer;
     use idempotency::outbox::Outbox;
     use idempotency::sqlx::PgPool;
     use idempotency::testing::{service_url, unreachable};
-    use idempotency::{BoxError, Idempotency, MemoryStore, async_trait};
+    use idempotency::{Idempotency, MemoryStore};
 
-    use super::unique;
-
-    /// Publishes through JetStream; with `hang` set, never answers after the ack.
-    struct Dying {
-        inner: JetStreamPublisher,
-        hang: bool,
-    }
-
-    #[async_trait]
-    impl Publisher for Dying {
-        async fn publish(&self, message: &Message) -> Result<(), BoxError> {
-            self.inner.publish(message).await?;
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            Ok(())
-        }
-    }
+    use super::{Dying, unique};
 
     async fn stream_on(js: &jetstream::Context, storage: stream::StorageType) -> (String, String) {
         let tag = unique("OB").to_uppercase();
@@ -925,29 +925,13 @@ mod rabbitmq {
     use idempotency::outbox::Outbox;
     use idempotency::sqlx::PgPool;
     use idempotency::testing::{service_url, unreachable};
-    use idempotency::{BoxError, Idempotency, MemoryStore, async_trait};
+    use idempotency::{Idempotency, MemoryStore};
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
 
-    use super::unique;
-
-    struct Dying {
-        inner: RabbitMqPublisher,
-        hang: bool,
-    }
-
-    #[async_trait]
-    impl Publisher for Dying {
-        async fn publish(&self, message: &Message) -> Result<(), BoxError> {
-            self.inner.publish(message).await?;
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            Ok(())
-        }
-    }
+    use super::{Dying, unique};
 
     #[tokio::test]
     async fn a_publisher_on_a_connection_opens_a_new_channel_after_the_broker_closed_one() {

@@ -75,6 +75,29 @@ const PARKED: i64 = i64::MAX;
 /// Rows deleted per purge statement.
 const PURGE_BATCH: u64 = 1_000;
 
+/// `UPDATE … SET x = {first}, … = {second} WHERE … seq IN ({seqs})` from the statement's three
+/// fragments (the MySQL take, and every mark): the values pushed as binds between them.
+fn rows_update<'a, DB: SqlDialect>(
+    (set, then, rows): &'a (String, String, String),
+    first: i64,
+    second: i64,
+    seqs: &[i64],
+) -> QueryBuilder<'a, DB> {
+    let mut update = QueryBuilder::<DB>::new(set.as_str());
+    DB::push_int(&mut update, first);
+    update.push(then.as_str());
+    DB::push_int(&mut update, second);
+    update.push(rows.as_str());
+    for (index, seq) in seqs.iter().enumerate() {
+        if index > 0 {
+            update.push(", ");
+        }
+        DB::push_int(&mut update, *seq);
+    }
+    update.push(")");
+    update
+}
+
 /// Publishes `message`; a publisher that panics fails the message, not the relay.
 async fn publish_caught<P: Publisher>(publisher: &P, message: &Message) -> Result<(), BoxError> {
     match AssertUnwindSafe(publisher.publish(message))
@@ -196,19 +219,8 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
         let marked = if confirmed.is_empty() {
             0
         } else {
-            let (set, fence, rows) = &self.outbox.inner.sql.published;
-            let mut mark = QueryBuilder::<DB>::new(set.as_str());
-            DB::push_int(&mut mark, now());
-            mark.push(fence.as_str());
-            DB::push_int(&mut mark, relay);
-            mark.push(rows.as_str());
-            for (index, seq) in confirmed.iter().enumerate() {
-                if index > 0 {
-                    mark.push(", ");
-                }
-                DB::push_int(&mut mark, *seq);
-            }
-            mark.push(")");
+            let mut mark =
+                rows_update::<DB>(&self.outbox.inner.sql.published, now(), relay, &confirmed);
             DB::execute(&mut conn, mark.build())
                 .await
                 .map_err(database("mark messages published"))?
@@ -257,7 +269,8 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
     /// number, its publish attempts (this one included) and its message.
     async fn take(&self, relay: i64) -> Result<Vec<(i64, i64, Message)>, OutboxError> {
         let sql = &self.outbox.inner.sql;
-        let until = now().saturating_add(micros(self.lease));
+        let now = now();
+        let until = now.saturating_add(micros(self.lease));
         let limit = i64::try_from(self.batch).unwrap_or(i64::MAX);
         let rows = match &sql.take {
             // PostgreSQL, SQLite: one statement takes the batch and returns it.
@@ -268,7 +281,7 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
                     &[
                         Value::Int(until),
                         Value::Int(relay),
-                        Value::Int(now()),
+                        Value::Int(now),
                         Value::Int(limit),
                     ],
                 );
@@ -279,7 +292,7 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
             // MySQL: select the batch, skipping rows another relay is taking, then take it; at
             // READ COMMITTED, so that the locking read locks the rows it returns and no gaps
             // (REPEATABLE READ's gap locks would hold up the application's inserts).
-            Some((set_lease, set_relay, where_seq)) => {
+            Some(take) => {
                 let mut conn = self.outbox.acquire("connect").await?;
                 DB::execute(
                     &mut conn,
@@ -290,26 +303,17 @@ impl<DB: SqlDialect, P: Publisher> Relay<DB, P> {
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
                     .map_err(database("take a batch"))?;
-                let query = bind::<DB>(&sql.claim, &[Value::Int(now()), Value::Int(limit)]);
+                let query = bind::<DB>(&sql.claim, &[Value::Int(now), Value::Int(limit)]);
                 let rows = DB::fetch_all(&mut tx, query)
                     .await
                     .map_err(database("take a batch"))?;
                 if !rows.is_empty() {
-                    let mut update = QueryBuilder::<DB>::new(set_lease.as_str());
-                    DB::push_int(&mut update, until);
-                    update.push(set_relay.as_str());
-                    DB::push_int(&mut update, relay);
-                    update.push(where_seq.as_str());
-                    for (index, row) in rows.iter().enumerate() {
-                        if index > 0 {
-                            update.push(", ");
-                        }
-                        DB::push_int(
-                            &mut update,
-                            DB::int(row, 0).map_err(database("take a batch"))?,
-                        );
-                    }
-                    update.push(")");
+                    let seqs = rows
+                        .iter()
+                        .map(|row| DB::int(row, 0))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(database("take a batch"))?;
+                    let mut update = rows_update::<DB>(take, until, relay, &seqs);
                     DB::execute(&mut tx, update.build())
                         .await
                         .map_err(database("take a batch"))?;
