@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 SRC = os.path.join(ROOT, "idempotent-core", "src")
 MAX_LINES = 600
 
-ENTRY_POINTS = ("executor/", "transaction.rs", "private.rs", "http/", "consumer/", "global.rs", "outbox/", "broker/")
+ENTRY_POINTS = ("executor/", "transaction.rs", "private.rs", "http/", "consumer/", "global.rs", "outbox/", "broker/", "steps/")
 
 
 def under(rel, *prefixes):

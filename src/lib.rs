@@ -79,6 +79,8 @@ pub use idempotent_core::{conformance, conformance_tests, testing};
 
 pub use idempotent_core::consumer::{self, Consumer};
 pub use idempotent_core::retry::{self, CircuitBreaker, IdempotencyKey, RetryPolicy};
+/// Durable multi-step operations: journaled steps, derived keys, the completer.
+pub use idempotent_core::steps;
 pub use idempotent_core::versioning::{self, VersionConflict, Versioned, retry_on_conflict};
 #[allow(deprecated)]
 pub use idempotent_core::{DropErrors, StoreErrors};

@@ -117,6 +117,9 @@ pub enum StoreOp {
     Get,
     /// Deleting a record.
     Remove,
+    /// Reading or writing a multi-step call's journal (its [steps](crate::steps)' recovery
+    /// points).
+    Journal,
 }
 
 impl StoreOp {
@@ -127,6 +130,9 @@ impl StoreOp {
                 "; the body ran but its result is not recorded, so a retry after the lease passes may run it again"
             }
             StoreOp::Release => "; the key stays claimed until its lease passes",
+            StoreOp::Journal => {
+                "; a step that ran is not recorded, so a retry may run it again (send its derived key downstream)"
+            }
             StoreOp::Renew | StoreOp::Get | StoreOp::Remove => "",
         }
     }
@@ -141,6 +147,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Renew => "renew",
             StoreOp::Get => "read",
             StoreOp::Remove => "remove",
+            StoreOp::Journal => "journal the steps of",
         })
     }
 }

@@ -43,6 +43,7 @@ mod protocol;
 mod record;
 pub mod retry;
 mod sink;
+pub mod steps;
 pub mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -223,5 +223,6 @@ const fn op_label(op: StoreOp) -> &'static str {
         StoreOp::Renew => "renew",
         StoreOp::Get => "get",
         StoreOp::Remove => "remove",
+        StoreOp::Journal => "journal",
     }
 }

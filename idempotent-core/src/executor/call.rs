@@ -57,6 +57,21 @@ impl<'a, M> Call<'a, M> {
         &self.request.key
     }
 
+    /// The fingerprint.
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
+        self.request.fingerprint
+    }
+
+    /// The record's TTL, as resolved for this call.
+    pub(crate) fn resolved_ttl(&self) -> std::time::Duration {
+        self.request.settings.ttl
+    }
+
+    /// The executor the call runs on.
+    pub(crate) fn idempotency(&self) -> &'a Idempotency {
+        self.idempotency
+    }
+
     /// Runs `body` at most once for the key and returns its output, or replays the stored one.
     ///
     /// * A completed record with this fingerprint: its output, decoded (one store round trip).

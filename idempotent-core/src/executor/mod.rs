@@ -56,6 +56,20 @@ where
     }
 }
 
+tokio::task_local! {
+    /// The key and token of the call whose body runs in this task: a multi-step body's
+    /// [journal](crate::steps) is fenced by the token.
+    static OWNER: (Key, crate::record::Token);
+}
+
+/// The token of the owner of `key` whose body runs in this task, if any.
+pub(crate) fn owner_token(key: &Key) -> Option<crate::record::Token> {
+    OWNER
+        .try_with(|(owned, token)| (owned == key).then_some(*token))
+        .ok()
+        .flatten()
+}
+
 pub use background::ShutdownTimedOut;
 pub use call::Call;
 pub(crate) use call::start_prepared;

@@ -73,6 +73,8 @@ impl Inner {
         // Messages the body adds to an outbox get ids derived from the key, the same on a rerun.
         #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
         let body = crate::outbox::lineage::scope(&key, body);
+        // A multi-step body fences its journal by the token.
+        let body = super::OWNER.scope((key.clone(), token), body);
         let result = match renewal.around(body).await {
             Ok(result) => result,
             Err(panic) => {

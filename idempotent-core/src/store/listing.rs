@@ -104,6 +104,28 @@ pub struct Listing {
     pub next: Option<Cursor>,
 }
 
+/// One page of [`Store::list_marks`](super::Store::list_marks): the values of a namespace's
+/// marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MarkPage {
+    /// The live marks' values of this page (a mark that expired may still be listed: read it
+    /// again with [`Store::load_mark`](super::Store::load_mark) before relying on it).
+    pub values: Vec<bytes::Bytes>,
+    /// Where to go on from (`None`: this was the last page); a page may be empty and still
+    /// have a next one.
+    pub next: Option<Cursor>,
+}
+
+/// What [`Store::list_marks`](super::Store::list_marks) answers a request without a
+/// namespace.
+pub(crate) fn marks_need_a_namespace() -> crate::error::StoreError {
+    crate::error::StoreError::InvalidRequest(
+        "marks are listed one namespace at a time: pass `ListRequest::namespace(name, version)`"
+            .to_owned(),
+    )
+}
+
 /// One record of a [`Listing`]: how the store names it and what it holds, without its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -11,11 +11,11 @@ use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
 
-mod listing;
+pub(crate) mod listing;
 mod request;
 pub use listing::{
-    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, NamespaceStats,
-    Purged, StoreStats,
+    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, MarkPage,
+    NamespaceStats, Purged, StoreStats,
 };
 pub use request::{ClaimRequest, Completion, MarkSwap};
 
@@ -242,6 +242,21 @@ pub trait Store: Debug + Send + Sync + 'static {
         ))
     }
 
+    /// One page of the marks of one namespace and version (the request's namespace filter;
+    /// a request without one is refused), their values only. The
+    /// [completer](crate::steps::Completer) finds abandoned multi-step calls by the journals
+    /// they left, which are marks.
+    ///
+    /// Optional: the default answers [`StoreError::Unsupported`]. The memory store lists its
+    /// marks; SQL stores by their `namespace` column; Redis by `SCAN` over the namespace's key
+    /// prefix (not on a Redis Cluster).
+    async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
+        let _ = request;
+        Err(StoreError::Unsupported(
+            "listing marks (the steps completer)",
+        ))
+    }
+
     /// One page of records, for operators: those of one namespace or all, without their
     /// outputs ([`Listing`]). Pages follow the store's own order (row id, `SCAN`); a record
     /// written or removed while pages are read may be missed or, on Redis, listed twice.
@@ -338,6 +353,10 @@ macro_rules! forward_store {
 
             async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
                 (**self).list(request).await
+            }
+
+            async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
+                (**self).list_marks(request).await
             }
 
             async fn stats(&self, max_records: u64) -> Result<StoreStats, StoreError> {

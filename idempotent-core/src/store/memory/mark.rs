@@ -67,6 +67,35 @@ impl Marks {
         true
     }
 
+    /// Up to `limit` live marks of `namespace` at `version` whose key's digest (hex) sorts
+    /// after `after`, in that order, and the last one's digest when there may be more.
+    pub(super) fn list(
+        &self,
+        (namespace, version): (&str, u32),
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Bytes>, Option<String>) {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut found: Vec<(String, Bytes)> = map
+            .marks
+            .iter()
+            .filter(|(key, (_, expires))| {
+                *expires > now && key.namespace() == namespace && key.version() == version
+            })
+            .map(|(key, (value, _))| (key.digest().hex().as_str().to_owned(), value.clone()))
+            .filter(|(digest, _)| after.is_none_or(|after| digest.as_str() > after))
+            .collect();
+        drop(map);
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let next = more
+            .then(|| found.last().map(|(digest, _)| digest.clone()))
+            .flatten();
+        (found.into_iter().map(|(_, value)| value).collect(), next)
+    }
+
     pub(super) fn count(&self) -> usize {
         let now = Instant::now();
         let map = self.lock();

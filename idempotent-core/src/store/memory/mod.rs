@@ -12,8 +12,9 @@ use moka::sync::Cache;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, ClaimNow, Record, Token};
+use crate::store::listing::marks_need_a_namespace;
 use crate::store::{ClaimRequest, Completion, Store};
-use crate::store::{MarkSwap, Purged};
+use crate::store::{Cursor, ListRequest, MarkPage, MarkSwap, Purged};
 
 mod builder;
 mod mark;
@@ -388,6 +389,21 @@ impl Store for MemoryStore {
             .inner
             .marks
             .swap(key, swap.expected, swap.new, swap.ttl))
+    }
+
+    async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
+        let namespace = request
+            .namespace_filter()
+            .ok_or_else(marks_need_a_namespace)?;
+        let after = request.cursor().map(Cursor::as_str);
+        let (values, next) = self
+            .inner
+            .marks
+            .list(namespace, after, request.page_limit() as usize);
+        Ok(MarkPage {
+            values,
+            next: next.map(Cursor::from),
+        })
     }
 
     async fn purge_expired(&self, _limit: u32) -> Result<Purged, StoreError> {

@@ -9,13 +9,15 @@ use std::time::SystemTime;
 
 use ::redis::aio::ConnectionLike;
 use ::redis::{Value, cmd, pipe};
+use bytes::Bytes;
 
 use super::RedisStore;
 use super::record::{HEADER, KEY_CHARS, NAMESPACE_CHARS, header_state, namespace_part};
 use crate::error::StoreError;
+use crate::store::listing::marks_need_a_namespace;
 use crate::store::{
-    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, NamespaceStats,
-    StoreStats,
+    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, MarkPage,
+    NamespaceStats, StoreStats,
 };
 
 /// `SCAN` calls one page makes at most while looking for records of its namespace.
@@ -47,6 +49,59 @@ where
     }
 
     pub(super) async fn list_keys(&self, request: ListRequest) -> Result<Listing, StoreError> {
+        let (keys, cursor) = self.scan_page(&request).await?;
+        let headers = self.headers(&keys).await?;
+        let records = keys
+            .into_iter()
+            .zip(headers)
+            .filter_map(|(key, header)| {
+                let header = header?;
+                Some(ListedRecord {
+                    namespace: self.namespace_of(&key),
+                    state: state_of(&header),
+                    id: String::from_utf8_lossy(&key).into_owned(),
+                })
+            })
+            .collect();
+        Ok(Listing {
+            records,
+            next: (cursor != 0).then(|| Cursor::from(cursor.to_string())),
+        })
+    }
+
+    /// The values of one page of a namespace's marks: the keys of a [`scan_page`], read
+    /// with one pipelined `GET` each.
+    ///
+    /// [`scan_page`]: RedisStore::scan_page
+    pub(super) async fn list_mark_values(
+        &self,
+        request: ListRequest,
+    ) -> Result<MarkPage, StoreError> {
+        if request.namespace_filter().is_none() {
+            return Err(marks_need_a_namespace());
+        }
+        let (keys, cursor) = self.scan_page(&request).await?;
+        let mut values = Vec::with_capacity(keys.len());
+        if !keys.is_empty() {
+            let mut pipeline = pipe();
+            for key in &keys {
+                pipeline.cmd("GET").arg(key);
+            }
+            let mut connection = self.connection.clone();
+            let replies: Vec<Option<Vec<u8>>> = self
+                .bounded("", pipeline.query_async(&mut connection))
+                .await?;
+            values.extend(replies.into_iter().flatten().map(Bytes::from));
+        }
+        Ok(MarkPage {
+            values,
+            next: (cursor != 0).then(|| Cursor::from(cursor.to_string())),
+        })
+    }
+
+    /// The keys of one page of `request` (at most [`SCANS_PER_PAGE`] `SCAN`s, until the
+    /// page's limit) and the cursor to go on from (0: done). Refused on a cluster.
+    async fn scan_page(&self, request: &ListRequest) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
         self.refuse_cluster().await?;
         let mut cursor = match request.cursor() {
             None => 0,
@@ -73,23 +128,7 @@ where
                 break;
             }
         }
-        let headers = self.headers(&keys).await?;
-        let records = keys
-            .into_iter()
-            .zip(headers)
-            .filter_map(|(key, header)| {
-                let header = header?;
-                Some(ListedRecord {
-                    namespace: self.namespace_of(&key),
-                    state: state_of(&header),
-                    id: String::from_utf8_lossy(&key).into_owned(),
-                })
-            })
-            .collect();
-        Ok(Listing {
-            records,
-            next: (cursor != 0).then(|| Cursor::from(cursor.to_string())),
-        })
+        Ok((keys, cursor))
     }
 
     pub(super) async fn count_keys(&self, max_records: u64) -> Result<StoreStats, StoreError> {

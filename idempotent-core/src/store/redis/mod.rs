@@ -15,8 +15,8 @@ use futures_util::FutureExt as _;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
-use crate::store::{ClaimRequest, Completion, Store, fits};
-use crate::store::{ListRequest, Listing, MarkSwap, Purged, StoreStats};
+use crate::store::{ClaimRequest, Completion, ListRequest, Listing, MarkPage, MarkSwap};
+use crate::store::{Purged, Store, StoreStats, fits};
 
 mod builder;
 mod listing;
@@ -130,9 +130,8 @@ where
 
     /// The Redis key that holds `key`'s record: for operators (`redis-cli GET`, `DEL`). It is
     /// the prefix and 48 characters of base64url: a hash of the key's namespace and version
-    /// (96 bits), then the first 24 bytes of its digest. To find the record of a call, derive
-    /// its [`Key`] as the call does (`Key::derive(namespace, version, &key_value)`) and ask
-    /// this.
+    /// (96 bits), then the first 24 bytes of its digest. To find a call's record, derive its
+    /// [`Key`] as the call does (`Key::derive(namespace, version, &key_value)`) and ask this.
     ///
     /// ```
     /// # use idempotent_core::{Digest, Key, RedisStore};
@@ -551,6 +550,10 @@ where
 
     async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
         self.list_keys(request).await
+    }
+
+    async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
+        self.list_mark_values(request).await
     }
 
     async fn stats(&self, max_records: u64) -> Result<StoreStats, StoreError> {

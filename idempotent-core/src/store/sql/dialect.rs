@@ -335,6 +335,8 @@ pub(crate) struct ListingStatements {
     pub(crate) all: Statement,
     /// A page of one namespace's rows after the cursor, in id order.
     pub(crate) namespace: Statement,
+    /// A page of one namespace's marks after the cursor (`id, output`), in id order.
+    pub(crate) marks: Statement,
     /// Counts by namespace and state.
     pub(crate) stats: Statement,
 }
@@ -386,6 +388,17 @@ ORDER BY id LIMIT {}",
             &[Namespace, Version, Id, Limit],
         ),
         stats: Statement::new(stats, if with_now { &[Now] } else { &[] }),
+        marks: Statement::new(
+            format!(
+                "SELECT id, output FROM {t} WHERE namespace = {} AND version = {} AND completed
+AND id > {} ORDER BY id LIMIT {}",
+                bind(1),
+                bind(2),
+                bind(3),
+                bind(4)
+            ),
+            &[Namespace, Version, Id, Limit],
+        ),
     }
 }
 

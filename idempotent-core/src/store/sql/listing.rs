@@ -9,22 +9,61 @@ use super::record::decode;
 use super::time::wall_clock;
 use super::{SqlDialect, SqlStore};
 use crate::error::StoreError;
+use crate::store::listing::marks_need_a_namespace;
 use crate::store::{
-    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, NamespaceStats,
-    StoreStats,
+    Cursor, ListRequest, ListedNamespace, ListedRecord, ListedState, Listing, MarkPage,
+    NamespaceStats, StoreStats,
 };
 
+/// The row id a request's cursor names (none: from the start).
+fn after(request: &ListRequest) -> Result<Vec<u8>, StoreError> {
+    match request.cursor() {
+        None => Ok(Vec::new()),
+        Some(cursor) => from_hex(cursor.as_str()).ok_or_else(|| {
+            StoreError::InvalidRequest(format!(
+                "`{cursor}` is not a cursor of this SQL store (the hex row id a listing's \
+                 `next` gave): start without one, or pass the `next` of the previous page"
+            ))
+        }),
+    }
+}
+
 impl<DB: SqlDialect> SqlStore<DB> {
-    pub(super) async fn list_rows(&self, request: ListRequest) -> Result<Listing, StoreError> {
-        let after = match request.cursor() {
-            None => Vec::new(),
-            Some(cursor) => from_hex(cursor.as_str()).ok_or_else(|| {
-                StoreError::InvalidRequest(format!(
-                    "`{cursor}` is not a cursor of this SQL store (the hex row id a listing's \
-                     `next` gave): start without one, or pass the `next` of the previous page"
-                ))
-            })?,
+    /// One page of the marks of a namespace: their values, in row id order.
+    pub(super) async fn list_mark_rows(
+        &self,
+        request: ListRequest,
+    ) -> Result<MarkPage, StoreError> {
+        let (namespace, version) = request
+            .namespace_filter()
+            .ok_or_else(marks_need_a_namespace)?;
+        let after = after(&request)?;
+        let args = Args {
+            id: &after,
+            limit: request.page_limit(),
+            namespace,
+            version: i64::from(version),
+            ..Args::default()
         };
+        let mut conn = self.acquire().await?;
+        let rows = dialect::fetch_all::<DB>(&mut conn, &self.sql().listing.marks, &args)
+            .await
+            .map_err(|error| self.error(error))?;
+        let full = rows.len() >= request.page_limit() as usize;
+        let mut values = Vec::with_capacity(rows.len());
+        let mut last = Vec::new();
+        for row in &rows {
+            last = DB::bytes(row, 0).map_err(decode)?;
+            values.push(bytes::Bytes::from(DB::bytes(row, 1).map_err(decode)?));
+        }
+        Ok(MarkPage {
+            values,
+            next: full.then(|| Cursor::from(to_hex(&last))),
+        })
+    }
+
+    pub(super) async fn list_rows(&self, request: ListRequest) -> Result<Listing, StoreError> {
+        let after = after(&request)?;
         let (namespace, version) = request.namespace_filter().unwrap_or(("", 0));
         let args = Args {
             id: &after,

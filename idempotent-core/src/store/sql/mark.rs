@@ -52,6 +52,8 @@ impl<DB: SqlDialect> SqlStore<DB> {
             fingerprint: &NO_FINGERPRINT,
             output: new,
             expected: expected.unwrap_or_default(),
+            namespace: key.namespace(),
+            version: i64::from(key.version()),
             ttl,
             now: DB::CLOCK.now(),
             ..Args::default()

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 use crate::key::Key;
 use crate::record::{Claim, Record, Token};
 use crate::store::{ClaimRequest, Completion, Store, fits};
-use crate::store::{ListRequest, Listing, MarkSwap, Purged, StoreStats};
+use crate::store::{ListRequest, Listing, MarkPage, MarkSwap, Purged, StoreStats};
 
 pub(crate) mod builder;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
@@ -486,6 +486,10 @@ impl<DB: SqlDialect> Store for SqlStore<DB> {
 
     async fn list(&self, request: ListRequest) -> Result<Listing, StoreError> {
         self.list_rows(request).await
+    }
+
+    async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
+        self.list_mark_rows(request).await
     }
 
     async fn stats(&self, _max_records: u64) -> Result<StoreStats, StoreError> {

@@ -133,10 +133,11 @@ FROM {t} WHERE id = ? AND (NOT completed OR expires_at > {NOW})",
             ),
             insert: Statement::new(
                 format!(
-                    "INSERT IGNORE INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?, ?, ?, TRUE, NULL, {after}, ?)"
+                    "INSERT IGNORE INTO {t}
+    (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+VALUES (?, ?, ?, TRUE, NULL, {after}, ?, ?, ?)"
                 ),
-                &[Id, Token, Fingerprint, Ttl, Output],
+                &[Id, Token, Fingerprint, Ttl, Output, Namespace, Version],
             ),
             swap: Statement::new(
                 format!(

@@ -224,11 +224,12 @@ FROM {t} WHERE id = $1 AND (NOT completed OR expires_at > {NOW})",
             ),
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES ($1, $2, $3, TRUE, NULL, {ttl}, $5) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO {t}
+    (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+VALUES ($1, $2, $3, TRUE, NULL, {ttl}, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
                     ttl = after("$4"),
                 ),
-                &[Id, Token, Fingerprint, Ttl, Output],
+                &[Id, Token, Fingerprint, Ttl, Output, Namespace, Version],
             ),
             swap: Statement::new(
                 format!(

@@ -69,7 +69,16 @@ ON CONFLICT (id) DO NOTHING"
     lease_until = ?4, expires_at = ?5, output = NULL, namespace = ?7, version = ?8
 WHERE id = ?1 AND {until} <= ?6"
                 ),
-                &[Id, Token, Fingerprint, Lease, Expiry, Now, Namespace, Version],
+                &[
+                    Id,
+                    Token,
+                    Fingerprint,
+                    Lease,
+                    Expiry,
+                    Now,
+                    Namespace,
+                    Version,
+                ],
             ),
         },
         complete: Statement::new(
@@ -130,10 +139,11 @@ FROM {t} WHERE id = ?1 AND (NOT completed OR expires_at > ?2)"
             ),
             insert: Statement::new(
                 format!(
-                    "INSERT INTO {t} (id, token, fingerprint, completed, lease_until, expires_at, output)
-VALUES (?1, ?2, ?3, 1, NULL, ?4, ?5) ON CONFLICT (id) DO NOTHING"
+                    "INSERT INTO {t}
+    (id, token, fingerprint, completed, lease_until, expires_at, output, namespace, version)
+VALUES (?1, ?2, ?3, 1, NULL, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING"
                 ),
-                &[Id, Token, Fingerprint, Ttl, Output],
+                &[Id, Token, Fingerprint, Ttl, Output, Namespace, Version],
             ),
             swap: Statement::new(
                 format!(
