@@ -385,8 +385,9 @@ fn truncate(mut text: String, at: usize) -> String {
     text
 }
 
-/// [`Steps::key`] of the call `key`.
-pub(crate) fn derived_key(key: &Key, name: &str) -> String {
+/// [`Steps::key`] of step `name` of the call `key`: for operators and tests, to find what a
+/// step sent downstream.
+pub fn derived_key(key: &Key, name: &str) -> String {
     let mut material = Vec::with_capacity(96 + name.len());
     material.extend_from_slice(b"idempotency steps key\0");
     material.extend_from_slice(key.to_string().as_bytes());
