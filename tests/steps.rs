@@ -522,6 +522,68 @@ macro_rules! local_steps {
                 1,
                 "the journaled local step did not run again"
             );
+            // In the caller's transaction: committed, the row and the entry are kept (a rerun
+            // replays the step); rolled back, neither is, and the next journal write goes on.
+            let in_callers = |commit: bool, then_fail: bool| {
+                let (store, table, pool) = (store.clone(), table.clone(), pool.clone());
+                move |op_input: Op, steps: Steps| async move {
+                    let sql = format!("INSERT INTO {table} (id) VALUES ('{}')", op_input.id);
+                    let mut tx = pool
+                        .begin()
+                        .await
+                        .map_err(|e| OpError::Failed(e.to_string()))?;
+                    let held: String = steps
+                        .local_in("reserve", &store, &mut tx, move |tx| {
+                            Box::pin(async move {
+                                idempotency::sqlx::query(&sql)
+                                    .execute(&mut **tx)
+                                    .await
+                                    .map_err(|e| OpError::Failed(e.to_string()))?;
+                                Ok::<_, OpError>(format!("held:{}", Token::random()))
+                            })
+                        })
+                        .await?;
+                    if commit {
+                        tx.commit()
+                            .await
+                            .map_err(|e| OpError::Failed(e.to_string()))?;
+                    } else {
+                        tx.rollback()
+                            .await
+                            .map_err(|e| OpError::Failed(e.to_string()))?;
+                    }
+                    let after: String = steps
+                        .step("after", || async { Ok::<_, OpError>("after".to_owned()) })
+                        .await?;
+                    if then_fail {
+                        return Err(OpError::Failed("after both steps".into()));
+                    }
+                    Ok::<_, OpError>(format!("{held},{after}"))
+                }
+            };
+            let c = unique("c");
+            let failed = call(&c)
+                .run_steps(input(&c, 1), in_callers(true, true))
+                .await;
+            assert!(matches!(failed, Err(OpError::Failed(_))), "{failed:?}");
+            assert_eq!(rows(c.clone()).await, 1);
+            let done = call(&c)
+                .run_steps(input(&c, 1), in_callers(true, false))
+                .await
+                .expect("resumed");
+            assert_eq!(
+                rows(c.clone()).await,
+                1,
+                "the committed local step was journaled"
+            );
+            assert!(done.ends_with(",after"), "{done}");
+            let r = unique("r");
+            let done = call(&r)
+                .run_steps(input(&r, 1), in_callers(false, false))
+                .await
+                .expect("the journal write after a rolled-back entry goes on");
+            assert!(done.ends_with(",after"), "{done}");
+            assert_eq!(rows(r.clone()).await, 0, "rolled back with its entry");
             // A zombie's local step: its insert is rolled back with its refused journal write.
             let z = unique("z");
             let zombie_exec = Idempotency::builder(Arc::clone(&fixture.store))

@@ -123,3 +123,76 @@ pub async fn marks_expire(store: &dyn Store) {
     );
     assert_eq!(load(store, &key).await.as_deref(), Some(&b"again"[..]));
 }
+
+/// The marks of one namespace and version are listed, page by page, and no others
+/// ([`Store::list_marks`], optional: a store that answers [`StoreError::Unsupported`] skips).
+pub async fn marks_are_listed_by_namespace(store: &dyn Store) {
+    use crate::key::{Digest, Key};
+    use crate::store::ListRequest;
+
+    let case = "marks_are_listed_by_namespace";
+    if !keeps_marks(store, case).await {
+        return;
+    }
+    let namespace = fresh(case).namespace().to_owned();
+    let key = |namespace: &str, version: u32, n: u32| {
+        Key::new(
+            namespace.to_owned(),
+            version,
+            Digest::of_bytes(&n.to_le_bytes()),
+        )
+    };
+    let mut wanted = std::collections::BTreeSet::new();
+    for n in 0..5u32 {
+        let value = format!("listed-{n}").into_bytes();
+        assert!(swap(store, &key(&namespace, 1, n), None, &value, LONG).await);
+        wanted.insert(value);
+    }
+    assert!(swap(store, &key(&namespace, 2, 0), None, b"other version", LONG).await);
+    let other = format!("{namespace}-other");
+    assert!(swap(store, &key(&other, 1, 0), None, b"other namespace", LONG).await);
+    // Small pages (a store that scans, as Redis, may need many to cover its keyspace: a few
+    // are read, and whatever they hold must be the namespace's), then pages large enough to
+    // finish.
+    for (limit, pages) in [(2, 20), (1000, 10_000)] {
+        let mut request = ListRequest::namespace(namespace.clone(), 1).limit(limit);
+        let mut listed = std::collections::BTreeSet::new();
+        let mut finished = false;
+        for _ in 0..pages {
+            let page = match store.list_marks(request.clone()).await {
+                Err(StoreError::Unsupported(_)) => {
+                    eprintln!("{case}: SKIPPED, the store does not list marks (optional)");
+                    return;
+                }
+                other => other.unwrap_or_else(|error| panic!("list_marks must succeed: {error}")),
+            };
+            listed.extend(page.values.iter().map(|value| value.to_vec()));
+            match page.next {
+                Some(next) => request = request.after(next),
+                None => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            listed.is_subset(&wanted),
+            "only the namespace's marks at its version"
+        );
+        if finished {
+            assert_eq!(listed, wanted, "every mark of the namespace at its version");
+        } else {
+            assert!(
+                limit < 1000,
+                "a listing in pages of 1000 ends within 10,000 pages"
+            );
+        }
+    }
+    assert!(
+        matches!(
+            store.list_marks(ListRequest::all()).await,
+            Err(StoreError::InvalidRequest(_) | StoreError::Unsupported(_))
+        ),
+        "a listing of marks without a namespace is refused"
+    );
+}

@@ -46,7 +46,8 @@ pub use leases::{
     release_frees_the_key, release_is_fenced, renew_extends_the_lease,
 };
 pub use marks::{
-    concurrent_mark_swaps_succeed_once, marks_expire, marks_swap_only_from_what_they_hold,
+    concurrent_mark_swaps_succeed_once, marks_are_listed_by_namespace, marks_expire,
+    marks_swap_only_from_what_they_hold,
 };
 
 /// Lease used where a case does not wait for it to pass.
@@ -264,7 +265,8 @@ macro_rules! __conformance_cases {
             missing_keys_are_empty,
             marks_swap_only_from_what_they_hold,
             concurrent_mark_swaps_succeed_once,
-            marks_expire
+            marks_expire,
+            marks_are_listed_by_namespace
         );
     };
 }

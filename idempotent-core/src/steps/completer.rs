@@ -43,6 +43,8 @@ const MAX_PAGES: usize = 1000;
 /// * A journal whose call already completed is replaced by an empty one that expires at once.
 /// * A call whose last caller got an error back is left alone (settled): the caller has its
 ///   answer, and a retry of its own resumes it.
+/// * On Redis a pass `SCAN`s the database's whole keyspace for the namespace's keys (the keys
+///   of other prefixes too): give the store a database of its own when it holds many keys.
 /// * Each re-drive counts one attempt in the journal; after `max_attempts` the call is parked
 ///   with its last error and not driven again by the completer (a caller's retry still runs
 ///   it).

@@ -231,32 +231,65 @@ impl Steps {
             return Ok(());
         };
         let mut state = state.lock().await;
-        let mut next = state.journal.clone();
-        next.steps.push((name.to_owned(), output));
-        self.swap(&mut state, next).await
+        self.swap(&mut state, |journal| {
+            if journal.step(name).is_none() {
+                journal.steps.push((name.to_owned(), output.clone()));
+            }
+        })
+        .await
     }
 
-    /// Replaces the journal with `next` if it still holds what this owner wrote last.
-    async fn swap(&self, state: &mut State, next: Journal) -> Result<(), Error> {
-        let bytes = Bytes::from(next.encode());
-        let swap = MarkSwap::new(Some(&state.stored), &bytes, self.inner.ttl);
-        match self
-            .inner
-            .store
-            .swap_mark(&self.inner.journal_key, swap)
-            .await
-        {
-            Ok(true) => {
+    /// Makes `change` to the journal if it still holds what this owner wrote last: one
+    /// compare-and-set. A journal that changed but still names this owner (a write whose answer
+    /// was lost, or one a rolled-back transaction undid) is read back and changed again.
+    async fn swap(&self, state: &mut State, change: impl Fn(&mut Journal)) -> Result<(), Error> {
+        for first in [true, false] {
+            let mut next = state.journal.clone();
+            change(&mut next);
+            let bytes = Bytes::from(next.encode());
+            let swap = MarkSwap::new(Some(&state.stored), &bytes, self.inner.ttl);
+            let swapped = self
+                .inner
+                .store
+                .swap_mark(&self.inner.journal_key, swap)
+                .await
+                .map_err(|error| self.failed(error))?;
+            if swapped {
                 *state = State {
                     journal: next,
                     stored: bytes,
                 };
-                Ok(())
+                return Ok(());
             }
-            Ok(false) => Err(Error::LeaseLost {
-                key: self.inner.key.clone(),
-            }),
-            Err(error) => Err(self.failed(error)),
+            if !(first && self.resync(state).await?) {
+                break;
+            }
+        }
+        Err(Error::LeaseLost {
+            key: self.inner.key.clone(),
+        })
+    }
+
+    /// Reads the journal back: `true` (and `state` replaced) when this owner still owns it.
+    async fn resync(&self, state: &mut State) -> Result<bool, Error> {
+        let stored = self
+            .inner
+            .store
+            .load_mark(&self.inner.journal_key)
+            .await
+            .map_err(|error| self.failed(error))?;
+        let Some(stored) = stored else {
+            return Ok(false);
+        };
+        match Journal::decode(&stored) {
+            Ok(journal)
+                if journal.owner == state.journal.owner
+                    && journal.fingerprint == state.journal.fingerprint =>
+            {
+                *state = State { journal, stored };
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -272,12 +305,15 @@ impl Steps {
             return;
         };
         let mut state = state.lock().await;
-        let mut next = state.journal.clone();
-        if settle {
-            next.flags |= SETTLED;
-        }
-        next.last_error = truncate(error, 1024);
-        let _ = self.swap(&mut state, next).await;
+        let error = truncate(error, 1024);
+        let _ = self
+            .swap(&mut state, |journal| {
+                if settle {
+                    journal.flags |= SETTLED;
+                }
+                journal.last_error.clone_from(&error);
+            })
+            .await;
     }
 
     /// Starts or adopts the journal of the call `key`, owned by `token`: one swap when there
