@@ -440,6 +440,49 @@ on_every_store!(
     round_trips_are_exact,
 );
 
+/// A spawned completer finishes abandoned calls by itself, at its `max_rate`, and stops at
+/// `shutdown`: a call abandoned after it drives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_completer_works_until_shutdown() {
+    let fixture = Fixture::memory();
+    let ns = "steps.memory.spawned";
+    let exec = short_lease(&fixture.store);
+    let ids: Vec<String> = (0..3).map(|n| unique(&format!("spawned{n}"))).collect();
+    for (n, id) in ids.iter().enumerate() {
+        abandon(&exec, ns, &input(id, 0), n + 1).await;
+    }
+    {
+        let mut script = script();
+        for id in &ids {
+            script.stall.remove(id);
+        }
+    }
+    let handle = Completer::new(Idempotency::from_shared(Arc::clone(&fixture.store)))
+        .register(ns.to_owned(), 1, op)
+        .interval(Duration::from_millis(50))
+        .max_rate(100)
+        .spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ids.iter().any(|id| runs(id) != [1, 1, 1, 1]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spawned completer finished every call: {:?}",
+            ids.iter().map(|id| runs(id)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown().await;
+    let late = unique("late");
+    abandon(&exec, ns, &input(&late, 0), 2).await;
+    script().stall.remove(&late);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        runs(&late),
+        [1, 1, 0, 0],
+        "nothing drives it after shutdown"
+    );
+}
+
 /// Local SQL steps: the step's row and its journal entry commit together. A step that fails
 /// after its insert leaves no row; a rerun replays a journaled local step (one row); and a
 /// zombie's local step, refused at its journal write, rolls its insert back.
