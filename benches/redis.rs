@@ -14,10 +14,12 @@
 //! and from paired rounds that alternate the two sides, which load from other processes on a
 //! shared machine skews much less. Without Redis it prints SKIPPED and measures nothing.
 
-use std::future::Future;
+#[path = "support/paired.rs"]
+mod paired;
+use paired::paired;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
 use futures::future::join_all;
@@ -281,53 +283,6 @@ fn print_ratios() {
         per_second(first, 1),
         per_second(set, 1)
     );
-}
-
-/// Per-call time of `a` over per-call time of `b`, measured in alternating rounds of `calls`
-/// calls each (which goes first alternates too), so that load from other processes on a
-/// shared machine hits both sides alike: the median ratio over `rounds`, and its quartiles.
-fn paired<A, FA, B, FB>(
-    runtime: &tokio::runtime::Runtime,
-    rounds: usize,
-    calls: usize,
-    mut a: A,
-    mut b: B,
-) -> (f64, f64, f64)
-where
-    A: FnMut() -> FA,
-    FA: Future,
-    B: FnMut() -> FB,
-    FB: Future,
-{
-    let mut ratios = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let mut time_a = Duration::ZERO;
-        let mut time_b = Duration::ZERO;
-        for side in [round % 2, 1 - round % 2] {
-            let started = Instant::now();
-            runtime.block_on(async {
-                for _ in 0..calls {
-                    if side == 0 {
-                        black_box(a().await);
-                    } else {
-                        black_box(b().await);
-                    }
-                }
-            });
-            if side == 0 {
-                time_a = started.elapsed();
-            } else {
-                time_b = started.elapsed();
-            }
-        }
-        ratios.push(time_a.as_secs_f64() / time_b.as_secs_f64());
-    }
-    ratios.sort_by(f64::total_cmp);
-    (
-        ratios[rounds / 4],
-        ratios[rounds / 2],
-        ratios[rounds * 3 / 4],
-    )
 }
 
 fn print_paired(runtime: &tokio::runtime::Runtime, setup: &Setup) {

@@ -16,10 +16,12 @@
 //! ratios are printed twice: from criterion's medians, and from paired rounds that alternate
 //! the two sides (less skewed by load from other processes on a shared machine).
 
-use std::future::Future;
+#[path = "support/paired.rs"]
+mod paired;
+use paired::paired;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
 use idempotency::ClaimRequest;
@@ -381,47 +383,6 @@ fn print_medians(group: &str) {
             raw / first
         );
     }
-}
-
-/// Per-call time of `a` over per-call time of `b`, in alternating rounds of `calls` calls
-/// each (which side goes first alternates too): the median ratio and its quartiles.
-fn paired<A, FA, B, FB>(
-    runtime: &tokio::runtime::Runtime,
-    rounds: usize,
-    calls: usize,
-    mut a: A,
-    mut b: B,
-) -> (f64, f64, f64)
-where
-    A: FnMut() -> FA,
-    FA: Future,
-    B: FnMut() -> FB,
-    FB: Future,
-{
-    let mut ratios = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let mut times = [Duration::ZERO; 2];
-        for side in [round % 2, 1 - round % 2] {
-            let started = Instant::now();
-            runtime.block_on(async {
-                for _ in 0..calls {
-                    if side == 0 {
-                        black_box(a().await);
-                    } else {
-                        black_box(b().await);
-                    }
-                }
-            });
-            times[side] = started.elapsed();
-        }
-        ratios.push(times[0].as_secs_f64() / times[1].as_secs_f64());
-    }
-    ratios.sort_by(f64::total_cmp);
-    (
-        ratios[rounds / 4],
-        ratios[rounds / 2],
-        ratios[rounds * 3 / 4],
-    )
 }
 
 fn skipped(what: &str, error: &dyn std::fmt::Display) {

@@ -10,11 +10,12 @@
 //! Round trips (counted exactly in `tests/steps.rs`): bare 2; steps 3 + one per step. At the
 //! end the ratios are printed from paired rounds that alternate the sides.
 
-use std::future::Future;
-use std::hint::black_box;
+#[path = "support/paired.rs"]
+mod paired;
+use paired::paired;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
 use idempotency::steps::Steps;
@@ -103,47 +104,6 @@ fn bench_store(
         "  four steps / bare call = {:.2} [{:.2} {:.2}]  (round trips 7 / 2)",
         four.1, four.0, four.2
     );
-}
-
-/// Per-call time of `a` over per-call time of `b`, in alternating rounds of `calls` calls
-/// each (which side goes first alternates too): quartiles and median of the ratio.
-fn paired<A, FA, B, FB>(
-    runtime: &tokio::runtime::Runtime,
-    rounds: usize,
-    calls: usize,
-    mut a: A,
-    mut b: B,
-) -> (f64, f64, f64)
-where
-    A: FnMut() -> FA,
-    FA: Future,
-    B: FnMut() -> FB,
-    FB: Future,
-{
-    let mut ratios = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let mut times = [Duration::ZERO; 2];
-        for side in [round % 2, 1 - round % 2] {
-            let started = Instant::now();
-            runtime.block_on(async {
-                for _ in 0..calls {
-                    if side == 0 {
-                        black_box(a().await);
-                    } else {
-                        black_box(b().await);
-                    }
-                }
-            });
-            times[side] = started.elapsed();
-        }
-        ratios.push(times[0].as_secs_f64() / times[1].as_secs_f64());
-    }
-    ratios.sort_by(f64::total_cmp);
-    (
-        ratios[rounds / 4],
-        ratios[rounds / 2],
-        ratios[rounds * 3 / 4],
-    )
 }
 
 fn main() {
