@@ -93,6 +93,10 @@ struct Setup<DB: SqlDialect> {
     payments: &'static Payments,
     /// The same calls on a store that claims by inserting first (MySQL, SQLite only).
     insert_first: Option<&'static Payments>,
+    /// The same calls with the local replay cache in front of the store.
+    cached: &'static Payments,
+    /// The same calls on the memory store.
+    in_memory: &'static Payments,
     /// The store under `payments`, to time its claim alone.
     store: SqlStore<DB>,
     /// The row id of the replayed key, as the store computes it (SHA-256 of the key's text).
@@ -138,6 +142,34 @@ macro_rules! bench_database {
         group.bench_function("replay", |b| {
             b.to_async(runtime)
                 .iter(|| async { black_box(payments.charge(request(0)).await.expect("replay")) })
+        });
+        let (cached, in_memory) = (setup.cached, setup.in_memory);
+        group.bench_function("replay_local_cache", |b| {
+            b.to_async(runtime)
+                .iter(|| async { black_box(cached.charge(request(0)).await.expect("replay")) })
+        });
+        group.bench_function("replay_memory_store", |b| {
+            b.to_async(runtime)
+                .iter(|| async { black_box(in_memory.charge(request(0)).await.expect("replay")) })
+        });
+        group.bench_function("raw_select_x64", |b| {
+            b.to_async(runtime).iter(|| {
+                futures::future::join_all((0..64).map(|_| async {
+                    let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(&setup.raw.select)
+                        .bind(&setup.replayed_id[..])
+                        .fetch_optional(&setup.pool)
+                        .await
+                        .expect("SELECT");
+                    black_box(row)
+                }))
+            })
+        });
+        group.bench_function("replay_local_cache_x64", |b| {
+            b.to_async(runtime).iter(|| {
+                futures::future::join_all((0..64).map(|_| async {
+                    black_box(cached.charge(request(0)).await.expect("replay"))
+                }))
+            })
         });
         let next = AtomicU64::new(1);
         group.bench_function("raw_insert_update", |b| {
@@ -311,6 +343,20 @@ async fn prepare<DB: SqlDialect>(
         payments
     });
     payments.charge(request(0)).await.expect("first charge");
+    let cached: &'static Payments = Box::leak(Box::new(Payments {
+        idempotency: Idempotency::builder(store.clone())
+            .local_cache(64 << 20, Duration::from_secs(60))
+            .build(),
+    }));
+    let in_memory: &'static Payments = Box::leak(Box::new(Payments {
+        idempotency: Idempotency::new(idempotency::MemoryStore::new()),
+    }));
+    // Each cached once: every replay timed after this is a repeat replay.
+    cached.charge(request(0)).await.expect("a replay, cached");
+    in_memory
+        .charge(request(0))
+        .await
+        .expect("a first charge in memory");
     let key = Key::derive("bench.sql.charge", 1, &request(0).order_id).expect("key");
     let mut raw = raw(&raw_table);
     raw.drop = vec![
@@ -336,6 +382,8 @@ async fn prepare<DB: SqlDialect>(
         pool,
         payments,
         insert_first,
+        cached,
+        in_memory,
         store,
         replayed_id: row_id(&key),
         raw,
@@ -362,6 +410,10 @@ fn print_medians(group: &str) {
         "first_execution",
         "replay_insert_first",
         "first_execution_insert_first",
+        "replay_local_cache",
+        "replay_memory_store",
+        "raw_select_x64",
+        "replay_local_cache_x64",
     ] {
         if let Some(ns) = median_ns(group, name) {
             println!("  {name:<30} {:>9.1} µs", ns / 1000.0);
@@ -373,6 +425,27 @@ fn print_medians(group: &str) {
         median_ns(group, "raw_insert_update"),
         median_ns(group, "first_execution"),
     );
+    let local = (
+        median_ns(group, "raw_select"),
+        median_ns(group, "replay_local_cache"),
+        median_ns(group, "replay_memory_store"),
+        median_ns(group, "raw_select_x64"),
+        median_ns(group, "replay_local_cache_x64"),
+    );
+    if let (Some(select), Some(local), Some(memory), Some(select64), Some(local64)) = local {
+        println!(
+            "  local-cache replay / raw SELECT latency    = {:.4}  (no round trip)",
+            local / select
+        );
+        println!(
+            "  local-cache replay / memory-store replay   = {:.3}  (target <= 1.5)",
+            local / memory
+        );
+        println!(
+            "  local-cache replay throughput / raw SELECT throughput, x64 = {:.1}  (target >= 5)",
+            select64 / local64
+        );
+    }
     if let (Some(select), Some(replay), Some(raw), Some(first)) = medians {
         println!(
             "  replay / raw SELECT (medians)             = {:.3}  (target <= 1.2)",

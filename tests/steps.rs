@@ -483,6 +483,26 @@ async fn a_spawned_completer_works_until_shutdown() {
     );
 }
 
+/// A journal the completer cleared (an empty value, expiring) does not stop a new run of the
+/// key (after its record expired): the run starts a journal over it.
+#[tokio::test]
+async fn a_cleared_journal_is_started_again() {
+    let store: Arc<dyn Store> = Arc::new(idempotency::MemoryStore::new());
+    let ns = "steps.memory.cleared";
+    let id = unique("cleared");
+    let journal = Key::new(format!("{ns}~steps"), 1, *key(ns, &id).digest());
+    let clear = MarkSwap::new(None, b"", Duration::from_secs(60));
+    assert!(
+        store
+            .swap_mark(&journal, clear)
+            .await
+            .expect("a cleared journal")
+    );
+    let exec = Idempotency::from_shared(store);
+    run(&exec, ns, &input(&id, 1)).await.expect("the call runs");
+    assert_eq!(runs(&id), [1, 1, 1, 1]);
+}
+
 /// Local SQL steps: the step's row and its journal entry commit together. A step that fails
 /// after its insert leaves no row; a rerun replays a journaled local step (one row); and a
 /// zombie's local step, refused at its journal write, rolls its insert back.

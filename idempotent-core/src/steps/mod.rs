@@ -352,6 +352,26 @@ impl Steps {
             let Some(stored) = store.load_mark(&journal_key).await.map_err(failed)? else {
                 continue;
             };
+            if stored.is_empty() {
+                // Cleared by the completer after its call completed, not yet expired.
+                let replace = MarkSwap::new(Some(&stored), &fresh_bytes, ttl);
+                if store
+                    .swap_mark(&journal_key, replace)
+                    .await
+                    .map_err(failed)?
+                {
+                    let (journal, stored) = (fresh, fresh_bytes);
+                    return Ok(Steps::adopted(
+                        store,
+                        key,
+                        journal_key,
+                        ttl,
+                        journal,
+                        stored,
+                    ));
+                }
+                continue;
+            }
             let mut journal = Journal::decode(&stored).map_err(|detail| Error::CorruptRecord {
                 key: key.clone(),
                 detail: format!("its steps journal: {detail}"),

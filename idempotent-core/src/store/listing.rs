@@ -119,6 +119,13 @@ pub struct MarkPage {
 
 /// What [`Store::list_marks`](super::Store::list_marks) answers a request without a
 /// namespace.
+#[cfg(any(
+    feature = "memory",
+    feature = "redis",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite"
+))]
 pub(crate) fn marks_need_a_namespace() -> crate::error::StoreError {
     crate::error::StoreError::InvalidRequest(
         "marks are listed one namespace at a time: pass `ListRequest::namespace(name, version)`"
