@@ -295,3 +295,81 @@ async fn the_local_cache_in_front_of_sqlite() {
     store.migrate().await.expect("migrate");
     rules(Arc::new(store), "local.sqlite").await;
 }
+
+/// An `#[idempotent]` function with a `Clone` output: repeat hits clone the value the entry
+/// keeps (decoded once, by the first hit), with the same answers as decoding: the same output,
+/// and another call's arguments under the key are still a key reuse.
+mod kept_values {
+    use super::*;
+    use idempotency::idempotent;
+    use serde::{Deserialize, Deserializer, Serialize};
+
+    /// Decodes of a `Receipt`'s charge: how many times a stored output was decoded.
+    static DECODES: AtomicUsize = AtomicUsize::new(0);
+
+    fn counted<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        DECODES.fetch_add(1, Ordering::SeqCst);
+        String::deserialize(deserializer)
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Receipt {
+        #[serde(deserialize_with = "counted")]
+        charge: String,
+        cents: u64,
+    }
+
+    #[idempotent(store = idempotency, key = order, name = "local.kept.charge", skip(idempotency, runs))]
+    async fn charge(
+        idempotency: &Idempotency,
+        runs: &AtomicUsize,
+        order: String,
+        cents: u64,
+    ) -> Result<Receipt, Error> {
+        let n = runs.fetch_add(1, Ordering::SeqCst);
+        Ok(Receipt {
+            charge: format!("ch_{order}_{n}"),
+            cents,
+        })
+    }
+
+    #[tokio::test]
+    async fn repeat_hits_clone_the_kept_value() {
+        let path = std::env::temp_dir().join(format!("{}.sqlite", unique("local-kept")));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = idempotency::sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("sqlite");
+        let store = SqlStore::builder(pool).build().expect("store");
+        store.migrate().await.expect("migrate");
+        let counted = Arc::new(Counted {
+            inner: Arc::new(store),
+            calls: AtomicUsize::new(0),
+        });
+        let idempotency = Idempotency::builder(Arc::clone(&counted))
+            .local_cache(1 << 20, Duration::from_secs(60))
+            .build();
+        let runs = AtomicUsize::new(0);
+        let order = unique("order");
+        let first = charge(&idempotency, &runs, order.clone(), 1999)
+            .await
+            .expect("run");
+        counted.take();
+        let decodes = DECODES.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let replayed = charge(&idempotency, &runs, order.clone(), 1999).await;
+            assert_eq!(replayed.expect("replay"), first);
+        }
+        assert_eq!(counted.take(), 0, "repeat hits: no round trip");
+        assert_eq!(
+            DECODES.load(Ordering::SeqCst) - decodes,
+            1,
+            "decoded once, by the first hit; the others cloned it"
+        );
+        let reused = charge(&idempotency, &runs, order.clone(), 5).await;
+        assert!(matches!(reused, Err(Error::KeyReused { .. })), "{reused:?}");
+        assert_eq!(counted.take(), 0);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -193,6 +193,16 @@ impl<'a, M> Call<'a, M> {
                     if let Some(entry) = inner.local.as_ref().and_then(|local| local.get(&key)) {
                         let (stored, output, expires_at) = entry.parts();
                         observe(observed(&watch), output, Some(expires_at));
+                        // A `Clone` output replays a clone of the value the entry keeps (only
+                        // `Ok` outputs are kept), as from the memory store.
+                        if stored == &fingerprint
+                            && let Some(value) = keeper
+                                .and_then(|keeper| entry.kept(keeper.keep).and_then(keeper.take))
+                        {
+                            metrics::count(Counter::Replays, &key);
+                            event!(debug, key = %key, "replay");
+                            return Ok(finish(watch.as_ref(), Ok(value)));
+                        }
                         let result = replay::<M, T, E>(key, &fingerprint, stored, output);
                         return Ok(finish(watch.as_ref(), result));
                     }

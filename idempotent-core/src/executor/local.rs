@@ -29,6 +29,9 @@ mod cache {
         output: Bytes,
         /// When the record expires in the store (a copy is never served past it).
         expires_at: SystemTime,
+        /// The typed value the output decodes to, kept by the first hit of a call that can
+        /// replay one (`#[idempotent]` with a `Clone` output), so later hits clone it.
+        kept: std::sync::OnceLock<Option<Box<dyn std::any::Any + Send + Sync>>>,
     }
 
     /// Bytes an entry costs beside its output: the key, the entry, moka's bookkeeping.
@@ -43,6 +46,16 @@ mod cache {
         /// The stored fingerprint, output and expiry.
         pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes, SystemTime) {
             (&self.fingerprint, &self.output, self.expires_at)
+        }
+
+        /// The typed value of the output, decoded by `keep` on the first ask.
+        pub(in crate::executor) fn kept(
+            &self,
+            keep: crate::kept::Keep,
+        ) -> Option<&(dyn std::any::Any + Send + Sync)> {
+            self.kept
+                .get_or_init(|| keep.value(&self.output))
+                .as_deref()
         }
     }
 
@@ -125,6 +138,7 @@ mod cache {
                 fingerprint,
                 output,
                 expires_at,
+                kept: std::sync::OnceLock::new(),
             };
             self.cache.insert(key.clone(), Arc::new(entry));
             // A forget that came during the insert: drop what it may have missed.
@@ -161,6 +175,13 @@ mod stub {
 
     impl Entry {
         pub(in crate::executor) fn parts(&self) -> (&Fingerprint, &Bytes, SystemTime) {
+            match *self {}
+        }
+
+        pub(in crate::executor) fn kept(
+            &self,
+            _keep: crate::kept::Keep,
+        ) -> Option<&(dyn std::any::Any + Send + Sync)> {
             match *self {}
         }
     }
