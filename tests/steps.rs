@@ -791,3 +791,18 @@ impl Store for Counted {
         self.inner.list_marks(request).await
     }
 }
+
+/// A multi-step call's future is `Send` (it can run in a spawned task, an axum handler).
+#[test]
+fn a_multi_step_call_is_send() {
+    fn send<T: Send>(_: &T) {}
+    let exec = Idempotency::new(idempotency::MemoryStore::new());
+    let op_input = input("send", 1);
+    let call = exec
+        .call(
+            key("steps.send", "send"),
+            Fingerprint::of(&op_input).expect("fp"),
+        )
+        .run_steps(op_input, op);
+    send(&call);
+}
