@@ -11,12 +11,12 @@
 //!
 //! The program starts the payment service (this crate's `Idempotency-Key` layer in front of a
 //! handler that counts charges), then runs the checkout of two orders in worker processes
-//! (itself, with `--worker`), each killing itself midway:
+//! (itself, with `--worker`), each exiting abruptly midway (`process::exit`, no cleanup):
 //!
-//! * `order-1` dies after the payment service charged it, before the charge was journaled.
+//! * `order-1` exits after the payment service charged it, before the charge was journaled.
 //!   A rerun of the worker skips `reserve` (journaled), sends the charge again with the same
 //!   derived key (the payment service replays its first answer: one charge), and ships.
-//! * `order-2` dies after the charge was journaled. Nobody reruns it: the [`Completer`] finds
+//! * `order-2` exits after the charge was journaled. Nobody reruns it: the [`Completer`] finds
 //!   its journal once the lease passed and finishes it in this process.
 //!
 //! Then a client retry of each order replays its receipt. It prints the counts: one

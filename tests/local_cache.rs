@@ -9,66 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+mod counted_support;
+
+use counted_support::Counted;
 use idempotency::testing::{service_url, unreachable};
 use idempotency::{
-    Claim, ClaimRequest, Completion, Error, Fingerprint, How, Idempotency, InProgressPolicy, Key,
-    Record, RedisStore, SqlStore, Store, StoreError, Token, async_trait,
+    Claim, ClaimRequest, Error, Fingerprint, How, Idempotency, InProgressPolicy, Key, RedisStore,
+    SqlStore, Store, Token,
 };
-
-/// A store that counts every call it forwards.
-#[derive(Debug)]
-struct Counted {
-    inner: Arc<dyn Store>,
-    calls: AtomicUsize,
-}
-
-impl Counted {
-    /// The calls since the last `take`.
-    fn take(&self) -> usize {
-        self.calls.swap(0, Ordering::SeqCst)
-    }
-
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Store for Counted {
-    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
-        self.count();
-        self.inner.claim(key, request).await
-    }
-
-    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
-        self.count();
-        self.inner.complete(key, completion).await
-    }
-
-    async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
-        self.count();
-        self.inner.release(key, token).await
-    }
-
-    async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
-        self.count();
-        self.inner.renew(key, token, lease).await
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
-        self.count();
-        self.inner.get(key).await
-    }
-
-    async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
-        self.count();
-        self.inner.remove(key).await
-    }
-
-    fn max_output_bytes(&self) -> usize {
-        self.inner.max_output_bytes()
-    }
-}
 
 fn key(namespace: &str, material: &str) -> Key {
     Key::derive(namespace.to_owned(), 1, &material).expect("key")

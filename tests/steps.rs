@@ -12,20 +12,18 @@
     feature = "conformance"
 ))]
 
+mod counted_support;
 mod steps_support;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use counted_support::Counted;
 use idempotency::steps::{Completer, Steps};
-use idempotency::store::{ListRequest, MarkPage};
-use idempotency::{
-    Claim, ClaimRequest, Completion, Error, Fingerprint, Idempotency, Key, MarkSwap, Record, Store,
-    StoreError, Token, async_trait,
-};
+use idempotency::{Error, Fingerprint, Idempotency, Key, MarkSwap, Store, Token};
 use serde::{Deserialize, Serialize};
 use steps_support::{Fixture, unique};
 
@@ -725,71 +723,6 @@ mod local {
         Postgres
     );
     local_steps!(sqlite, Some(Fixture::sqlite().await), Sqlite);
-}
-
-/// A store that counts every call it forwards, marks included.
-#[derive(Debug)]
-struct Counted {
-    inner: Arc<dyn Store>,
-    calls: AtomicUsize,
-}
-
-impl Counted {
-    fn take(&self) -> usize {
-        self.calls.swap(0, Ordering::SeqCst)
-    }
-
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Store for Counted {
-    async fn claim(&self, key: &Key, request: ClaimRequest) -> Result<Claim, StoreError> {
-        self.count();
-        self.inner.claim(key, request).await
-    }
-
-    async fn complete(&self, key: &Key, completion: Completion) -> Result<(), StoreError> {
-        self.count();
-        self.inner.complete(key, completion).await
-    }
-
-    async fn release(&self, key: &Key, token: &Token) -> Result<(), StoreError> {
-        self.count();
-        self.inner.release(key, token).await
-    }
-
-    async fn renew(&self, key: &Key, token: &Token, lease: Duration) -> Result<(), StoreError> {
-        self.count();
-        self.inner.renew(key, token, lease).await
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Record>, StoreError> {
-        self.count();
-        self.inner.get(key).await
-    }
-
-    async fn remove(&self, key: &Key) -> Result<bool, StoreError> {
-        self.count();
-        self.inner.remove(key).await
-    }
-
-    async fn load_mark(&self, key: &Key) -> Result<Option<idempotency::Bytes>, StoreError> {
-        self.count();
-        self.inner.load_mark(key).await
-    }
-
-    async fn swap_mark(&self, key: &Key, swap: MarkSwap<'_>) -> Result<bool, StoreError> {
-        self.count();
-        self.inner.swap_mark(key, swap).await
-    }
-
-    async fn list_marks(&self, request: ListRequest) -> Result<MarkPage, StoreError> {
-        self.count();
-        self.inner.list_marks(request).await
-    }
 }
 
 /// A multi-step call's future is `Send` (it can run in a spawned task, an axum handler).
